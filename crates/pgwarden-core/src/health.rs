@@ -1,0 +1,649 @@
+//! The health rules: what is wrong with a [`ClusterView`], as stable problem
+//! codes that alerts, scripts and tests rely on.
+//!
+//! A critical problem makes `/health` answer 503 and `cluster_healthy` 0; a
+//! warning is reported but leaves the cluster healthy (a lag spike is not an
+//! outage). Rules about standbys run only when there is exactly one primary:
+//! with none or two, "standby X is not streaming" is noise next to the real
+//! problem.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::view::{ClusterView, Role};
+
+/// A stable, machine-readable problem code (snake_case in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// `poll.failure_threshold` polls in a row failed.
+    NodeDown,
+    /// No reachable node is a primary.
+    NoPrimary,
+    /// More than one reachable node accepts writes.
+    SplitBrain,
+    /// A primary on an older timeline than another primary: a former primary
+    /// that came back after a failover.
+    StalePrimary,
+    /// The nodes are not copies of one cluster (different system identifiers).
+    SystemIdentifierMismatch,
+    /// The primary shows no streaming replication for a standby.
+    StandbyNotStreaming,
+    /// A standby streams but is not the synchronous one.
+    StandbyNotSync,
+    /// A standby is on another timeline than the primary.
+    StandbyWrongTimeline,
+    /// The replication slot is missing on the primary.
+    SlotMissing,
+    /// The replication slot exists but no standby uses it.
+    SlotInactive,
+    /// The slot lost or may lose WAL the standby needs, or holds back too much.
+    SlotWalAtRisk,
+    /// A standby is further behind than `health.max_lag_*`.
+    LagHigh,
+    /// Sessions wait for the synchronous standby: writes are blocked.
+    WritesBlocked,
+    /// `synchronous_standby_names` is empty on the primary.
+    SyncStandbyNamesUnset,
+    /// A setting that breaks replication or durability.
+    SettingUnsafe,
+}
+
+impl ProblemCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::NodeDown => "node_down",
+            ProblemCode::NoPrimary => "no_primary",
+            ProblemCode::SplitBrain => "split_brain",
+            ProblemCode::StalePrimary => "stale_primary",
+            ProblemCode::SystemIdentifierMismatch => "system_identifier_mismatch",
+            ProblemCode::StandbyNotStreaming => "standby_not_streaming",
+            ProblemCode::StandbyNotSync => "standby_not_sync",
+            ProblemCode::StandbyWrongTimeline => "standby_wrong_timeline",
+            ProblemCode::SlotMissing => "slot_missing",
+            ProblemCode::SlotInactive => "slot_inactive",
+            ProblemCode::SlotWalAtRisk => "slot_wal_at_risk",
+            ProblemCode::LagHigh => "lag_high",
+            ProblemCode::WritesBlocked => "writes_blocked",
+            ProblemCode::SyncStandbyNamesUnset => "sync_standby_names_unset",
+            ProblemCode::SettingUnsafe => "setting_unsafe",
+        }
+    }
+}
+
+impl fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical,
+    Warning,
+}
+
+/// One thing wrong with the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Problem {
+    pub code: ProblemCode,
+    pub severity: Severity,
+    /// The node it concerns; `None` for cluster-wide problems.
+    pub node: Option<String>,
+    /// A sentence for a human.
+    pub message: String,
+}
+
+fn critical(code: ProblemCode, node: Option<&str>, message: String) -> Problem {
+    Problem {
+        code,
+        severity: Severity::Critical,
+        node: node.map(str::to_owned),
+        message,
+    }
+}
+
+fn warning(code: ProblemCode, node: Option<&str>, message: String) -> Problem {
+    Problem {
+        code,
+        severity: Severity::Warning,
+        node: node.map(str::to_owned),
+        message,
+    }
+}
+
+/// Every problem of `view`, in a stable order (cluster-wide first, then by node).
+pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
+    use ProblemCode::*;
+    let mut out = Vec::new();
+
+    for n in view.nodes.iter().filter(|n| n.down) {
+        out.push(critical(
+            NodeDown,
+            Some(&n.name),
+            format!(
+                "{} did not answer {} polls in a row: {}",
+                n.name,
+                n.consecutive_failures,
+                n.last_error.as_deref().unwrap_or("no answer")
+            ),
+        ));
+    }
+
+    let primaries: Vec<_> = view
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Primary)
+        .collect();
+    match primaries.len() {
+        0 => out.push(critical(
+            NoPrimary,
+            None,
+            "no reachable node is a primary".into(),
+        )),
+        1 => {}
+        _ => {
+            let names: Vec<String> = primaries
+                .iter()
+                .map(|n| format!("{} (timeline {})", n.name, timeline(n)))
+                .collect();
+            out.push(critical(
+                SplitBrain,
+                None,
+                format!("more than one node accepts writes: {}", names.join(", ")),
+            ));
+            let newest = primaries.iter().map(|n| timeline(n)).max().unwrap_or(0);
+            for n in primaries.iter().filter(|n| timeline(n) < newest) {
+                out.push(critical(
+                    StalePrimary,
+                    Some(&n.name),
+                    format!(
+                        "{} is a primary on timeline {} while another primary is on timeline {}: a former primary came back; stop it and rejoin it as a standby",
+                        n.name,
+                        timeline(n),
+                        newest
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Every reachable node must be a copy of the same cluster; the primary's
+    // identifier (or the first reachable node's) is the reference.
+    let reference = primaries
+        .first()
+        .copied()
+        .or_else(|| view.nodes.iter().find(|n| n.reachable))
+        .and_then(|n| {
+            n.snapshot
+                .as_ref()
+                .map(|s| (n.name.as_str(), s.system_identifier))
+        });
+    if let Some((ref_name, ref_id)) = reference {
+        for n in &view.nodes {
+            if let Some(s) = &n.snapshot {
+                if s.system_identifier != ref_id {
+                    out.push(critical(
+                        SystemIdentifierMismatch,
+                        Some(&n.name),
+                        format!(
+                            "{} has system identifier {} but {} has {}: they are not copies of one cluster",
+                            n.name, s.system_identifier, ref_name, ref_id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    let [primary] = primaries.as_slice() else {
+        return out;
+    };
+    let Some(p) = primary.snapshot.as_ref() else {
+        return out;
+    };
+    let pname = primary.name.as_str();
+    let settings = &p.settings;
+
+    if !matches!(settings.wal_level.as_str(), "replica" | "logical") {
+        out.push(critical(
+            SettingUnsafe,
+            Some(pname),
+            format!(
+                "wal_level is {} on the primary: a standby needs replica or logical",
+                settings.wal_level
+            ),
+        ));
+    }
+    if matches!(settings.synchronous_commit.as_str(), "off" | "local") {
+        out.push(warning(
+            SettingUnsafe,
+            Some(pname),
+            format!(
+                "synchronous_commit is {} on the primary: commits do not wait for the standby, so a failover can lose them",
+                settings.synchronous_commit
+            ),
+        ));
+    }
+    if settings.max_wal_senders < 2 {
+        out.push(warning(
+            SettingUnsafe,
+            Some(pname),
+            format!(
+                "max_wal_senders is {} on the primary: the standby and a rebuild (pg_basebackup) need at least 2",
+                settings.max_wal_senders
+            ),
+        ));
+    }
+    if settings.synchronous_standby_names.trim().is_empty() {
+        out.push(critical(
+            SyncStandbyNamesUnset,
+            Some(pname),
+            "synchronous_standby_names is empty on the primary: commits are not protected by the standby".into(),
+        ));
+    }
+    if p.backends_waiting_sync_rep > 0 {
+        out.push(critical(
+            WritesBlocked,
+            Some(pname),
+            format!(
+                "{} session(s) wait for the synchronous standby to confirm their commit: writes are blocked until it is back or `pgwarden sync async` releases them",
+                p.backends_waiting_sync_rep
+            ),
+        ));
+    }
+
+    let slot_name = &config.replication.slot;
+    match p.slot(slot_name) {
+        None => out.push(critical(
+            SlotMissing,
+            Some(pname),
+            format!("the replication slot `{slot_name}` does not exist on the primary {pname}"),
+        )),
+        Some(slot) => {
+            if !slot.active {
+                out.push(critical(
+                    SlotInactive,
+                    Some(pname),
+                    format!("the replication slot `{slot_name}` on {pname} is not used by any standby; it retains WAL meanwhile"),
+                ));
+            }
+            match slot.wal_status.as_deref() {
+                Some(status @ ("unreserved" | "lost")) => out.push(critical(
+                    SlotWalAtRisk,
+                    Some(pname),
+                    format!(
+                        "the replication slot `{slot_name}` has wal_status {status}: the standby {} the WAL it needs",
+                        if status == "lost" { "has lost" } else { "is about to lose" }
+                    ),
+                )),
+                _ => {}
+            }
+            if let Some(retained) = slot.retained_bytes {
+                if retained > config.health.max_slot_retained_wal {
+                    out.push(warning(
+                        SlotWalAtRisk,
+                        Some(pname),
+                        format!(
+                            "the replication slot `{slot_name}` holds back {} of WAL (limit health.max_slot_retained_wal = {})",
+                            human_bytes(retained),
+                            human_bytes(config.health.max_slot_retained_wal)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    for n in view.nodes.iter().filter(|n| n.name != pname) {
+        let name = n.name.as_str();
+        if n.role == Role::Primary {
+            continue; // already reported as split brain
+        }
+        if let Some(s) = &n.snapshot {
+            if s.timeline != p.timeline {
+                out.push(critical(
+                    StandbyWrongTimeline,
+                    Some(name),
+                    format!(
+                        "standby {name} is on timeline {} but the primary {pname} is on timeline {}",
+                        s.timeline, p.timeline
+                    ),
+                ));
+            }
+        }
+        let link = primary.replication.iter().find(|l| l.standby == name);
+        match link {
+            Some(l) if l.streaming => {
+                if !l.sync {
+                    out.push(critical(
+                        StandbyNotSync,
+                        Some(name),
+                        format!(
+                            "standby {name} streams but its sync_state is {}: commits do not wait for it",
+                            l.row.sync_state.as_deref().unwrap_or("unknown")
+                        ),
+                    ));
+                }
+                if l.lag_bytes.replay > config.health.max_lag_bytes {
+                    out.push(warning(
+                        LagHigh,
+                        Some(name),
+                        format!(
+                            "standby {name} replays {} behind the primary (limit health.max_lag_bytes = {})",
+                            human_bytes(l.lag_bytes.replay),
+                            human_bytes(config.health.max_lag_bytes)
+                        ),
+                    ));
+                } else if let Some(secs) = l.row.replay_lag_seconds {
+                    if secs > config.health.max_lag_time.as_secs_f64() {
+                        out.push(warning(
+                            LagHigh,
+                            Some(name),
+                            format!(
+                                "standby {name} replays {secs:.1}s behind the primary (limit health.max_lag_time = {}s)",
+                                config.health.max_lag_time.as_secs()
+                            ),
+                        ));
+                    }
+                }
+            }
+            other => {
+                let state = other
+                    .and_then(|l| l.row.state.clone())
+                    .map(|s| format!("its replication is in state {s}"))
+                    .unwrap_or_else(|| "it has no replication connection".into());
+                let why = if n.down || !n.reachable {
+                    " and the node does not answer"
+                } else {
+                    ""
+                };
+                out.push(critical(
+                    StandbyNotStreaming,
+                    Some(name),
+                    format!(
+                        "standby {name} is not streaming from the primary {pname}: {state}{why}"
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn timeline(n: &crate::view::NodeView) -> u32 {
+    n.snapshot.as_ref().map(|s| s.timeline).unwrap_or(0)
+}
+
+/// 1536 -> "1.5 KiB": sizes in messages, the way operators read them.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProblemCode::*;
+    use super::*;
+    use crate::snapshot::tests::{primary, standby};
+    use crate::snapshot::{Lsn, NodeSnapshot};
+    use crate::view::tests::{config, failed, ok};
+    use crate::view::NodeObservation;
+
+    fn promoted(mut s: NodeSnapshot) -> NodeSnapshot {
+        s.in_recovery = false;
+        s.timeline += 1;
+        s.current_lsn = Lsn::parse("0/5000000");
+        s.wal_receiver = None;
+        s
+    }
+
+    type Case = (
+        &'static str,
+        Vec<NodeObservation>,
+        Vec<(ProblemCode, Option<&'static str>)>,
+    );
+
+    /// Each rule: a situation and exactly the problems it must produce.
+    fn cases() -> Vec<Case> {
+        let p = primary;
+        let s = standby;
+        let with_p = |f: fn(&mut NodeSnapshot)| {
+            let mut x = p();
+            f(&mut x);
+            x
+        };
+        let with_s = |f: fn(&mut NodeSnapshot)| {
+            let mut x = s();
+            f(&mut x);
+            x
+        };
+        vec![
+            ("healthy", vec![ok(p()), ok(s())], vec![]),
+            (
+                "standby down: not streaming and down",
+                vec![ok(with_p(|x| x.replication.clear())), failed(3)],
+                vec![
+                    (NodeDown, Some("pg-b")),
+                    (StandbyNotStreaming, Some("pg-b")),
+                ],
+            ),
+            (
+                "standby failing below the threshold is not yet down",
+                vec![ok(p()), failed(2)],
+                vec![],
+            ),
+            (
+                "primary down",
+                vec![failed(3), ok(s())],
+                vec![(NodeDown, Some("pg-a")), (NoPrimary, None)],
+            ),
+            (
+                "primary unreachable once: no primary, not yet down",
+                vec![failed(1), ok(s())],
+                vec![(NoPrimary, None)],
+            ),
+            (
+                "standby promoted beside a live primary",
+                vec![ok(p()), ok(promoted(s()))],
+                vec![(SplitBrain, None), (StalePrimary, Some("pg-a"))],
+            ),
+            (
+                "two clusters",
+                vec![ok(p()), ok(with_s(|x| x.system_identifier = 42))],
+                vec![(SystemIdentifierMismatch, Some("pg-b"))],
+            ),
+            (
+                "standby connected but catching up",
+                vec![
+                    ok(with_p(|x| x.replication[0].state = Some("catchup".into()))),
+                    ok(s()),
+                ],
+                vec![(StandbyNotStreaming, Some("pg-b"))],
+            ),
+            (
+                "standby async",
+                vec![
+                    ok(with_p(|x| {
+                        x.replication[0].sync_state = Some("async".into())
+                    })),
+                    ok(s()),
+                ],
+                vec![(StandbyNotSync, Some("pg-b"))],
+            ),
+            (
+                "synchronous_standby_names unset",
+                vec![
+                    ok(with_p(|x| {
+                        x.settings.synchronous_standby_names.clear();
+                        x.replication[0].sync_state = Some("async".into());
+                    })),
+                    ok(s()),
+                ],
+                vec![
+                    (SyncStandbyNamesUnset, Some("pg-a")),
+                    (StandbyNotSync, Some("pg-b")),
+                ],
+            ),
+            (
+                "standby on the old timeline",
+                vec![ok(with_p(|x| x.timeline = 2)), ok(s())],
+                vec![(StandbyWrongTimeline, Some("pg-b"))],
+            ),
+            (
+                "slot dropped",
+                vec![ok(with_p(|x| x.slots.clear())), ok(s())],
+                vec![(SlotMissing, Some("pg-a"))],
+            ),
+            (
+                "slot inactive",
+                vec![ok(with_p(|x| x.slots[0].active = false)), ok(s())],
+                vec![(SlotInactive, Some("pg-a"))],
+            ),
+            (
+                "slot lost its WAL",
+                vec![
+                    ok(with_p(|x| x.slots[0].wal_status = Some("lost".into()))),
+                    ok(s()),
+                ],
+                vec![(SlotWalAtRisk, Some("pg-a"))],
+            ),
+            (
+                "slot unreserved",
+                vec![
+                    ok(with_p(|x| {
+                        x.slots[0].wal_status = Some("unreserved".into())
+                    })),
+                    ok(s()),
+                ],
+                vec![(SlotWalAtRisk, Some("pg-a"))],
+            ),
+            (
+                "slot retains too much",
+                vec![
+                    ok(with_p(|x| x.slots[0].retained_bytes = Some(2 << 30))),
+                    ok(s()),
+                ],
+                vec![(SlotWalAtRisk, Some("pg-a"))],
+            ),
+            (
+                "lag in bytes",
+                vec![
+                    ok(with_p(|x| x.current_lsn = Lsn::parse("0/5000000"))),
+                    ok(s()),
+                ],
+                vec![(LagHigh, Some("pg-b"))],
+            ),
+            (
+                "lag in time",
+                vec![
+                    ok(with_p(|x| x.replication[0].replay_lag_seconds = Some(31.0))),
+                    ok(s()),
+                ],
+                vec![(LagHigh, Some("pg-b"))],
+            ),
+            (
+                "writes waiting on the standby",
+                vec![ok(with_p(|x| x.backends_waiting_sync_rep = 3)), ok(s())],
+                vec![(WritesBlocked, Some("pg-a"))],
+            ),
+            (
+                "wal_level minimal",
+                vec![
+                    ok(with_p(|x| x.settings.wal_level = "minimal".into())),
+                    ok(s()),
+                ],
+                vec![(SettingUnsafe, Some("pg-a"))],
+            ),
+            (
+                "synchronous_commit off",
+                vec![
+                    ok(with_p(|x| x.settings.synchronous_commit = "off".into())),
+                    ok(s()),
+                ],
+                vec![(SettingUnsafe, Some("pg-a"))],
+            ),
+            (
+                "synchronous_commit local",
+                vec![
+                    ok(with_p(|x| x.settings.synchronous_commit = "local".into())),
+                    ok(s()),
+                ],
+                vec![(SettingUnsafe, Some("pg-a"))],
+            ),
+            (
+                "one wal sender",
+                vec![ok(with_p(|x| x.settings.max_wal_senders = 1)), ok(s())],
+                vec![(SettingUnsafe, Some("pg-a"))],
+            ),
+            (
+                "nothing reachable",
+                vec![failed(5), failed(5)],
+                vec![
+                    (NodeDown, Some("pg-a")),
+                    (NodeDown, Some("pg-b")),
+                    (NoPrimary, None),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_rule_fires_exactly_where_it_should() {
+        let c = config();
+        for (name, obs, want) in cases() {
+            let v = ClusterView::build(&c, &obs);
+            let got: Vec<(ProblemCode, Option<&str>)> = v
+                .problems
+                .iter()
+                .map(|p| (p.code, p.node.as_deref()))
+                .collect();
+            assert_eq!(got, want, "case `{name}`: {:#?}", v.problems);
+        }
+    }
+
+    #[test]
+    fn warnings_leave_the_cluster_healthy_and_critical_problems_do_not() {
+        let c = config();
+        for (name, obs, _) in cases() {
+            let v = ClusterView::build(&c, &obs);
+            let critical = v.problems.iter().any(|p| p.severity == Severity::Critical);
+            assert_eq!(v.healthy, !critical, "case `{name}`");
+        }
+        let mut lagging = primary();
+        lagging.current_lsn = Lsn::parse("0/5000000");
+        assert!(ClusterView::build(&c, &[ok(lagging), ok(standby())]).healthy);
+    }
+
+    #[test]
+    fn messages_name_the_node_and_say_what_to_do() {
+        let mut p = primary();
+        p.backends_waiting_sync_rep = 2;
+        let v = ClusterView::build(&config(), &[ok(p), ok(standby())]);
+        let m = &v.problems[0].message;
+        assert!(
+            m.contains("2 session(s)") && m.contains("pgwarden sync async"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+    }
+}

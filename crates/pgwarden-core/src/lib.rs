@@ -1,0 +1,19 @@
+//! Pure logic of pgwarden: the configuration model and its validation, what one
+//! poll of one node saw ([`snapshot::NodeSnapshot`]), the derived picture of the
+//! whole cluster ([`view::ClusterView`]) and the health rules that find problems
+//! in it.
+//!
+//! Nothing here does I/O or reads a clock: time and observations go in, a view
+//! and a list of problems come out. That is what lets every rule be tested
+//! exhaustively without PostgreSQL (see the unit tests in each module).
+
+pub mod config;
+pub mod conninfo;
+pub mod health;
+pub mod snapshot;
+pub mod view;
+
+pub use config::{Config, ConfigError};
+pub use health::{Problem, ProblemCode};
+pub use snapshot::NodeSnapshot;
+pub use view::{ClusterView, NodeObservation, Role};

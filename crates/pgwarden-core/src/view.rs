@@ -1,0 +1,329 @@
+//! The derived picture of the whole cluster: [`ClusterView`].
+//!
+//! Built from the config and the latest observation of each node; it decides
+//! each node's role, which node is the primary, how each standby replicates
+//! from it, and (through [`crate::health`]) what is wrong. Metrics, `/health`,
+//! `/primary`, `/replica` and `/v1/status` are all read from one view, so they
+//! never disagree.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::health::{self, Problem, Severity};
+use crate::snapshot::{Lsn, NodeSnapshot, ReplicationRow};
+
+/// What the poller knows about one node; the input of [`ClusterView::build`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeObservation {
+    /// The latest snapshot, present only when the latest poll succeeded.
+    pub snapshot: Option<NodeSnapshot>,
+    /// Failed polls in a row (0 after a success).
+    pub consecutive_failures: u32,
+    /// Why the latest poll failed (never contains a password).
+    pub last_error: Option<String>,
+    /// When the latest poll finished, as RFC 3339 text supplied by the caller.
+    pub polled_at: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Standby,
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// How far a standby is behind, by the primary's `pg_stat_replication`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LagBytes {
+    pub sent: u64,
+    pub write: u64,
+    pub flush: u64,
+    pub replay: u64,
+}
+
+/// A `pg_stat_replication` row with the standby it belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StandbyLink {
+    /// The config name of the standby when it could be matched, else the
+    /// row's application_name.
+    pub standby: String,
+    pub streaming: bool,
+    pub sync: bool,
+    pub lag_bytes: LagBytes,
+    #[serde(flatten)]
+    pub row: ReplicationRow,
+}
+
+/// One node as the view sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The latest poll succeeded.
+    pub reachable: bool,
+    /// At least `poll.failure_threshold` polls failed in a row.
+    pub down: bool,
+    pub role: Role,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub polled_at: Option<String>,
+    /// The standbys streaming from this node, matched to config names.
+    pub replication: Vec<StandbyLink>,
+    pub snapshot: Option<NodeSnapshot>,
+}
+
+/// Both nodes, their roles, and the problems found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterView {
+    pub cluster: String,
+    /// The one reachable primary; `None` when there is none, or more than one.
+    pub primary: Option<String>,
+    /// No critical problem.
+    pub healthy: bool,
+    pub problems: Vec<Problem>,
+    pub nodes: Vec<NodeView>,
+}
+
+impl ClusterView {
+    /// Derives the view. `observations` are in the order of `config.nodes`
+    /// (missing entries count as never polled).
+    pub fn build(config: &Config, observations: &[NodeObservation]) -> ClusterView {
+        let nodes: Vec<NodeView> = config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let obs = observations.get(i).cloned().unwrap_or_default();
+                let role = match &obs.snapshot {
+                    Some(s) if s.in_recovery => Role::Standby,
+                    Some(_) => Role::Primary,
+                    None => Role::Unknown,
+                };
+                let replication = obs
+                    .snapshot
+                    .as_ref()
+                    .map(|s| {
+                        s.replication
+                            .iter()
+                            .map(|row| link(config, &n.name, s.current_lsn, row))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                NodeView {
+                    name: n.name.clone(),
+                    host: n.host.clone(),
+                    port: n.port,
+                    reachable: obs.snapshot.is_some(),
+                    down: obs.consecutive_failures >= config.poll.failure_threshold,
+                    role,
+                    consecutive_failures: obs.consecutive_failures,
+                    last_error: obs.last_error,
+                    polled_at: obs.polled_at,
+                    replication,
+                    snapshot: obs.snapshot,
+                }
+            })
+            .collect();
+        let primaries: Vec<&NodeView> = nodes.iter().filter(|n| n.role == Role::Primary).collect();
+        let primary = match primaries.as_slice() {
+            [only] => Some(only.name.clone()),
+            _ => None,
+        };
+        let mut view = ClusterView {
+            cluster: config.cluster.clone(),
+            primary,
+            healthy: false,
+            problems: Vec::new(),
+            nodes,
+        };
+        view.problems = health::evaluate(config, &view);
+        view.healthy = !view
+            .problems
+            .iter()
+            .any(|p| p.severity == Severity::Critical);
+        view
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The primary that clients may write to: the reachable primary on the
+    /// highest timeline, if exactly one holds it. A primary left behind on an
+    /// older timeline (a stale former primary) is never it.
+    pub fn writable_primary(&self) -> Option<&NodeView> {
+        let primaries: Vec<&NodeView> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Primary)
+            .collect();
+        let top = primaries
+            .iter()
+            .filter_map(|n| n.snapshot.as_ref())
+            .map(|s| s.timeline)
+            .max()?;
+        let mut on_top = primaries
+            .into_iter()
+            .filter(|n| n.snapshot.as_ref().map(|s| s.timeline) == Some(top));
+        let first = on_top.next()?;
+        on_top.next().is_none().then_some(first)
+    }
+
+    /// The link from the current primary to `standby`, if it streams.
+    pub fn link_to(&self, standby: &str) -> Option<&StandbyLink> {
+        let primary = self.node(self.primary.as_deref()?)?;
+        primary.replication.iter().find(|l| l.standby == standby)
+    }
+}
+
+fn link(config: &Config, on_node: &str, current: Option<Lsn>, row: &ReplicationRow) -> StandbyLink {
+    let behind = |l: Option<Lsn>| match (l, current) {
+        (Some(l), Some(c)) => l.bytes_until(c),
+        _ => 0,
+    };
+    StandbyLink {
+        standby: standby_name(config, on_node, row),
+        streaming: row.state.as_deref() == Some("streaming"),
+        sync: row.sync_state.as_deref() == Some("sync"),
+        lag_bytes: LagBytes {
+            sent: behind(row.sent_lsn),
+            write: behind(row.write_lsn),
+            flush: behind(row.flush_lsn),
+            replay: behind(row.replay_lsn),
+        },
+        row: row.clone(),
+    }
+}
+
+/// Which configured node a `pg_stat_replication` row on `on_node` belongs to.
+///
+/// In order: an application_name equal to a node name (the Patroni
+/// convention); a client address equal to exactly one other node's host; the
+/// configured replication application_name when there is exactly one other
+/// node (the two-node case). Otherwise the row's own application_name.
+pub fn standby_name(config: &Config, on_node: &str, row: &ReplicationRow) -> String {
+    let others: Vec<_> = config.nodes.iter().filter(|n| n.name != on_node).collect();
+    if let Some(n) = others.iter().find(|n| n.name == row.application_name) {
+        return n.name.clone();
+    }
+    if let Some(addr) = &row.client_addr {
+        let by_addr: Vec<_> = others.iter().filter(|n| &n.host == addr).collect();
+        if let [only] = by_addr.as_slice() {
+            return only.name.clone();
+        }
+    }
+    if row.application_name == config.replication.application_name {
+        if let [only] = others.as_slice() {
+            return only.name.clone();
+        }
+    }
+    row.application_name.clone()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::snapshot::tests::{primary, standby};
+
+    pub fn config() -> Config {
+        let text = r#"
+cluster: test
+local_node: pg-a
+listen: 127.0.0.1:8008
+state_dir: /tmp/x
+api_token_file: /tmp/token
+monitor: {user: pgwarden}
+replication: {slot: replication, application_name: inmanta, user: replication}
+nodes:
+  - {name: pg-a, host: 10.0.0.1, port: 5432}
+  - {name: pg-b, host: 10.0.0.2, port: 5432}
+"#;
+        Config::parse_str("test.yaml", text).unwrap()
+    }
+
+    pub fn ok(s: NodeSnapshot) -> NodeObservation {
+        NodeObservation {
+            snapshot: Some(s),
+            ..Default::default()
+        }
+    }
+
+    pub fn failed(times: u32) -> NodeObservation {
+        NodeObservation {
+            snapshot: None,
+            consecutive_failures: times,
+            last_error: Some("connection refused".into()),
+            polled_at: None,
+        }
+    }
+
+    #[test]
+    fn a_healthy_pair() {
+        let v = ClusterView::build(&config(), &[ok(primary()), ok(standby())]);
+        assert_eq!(v.primary.as_deref(), Some("pg-a"));
+        assert!(v.healthy, "{:?}", v.problems);
+        assert_eq!(v.nodes[1].role, Role::Standby);
+        let link = v.link_to("pg-b").unwrap();
+        assert!(link.streaming && link.sync);
+        assert_eq!(
+            link.lag_bytes,
+            LagBytes {
+                sent: 0,
+                write: 0,
+                flush: 0,
+                replay: 0x48
+            }
+        );
+    }
+
+    #[test]
+    fn rows_are_matched_to_node_names() {
+        let c = config();
+        let mut row = primary().replication[0].clone();
+        assert_eq!(
+            standby_name(&c, "pg-a", &row),
+            "pg-b",
+            "two nodes: the other one"
+        );
+        row.application_name = "pg-a".into();
+        assert_eq!(standby_name(&c, "pg-b", &row), "pg-a", "by name");
+        row.application_name = "other".into();
+        row.client_addr = Some("10.0.0.2".into());
+        assert_eq!(standby_name(&c, "pg-a", &row), "pg-b", "by address");
+        row.client_addr = Some("10.9.9.9".into());
+        assert_eq!(
+            standby_name(&c, "pg-a", &row),
+            "other",
+            "unknown: its own name"
+        );
+    }
+
+    #[test]
+    fn the_writable_primary_is_the_newest_timeline() {
+        let mut newer = standby();
+        newer.in_recovery = false;
+        newer.timeline = 2;
+        newer.current_lsn = Lsn::parse("0/4000000");
+        let v = ClusterView::build(&config(), &[ok(primary()), ok(newer.clone())]);
+        assert_eq!(v.primary, None, "two primaries: no single primary");
+        assert_eq!(v.writable_primary().unwrap().name, "pg-b");
+        newer.timeline = 1;
+        let v = ClusterView::build(&config(), &[ok(primary()), ok(newer)]);
+        assert!(
+            v.writable_primary().is_none(),
+            "same timeline: nobody is safe to write to"
+        );
+    }
+}
