@@ -367,19 +367,26 @@ impl Config {
             let path_text = e.path().to_string();
             let path = parse_error_path(&path_text);
             let yaml = e.into_inner();
+            let message = yaml.to_string();
+            // libyaml's syntax errors ("... while scanning ...") carry the
+            // exact position; the path only says where parsing had got to.
+            let syntax = message.contains("while scanning") || message.contains("while parsing");
             let located = match locate(text, &path) {
+                _ if syntax => None,
                 (1, 1) => None,
                 at => Some(at),
             };
             let (line, column) = located
                 .or(yaml.location().map(|l| (l.line(), l.column())))
                 .unwrap_or((1, 1));
-            ConfigError::at(
-                origin,
-                line,
-                column,
-                explain_serde_error(&path_text, &yaml.to_string()),
-            )
+            let mut explained = explain_serde_error(if syntax { "" } else { &path_text }, &message);
+            let bad_line = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            let indent = &bad_line[..bad_line.len() - bad_line.trim_start().len()];
+            if syntax && indent.contains('\t') {
+                explained
+                    .push_str(" (this line is indented with a tab: YAML indents with spaces only)");
+            }
+            ConfigError::at(origin, line, column, explained)
         })?;
         let invalid = config.validate();
         if invalid.is_empty() {
@@ -596,10 +603,8 @@ fn parse_error_path(text: &str) -> Vec<PathSeg> {
 fn explain_serde_error(path: &str, msg: &str) -> String {
     // serde_yaml appends " at line L column C" and prepends "path: "; we
     // print the location ourselves and name the path in our own words.
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
+    let msg = strip_positions(msg);
+    let msg = msg.as_str();
     let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
     let msg = [path, parent]
         .iter()
@@ -631,6 +636,23 @@ fn explain_serde_error(path: &str, msg: &str) -> String {
     } else {
         format!("{path}: {msg}")
     }
+}
+
+/// Removes every " at line L column C" (we print the position up front).
+fn strip_positions(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let skip = after
+            .char_indices()
+            .find(|&(_, c)| !(c.is_ascii_digit() || c == ' ' || "column".contains(c)))
+            .map_or(after.len(), |(j, _)| j);
+        rest = &after[skip..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Finds the line and column (1-based) of a YAML path in block-style YAML.
@@ -784,6 +806,14 @@ application:
         let app = c.application.unwrap();
         assert_eq!(app.config_section, "database");
         assert_eq!(app.stop_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../../config/pgwarden.example.yaml");
+        let c = Config::parse_str("pgwarden.example.yaml", text).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.health.max_slot_retained_wal, 1 << 30);
     }
 
     #[test]

@@ -33,12 +33,9 @@ impl PrimaryConninfo {
 
     fn set(&mut self, keyword: &str, value: String) {
         match keyword {
-            "host" | "hostaddr" => {
-                // hostaddr wins over host for the address actually used.
-                if keyword == "hostaddr" || self.host.is_none() {
-                    self.host = Some(value)
-                }
-            }
+            // hostaddr wins over host: it is the address actually used.
+            "hostaddr" => self.host = Some(value),
+            "host" if self.host.is_none() => self.host = Some(value),
             "port" => self.port = value.parse().ok(),
             "user" => self.user = Some(value),
             "application_name" => self.application_name = Some(value),

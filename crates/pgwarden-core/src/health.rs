@@ -271,16 +271,15 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
                     format!("the replication slot `{slot_name}` on {pname} is not used by any standby; it retains WAL meanwhile"),
                 ));
             }
-            match slot.wal_status.as_deref() {
-                Some(status @ ("unreserved" | "lost")) => out.push(critical(
+            if let Some(status @ ("unreserved" | "lost")) = slot.wal_status.as_deref() {
+                out.push(critical(
                     SlotWalAtRisk,
                     Some(pname),
                     format!(
                         "the replication slot `{slot_name}` has wal_status {status}: the standby {} the WAL it needs",
                         if status == "lost" { "has lost" } else { "is about to lose" }
                     ),
-                )),
-                _ => {}
+                ));
             }
             if let Some(retained) = slot.retained_bytes {
                 if retained > config.health.max_slot_retained_wal {

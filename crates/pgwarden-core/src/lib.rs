@@ -10,10 +10,12 @@
 pub mod config;
 pub mod conninfo;
 pub mod health;
+pub mod secret;
 pub mod snapshot;
 pub mod view;
 
 pub use config::{Config, ConfigError};
 pub use health::{Problem, ProblemCode};
+pub use secret::Secret;
 pub use snapshot::NodeSnapshot;
 pub use view::{ClusterView, NodeObservation, Role};
