@@ -1,0 +1,23 @@
+//! Real two-node PostgreSQL clusters (primary + synchronous standby) on loopback for
+//! pgwarden's integration tests and `pgwarden demo`, plus a stand-in application.
+//!
+//! Nothing is mocked: [`TestCluster::start`] runs initdb, pg_basebackup and pg_ctl, and
+//! dropping the cluster stops the servers again. As root, server commands run as the
+//! `postgres` user through `runuser`.
+
+mod bins;
+mod cluster;
+mod error;
+mod pgwarden_config;
+mod procs;
+mod slots;
+pub mod standin;
+mod util;
+
+pub use bins::{find_pg_bin_dir, find_pg_bin_dir_in, DEBIAN_PG_ROOT};
+pub use cluster::{ClusterOptions, Credentials, PgNode, Secret, StopMode, TestCluster};
+pub use error::{CommandFailure, KitError};
+pub use pgwarden_config::{pgwarden_config, state_dir, write_pgwarden_config, DaemonLayout};
+pub use procs::{pid_alive, postgres_processes_in};
+pub use slots::{MAX_CLUSTERS_ENV, SLOT_DIR};
+pub use util::{free_port, poll_until};

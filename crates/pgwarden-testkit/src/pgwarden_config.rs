@@ -1,0 +1,109 @@
+//! Writes pgwarden configs for a [`TestCluster`]: one per node, each daemon
+//! listening on its own loopback port, as a real deployment would have.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cluster::{Secret, TestCluster};
+
+/// The pieces of a pgwarden config that differ between tests.
+#[derive(Clone, Debug)]
+pub struct DaemonLayout {
+    /// HTTP port of the daemon beside each node, in node order.
+    pub api_ports: Vec<u16>,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+    pub failure_threshold: u32,
+    /// Extra YAML appended at the end (e.g. an `application:` section).
+    pub extra: String,
+}
+
+impl DaemonLayout {
+    /// Free ports for every node, polls every 250 ms (tests wait for a few polls).
+    pub fn for_tests(cluster: &TestCluster) -> DaemonLayout {
+        DaemonLayout {
+            api_ports: cluster.nodes().iter().map(|_| crate::free_port()).collect(),
+            poll_interval: Duration::from_millis(250),
+            poll_timeout: Duration::from_millis(1000),
+            failure_threshold: 3,
+            extra: String::new(),
+        }
+    }
+
+    pub fn api_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.api_ports[i])
+    }
+}
+
+/// The YAML of the daemon beside node `local`.
+pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayout) -> String {
+    let c = cluster.credentials();
+    let o = cluster.options();
+    let file = |s: Secret| cluster.secret_file(s).display().to_string();
+    let mut y = String::new();
+    y.push_str(&format!(
+        "# Written by pgwarden-testkit for the daemon beside {name}.\n\
+         cluster: {cluster}\n\
+         local_node: {name}\n\
+         listen: 127.0.0.1:{port}\n\
+         state_dir: {state}\n\
+         api_token_file: {token}\n\
+         poll:\n  interval: {interval}\n  timeout: {timeout}\n  failure_threshold: {threshold}\n\
+         monitor:\n  user: {muser}\n  password_file: {mpw}\n  dbname: postgres\n\
+         replication:\n  slot: {slot}\n  application_name: {app}\n  user: {ruser}\n  password_file: {rpw}\n\
+         nodes:\n",
+        name = cluster.node(local).name,
+        cluster = "demo",
+        port = layout.api_ports[local],
+        state = state_dir(cluster, local).display(),
+        token = file(Secret::ApiToken),
+        interval = humantime(layout.poll_interval),
+        timeout = humantime(layout.poll_timeout),
+        threshold = layout.failure_threshold,
+        muser = c.monitor_user,
+        mpw = file(Secret::MonitorPassword),
+        slot = o.slot,
+        app = o.application_name,
+        ruser = c.replication_user,
+        rpw = file(Secret::ReplicationPassword),
+    ));
+    for (i, n) in cluster.nodes().iter().enumerate() {
+        y.push_str(&format!(
+            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n",
+            n.name,
+            n.host,
+            n.port,
+            layout.api_url(i),
+            n.data_dir.display(),
+            cluster.bin_dir().display()
+        ));
+    }
+    y.push_str(&layout.extra);
+    y
+}
+
+/// `<cluster dir>/pgwarden/<node>`: the daemon's state_dir.
+pub fn state_dir(cluster: &TestCluster, i: usize) -> PathBuf {
+    cluster.dir().join("pgwarden").join(&cluster.node(i).name)
+}
+
+/// Writes the config of node `i`'s daemon to `<cluster dir>/pgwarden/<node>.yaml`.
+pub fn write_pgwarden_config(
+    cluster: &TestCluster,
+    i: usize,
+    layout: &DaemonLayout,
+) -> std::io::Result<PathBuf> {
+    let dir = cluster.dir().join("pgwarden");
+    std::fs::create_dir_all(state_dir(cluster, i))?;
+    let path = dir.join(format!("{}.yaml", cluster.node(i).name));
+    write(&path, &pgwarden_config(cluster, i, layout))?;
+    Ok(path)
+}
+
+fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
