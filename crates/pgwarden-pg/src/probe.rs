@@ -1,0 +1,137 @@
+//! The probe: one persistent connection per node, one round trip per poll.
+//!
+//! The whole poll is a single simple-protocol query (`probe.sql`) that returns
+//! one JSON document, so a poll costs exactly one round trip and needs no
+//! prepared statement. Connect and query together are bounded by the poll
+//! timeout; on any failure the connection is dropped and rebuilt on the next
+//! poll, because a connection that timed out may be stuck mid-protocol.
+
+use std::time::Duration;
+
+use pgwarden_core::{NodeSnapshot, Secret};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+const PROBE_SQL: &str = include_str!("probe.sql");
+
+/// Where and as whom to connect to one node.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub dbname: String,
+}
+
+/// Why a poll failed. Messages never contain the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?} (connect + query)")]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("probe query failed: {0}")]
+    Query(String),
+    #[error("probe answer unreadable: {0}")]
+    Decode(String),
+}
+
+/// Polls one node, keeping its connection between polls.
+pub struct Prober {
+    target: Target,
+    timeout: Duration,
+    /// The live connection, if the last poll succeeded.
+    client: Option<Client>,
+}
+
+impl Prober {
+    pub fn new(target: Target, timeout: Duration) -> Prober {
+        Prober {
+            target,
+            timeout,
+            client: None,
+        }
+    }
+
+    /// One poll: connect if needed, run the probe, decode it. Bounded by the
+    /// timeout as a whole; a failure drops the connection.
+    pub async fn probe(&mut self) -> Result<NodeSnapshot, ProbeError> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.probe_unbounded()).await {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.client = None;
+                Err(ProbeError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn probe_unbounded(&mut self) -> Result<NodeSnapshot, ProbeError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(self.connect().await?);
+        }
+        let client = self.client.as_ref().expect("connected above");
+        let messages = client
+            .simple_query(PROBE_SQL)
+            .await
+            .map_err(|e| ProbeError::Query(chain(&e)))?;
+        let json = messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .ok_or_else(|| ProbeError::Decode("the probe returned no row".into()))?;
+        serde_json::from_str(json).map_err(|e| ProbeError::Decode(e.to_string()))
+    }
+
+    async fn connect(&self) -> Result<Client, ProbeError> {
+        let t = &self.target;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&t.host)
+            .port(t.port)
+            .user(&t.user)
+            .dbname(&t.dbname)
+            .application_name("pgwarden")
+            .connect_timeout(self.timeout)
+            // The server gives up on a probe we stopped waiting for.
+            .options(format!(
+                "-c statement_timeout={}",
+                self.timeout.as_millis().max(1)
+            ));
+        if let Some(p) = &t.password {
+            cfg.password(p.expose());
+        }
+        let (client, connection) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| ProbeError::Connect(chain(&e)))?;
+        // The connection future drives the socket; it ends when the client drops.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %chain(&e), "probe connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// "error connecting to server: Connection refused (os error 111)": the
+/// error and its sources, which is where tokio-postgres keeps the detail.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
