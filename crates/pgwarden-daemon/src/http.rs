@@ -1,0 +1,163 @@
+//! The HTTP API: metrics, health checks for load balancers, and status.
+//!
+//! Every handler reads the latest [`Published`] poll result and answers from
+//! memory; none of them talks to PostgreSQL, so a scrape or a health check is
+//! fast and cannot pile up behind a hung node.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pgwarden_core::view::{ClusterView, NodeView, Role};
+use pgwarden_core::Config;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::Published;
+
+pub(crate) struct AppState {
+    pub config: Arc<Config>,
+    pub published: watch::Receiver<Arc<Published>>,
+}
+
+impl AppState {
+    fn latest(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+}
+
+type Shared = State<Arc<AppState>>;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/health", get(health))
+        .route("/primary", get(primary))
+        .route("/replica", get(replica))
+        .route("/v1/status", get(status))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// `{"error": code, "message": sentence}` with a status, the shape of every error.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
+}
+
+async fn metrics(State(s): Shared) -> Response {
+    let body = s.latest().metrics.clone();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn livez(State(s): Shared) -> Response {
+    let p = s.latest();
+    let age = Instant::now().saturating_duration_since(p.loop_at);
+    let limit = s.config.poll.interval * 3;
+    let body = json!({"alive": age <= limit, "last_loop_seconds_ago": age.as_secs_f64()});
+    let code = if age <= limit {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+fn ok_or_unavailable(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn node_summary(n: &NodeView) -> serde_json::Value {
+    json!({
+        "name": n.name,
+        "role": n.role,
+        "reachable": n.reachable,
+        "down": n.down,
+        "timeline": n.snapshot.as_ref().map(|s| s.timeline),
+    })
+}
+
+async fn health(State(s): Shared) -> Response {
+    let view = s.latest().view.clone();
+    let body = json!({
+        "healthy": view.healthy,
+        "cluster": view.cluster,
+        "primary": view.primary,
+        "problems": view.problems,
+        "nodes": view.nodes.iter().map(node_summary).collect::<Vec<_>>(),
+    });
+    (ok_or_unavailable(view.healthy), Json(body)).into_response()
+}
+
+fn local<'v>(s: &AppState, view: &'v ClusterView) -> &'v NodeView {
+    view.node(&s.config.local_node)
+        .expect("the view has every configured node")
+}
+
+/// 200 iff this daemon's node is the primary clients should write to: a
+/// reachable primary, and not one left behind on an older timeline.
+async fn primary(State(s): Shared) -> Response {
+    let view = s.latest().view.clone();
+    let me = local(&s, &view);
+    let writable = view.writable_primary().is_some_and(|p| p.name == me.name);
+    let mut body = node_summary(me);
+    body["writable"] = json!(writable);
+    (ok_or_unavailable(writable), Json(body)).into_response()
+}
+
+/// 200 iff this daemon's node is a standby whose WAL receiver streams.
+async fn replica(State(s): Shared) -> Response {
+    let view = s.latest().view.clone();
+    let me = local(&s, &view);
+    let streaming = me.role == Role::Standby
+        && me
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.wal_receiver.as_ref())
+            .is_some_and(|w| w.status == "streaming");
+    let mut body = node_summary(me);
+    body["streaming"] = json!(streaming);
+    (ok_or_unavailable(streaming), Json(body)).into_response()
+}
+
+async fn status(State(s): Shared) -> Response {
+    let view = s.latest().view.clone();
+    Json(json!({
+        "cluster": view.cluster,
+        "local_node": s.config.local_node,
+        "generated_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "healthy": view.healthy,
+        "primary": view.primary,
+        "problems": view.problems,
+        "nodes": view.nodes,
+        "operation": null,
+    }))
+    .into_response()
+}

@@ -1,0 +1,102 @@
+//! The pgwarden runtime: a poll loop per node feeding one cluster view, the
+//! metrics computed from it, and the HTTP listener that serves both.
+//!
+//! [`run`] is the whole daemon; the binary only parses arguments, loads the
+//! config and hands in a shutdown future (SIGTERM / SIGINT). Every task
+//! watches one shutdown signal and ends when it flips.
+
+mod http;
+mod load;
+mod metrics;
+mod poller;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pgwarden_core::view::ClusterView;
+use tokio::sync::watch;
+
+pub use load::{load, Loaded, Secrets};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source} (is another pgwarden or program using that port? change `listen`)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the poll loop publishes after each poll, read by every HTTP handler.
+/// One value behind one `watch`, so a scrape and a health check always see
+/// the same poll.
+pub(crate) struct Published {
+    pub view: Arc<ClusterView>,
+    /// The rendered /metrics text of this view.
+    pub metrics: axum::body::Bytes,
+    /// When the poll loop last ran (liveness).
+    pub loop_at: Instant,
+}
+
+/// Runs the daemon until `shutdown` completes: binds `listen`, polls every
+/// node, serves HTTP. Returns after every task has stopped.
+pub async fn run(
+    loaded: Loaded,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let config = Arc::new(loaded.config);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+    tracing::info!(%addr, cluster = %config.cluster, local_node = %config.local_node, "pgwarden listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(metrics::Metrics::new(&config));
+    let initial = ClusterView::build(&config, &[]);
+    metrics.update(&config, &initial);
+    let (published_tx, published_rx) = watch::channel(Arc::new(Published {
+        view: Arc::new(initial),
+        metrics: metrics.render().into(),
+        loop_at: Instant::now(),
+    }));
+
+    let poller = poller::spawn(
+        config.clone(),
+        loaded.secrets.clone(),
+        metrics.clone(),
+        published_tx,
+        stop_rx.clone(),
+    );
+
+    let state = Arc::new(http::AppState {
+        config: config.clone(),
+        published: published_rx,
+    });
+    let mut server_stop = stop_rx.clone();
+    let server = axum::serve(listener, http::router(state).into_make_service())
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        });
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let served = server.await;
+    let _ = poller.await;
+    tracing::info!("stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Serve(e)),
+        Err(join) => Err(DaemonError::Serve(std::io::Error::other(join))),
+    }
+}

@@ -1,0 +1,100 @@
+//! Loading a config file: read it, parse and validate it (pure, in
+//! `pgwarden-core`), then check what needs the file system: the files it
+//! names must be readable. Also reads the secrets those files hold.
+
+use std::path::{Path, PathBuf};
+
+use pgwarden_core::config::{ConfigError, Invalid, PathSeg};
+use pgwarden_core::{Config, Secret};
+
+/// A validated config and the secrets it points to.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub secrets: Secrets,
+}
+
+/// Secrets read from the files the config names. `Debug` shows `***`.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    pub api_token: Option<Secret>,
+    pub monitor_password: Option<Secret>,
+    pub replication_password: Option<Secret>,
+}
+
+/// Reads, parses and validates `path`; every error says file:line:column.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::at(&origin, 1, 1, format!("cannot read the config file: {e}")))?;
+    let config = Config::parse_str(&origin, &text)?;
+
+    let key = |k: &str| PathSeg::Key(k.to_owned());
+    let mut invalid = Vec::new();
+    let mut read_secret = |file: &Path, at: Vec<PathSeg>, what: &str| -> Option<Secret> {
+        match std::fs::read_to_string(file) {
+            Ok(v) => {
+                let v = v.trim_end_matches(['\n', '\r']).to_owned();
+                if v.is_empty() {
+                    invalid.push(Invalid {
+                        path: at,
+                        message: format!("{what} {} is empty", file.display()),
+                    });
+                    None
+                } else {
+                    Some(Secret::new(v))
+                }
+            }
+            Err(e) => {
+                invalid.push(Invalid {
+                    path: at,
+                    message: format!("cannot read {what} {}: {e}", file.display()),
+                });
+                None
+            }
+        }
+    };
+    let api_token = read_secret(
+        &config.api_token_file,
+        vec![key("api_token_file")],
+        "api_token_file",
+    );
+    let monitor_password = config.monitor.password_file.as_ref().and_then(|f| {
+        read_secret(
+            f,
+            vec![key("monitor"), key("password_file")],
+            "monitor.password_file",
+        )
+    });
+    let replication_password = config.replication.password_file.as_ref().and_then(|f| {
+        read_secret(
+            f,
+            vec![key("replication"), key("password_file")],
+            "replication.password_file",
+        )
+    });
+    if let Some(app) = &config.application {
+        if let Err(e) = std::fs::metadata(&app.config_file) {
+            invalid.push(Invalid {
+                path: vec![key("application"), key("config_file")],
+                message: format!(
+                    "cannot read application.config_file {}: {e}",
+                    app.config_file.display()
+                ),
+            });
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(ConfigError::from_invalid(&origin, &text, &invalid));
+    }
+    Ok(Loaded {
+        config,
+        path: path.to_owned(),
+        secrets: Secrets {
+            api_token,
+            monitor_password,
+            replication_password,
+        },
+    })
+}

@@ -1,0 +1,282 @@
+//! The Prometheus metrics of one daemon, computed from the [`ClusterView`].
+//!
+//! The poll loop calls [`Metrics::update`] after every poll and
+//! [`Metrics::render`] right after, and the text is cached: a scrape only
+//! copies bytes and never waits on PostgreSQL (or on a lock held across I/O).
+//! Series that describe "is X there" (replication_connected/sync of every
+//! configured standby) are always exported, as 0 when missing, so that an
+//! alert on `== 0` fires instead of a series silently vanishing.
+
+use std::time::Duration;
+
+use pgwarden_core::view::{ClusterView, Role};
+use pgwarden_core::Config;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric of the daemon, and the registry that owns them.
+pub struct Metrics {
+    registry: Registry,
+    node_up: IntGaugeVec,
+    node_is_primary: IntGaugeVec,
+    node_timeline: IntGaugeVec,
+    node_wal_lsn_bytes: GaugeVec,
+    node_replay_delay_seconds: GaugeVec,
+    replication_connected: IntGaugeVec,
+    replication_sync: IntGaugeVec,
+    replication_lag_bytes: GaugeVec,
+    replication_lag_seconds: GaugeVec,
+    slot_active: IntGaugeVec,
+    slot_retained_wal_bytes: GaugeVec,
+    slot_safe_wal_size_bytes: GaugeVec,
+    sync_standby_names_set: IntGaugeVec,
+    backends_waiting_sync_rep: IntGaugeVec,
+    split_brain: IntGauge,
+    cluster_healthy: IntGauge,
+    problem: IntGaugeVec,
+    poll_duration_seconds: HistogramVec,
+    poll_errors_total: IntCounterVec,
+    operation_in_progress: IntGauge,
+    // Registered now so dashboards and alerts find them; the failover
+    // executor feeds them.
+    #[allow(dead_code)]
+    operations_total: IntCounterVec,
+    #[allow(dead_code)]
+    last_operation_duration_seconds: GaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// Registers every metric under the `pgwarden_` prefix with the constant
+    /// label `cluster`.
+    pub fn new(config: &Config) -> Metrics {
+        let labels = [("cluster".to_owned(), config.cluster.clone())]
+            .into_iter()
+            .collect();
+        let registry = Registry::new_custom(Some("pgwarden".into()), Some(labels))
+            .expect("static registry options are valid");
+        macro_rules! reg {
+            ($metric:expr) => {{
+                let m = $metric.expect("static metric definitions are valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let node = &["node"];
+        let standby = &["node", "standby"];
+        let m = Metrics {
+            node_up: reg!(IntGaugeVec::new(opts("node_up", "1 unless the node missed poll.failure_threshold polls in a row."), node)),
+            node_is_primary: reg!(IntGaugeVec::new(opts("node_is_primary", "1 when the node answered and is not in recovery."), node)),
+            node_timeline: reg!(IntGaugeVec::new(opts("node_timeline", "Timeline the node writes (primary) or receives (standby)."), node)),
+            node_wal_lsn_bytes: reg!(GaugeVec::new(opts("node_wal_lsn_bytes", "WAL position in bytes: current (primary), receive and replay (standby)."), &["node", "kind"])),
+            node_replay_delay_seconds: reg!(GaugeVec::new(opts("node_replay_delay_seconds", "Standby: 0 when all received WAL is replayed, else the age of the last replayed transaction."), node)),
+            replication_connected: reg!(IntGaugeVec::new(opts("replication_connected", "1 when the standby streams from this node (pg_stat_replication state = streaming)."), standby)),
+            replication_sync: reg!(IntGaugeVec::new(opts("replication_sync", "1 when the standby's sync_state is sync."), standby)),
+            replication_lag_bytes: reg!(GaugeVec::new(opts("replication_lag_bytes", "Bytes the standby is behind this node's current WAL position."), &["node", "standby", "kind"])),
+            replication_lag_seconds: reg!(GaugeVec::new(opts("replication_lag_seconds", "write_lag / flush_lag / replay_lag of pg_stat_replication."), &["node", "standby", "kind"])),
+            slot_active: reg!(IntGaugeVec::new(opts("slot_active", "1 when a standby uses the replication slot."), &["node", "slot"])),
+            slot_retained_wal_bytes: reg!(GaugeVec::new(opts("slot_retained_wal_bytes", "WAL the slot holds back, in bytes."), &["node", "slot"])),
+            slot_safe_wal_size_bytes: reg!(GaugeVec::new(opts("slot_safe_wal_size_bytes", "Bytes that can be written before the slot loses WAL (absent when unlimited)."), &["node", "slot"])),
+            sync_standby_names_set: reg!(IntGaugeVec::new(opts("sync_standby_names_set", "1 when synchronous_standby_names is not empty."), node)),
+            backends_waiting_sync_rep: reg!(IntGaugeVec::new(opts("backends_waiting_sync_rep", "Sessions whose commit waits for the synchronous standby (writes blocked)."), node)),
+            split_brain: reg!(IntGauge::with_opts(opts("split_brain", "1 when more than one node accepts writes."))),
+            cluster_healthy: reg!(IntGauge::with_opts(opts("cluster_healthy", "1 when /health answers 200 (no critical problem)."))),
+            problem: reg!(IntGaugeVec::new(opts("problem", "1 for each current problem, by code, node and severity (see docs/metrics.md)."), &["code", "node", "severity"])),
+            poll_duration_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new("poll_duration_seconds", "Duration of one poll of one node (connect + query).")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                node,
+            )),
+            poll_errors_total: reg!(IntCounterVec::new(opts("poll_errors_total", "Polls of the node that failed."), node)),
+            operation_in_progress: reg!(IntGauge::with_opts(opts("operation_in_progress", "1 while a failover, switchover or rejoin runs."))),
+            operations_total: reg!(IntCounterVec::new(opts("operations_total", "Finished operations by kind and result."), &["kind", "result"])),
+            last_operation_duration_seconds: reg!(GaugeVec::new(opts("last_operation_duration_seconds", "Duration of the last finished operation of each kind."), &["kind"])),
+            registry,
+        };
+        let build = reg_build_info(&m.registry);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for n in &config.nodes {
+            // Counters and histograms exist from the start, so rate() works
+            // from the first scrape.
+            m.poll_errors_total.with_label_values(&[&n.name]);
+        }
+        m
+    }
+
+    /// Records one poll of `node` (success or failure).
+    pub fn observe_poll(&self, node: &str, took: Duration, failed: bool) {
+        self.poll_duration_seconds
+            .with_label_values(&[node])
+            .observe(took.as_secs_f64());
+        if failed {
+            self.poll_errors_total.with_label_values(&[node]).inc();
+        }
+    }
+
+    /// Sets every gauge from `view`, dropping series that no longer exist.
+    pub fn update(&self, config: &Config, view: &ClusterView) {
+        for vec in [
+            &self.node_up,
+            &self.node_is_primary,
+            &self.node_timeline,
+            &self.replication_connected,
+            &self.replication_sync,
+            &self.slot_active,
+            &self.sync_standby_names_set,
+            &self.backends_waiting_sync_rep,
+            &self.problem,
+        ] {
+            vec.reset();
+        }
+        for vec in [
+            &self.node_wal_lsn_bytes,
+            &self.node_replay_delay_seconds,
+            &self.replication_lag_bytes,
+            &self.replication_lag_seconds,
+            &self.slot_retained_wal_bytes,
+            &self.slot_safe_wal_size_bytes,
+        ] {
+            vec.reset();
+        }
+
+        for n in &view.nodes {
+            let name = n.name.as_str();
+            self.node_up
+                .with_label_values(&[name])
+                .set(i64::from(!n.down));
+            self.node_is_primary
+                .with_label_values(&[name])
+                .set(i64::from(n.role == Role::Primary));
+            let Some(s) = &n.snapshot else { continue };
+            self.node_timeline
+                .with_label_values(&[name])
+                .set(i64::from(s.timeline));
+            for (kind, lsn) in [
+                ("current", s.current_lsn),
+                ("receive", s.receive_lsn),
+                ("replay", s.replay_lsn),
+            ] {
+                if let Some(lsn) = lsn {
+                    self.node_wal_lsn_bytes
+                        .with_label_values(&[name, kind])
+                        .set(lsn.0 as f64);
+                }
+            }
+            if let Some(d) = s.replay_delay_seconds {
+                self.node_replay_delay_seconds
+                    .with_label_values(&[name])
+                    .set(d);
+            }
+            self.sync_standby_names_set
+                .with_label_values(&[name])
+                .set(i64::from(
+                    !s.settings.synchronous_standby_names.trim().is_empty(),
+                ));
+            self.backends_waiting_sync_rep
+                .with_label_values(&[name])
+                .set(i64::from(s.backends_waiting_sync_rep));
+            for slot in &s.slots {
+                let l = [name, slot.slot_name.as_str()];
+                self.slot_active
+                    .with_label_values(&l)
+                    .set(i64::from(slot.active));
+                if let Some(r) = slot.retained_bytes {
+                    self.slot_retained_wal_bytes
+                        .with_label_values(&l)
+                        .set(r as f64);
+                }
+                if let Some(safe) = slot.safe_wal_size {
+                    self.slot_safe_wal_size_bytes
+                        .with_label_values(&l)
+                        .set(safe as f64);
+                }
+            }
+            if n.role == Role::Primary {
+                // Every configured standby gets a series, streaming or not.
+                for other in config.nodes.iter().filter(|o| o.name != n.name) {
+                    let l = [name, other.name.as_str()];
+                    self.replication_connected.with_label_values(&l).set(0);
+                    self.replication_sync.with_label_values(&l).set(0);
+                }
+            }
+            for link in &n.replication {
+                let l = [name, link.standby.as_str()];
+                self.replication_connected
+                    .with_label_values(&l)
+                    .set(i64::from(link.streaming));
+                self.replication_sync
+                    .with_label_values(&l)
+                    .set(i64::from(link.sync));
+                let b = link.lag_bytes;
+                for (kind, v) in [
+                    ("sent", b.sent),
+                    ("write", b.write),
+                    ("flush", b.flush),
+                    ("replay", b.replay),
+                ] {
+                    self.replication_lag_bytes
+                        .with_label_values(&[name, &link.standby, kind])
+                        .set(v as f64);
+                }
+                let r = &link.row;
+                for (kind, v) in [
+                    ("write", r.write_lag_seconds),
+                    ("flush", r.flush_lag_seconds),
+                    ("replay", r.replay_lag_seconds),
+                ] {
+                    // NULL lag means "caught up and idle" in pg_stat_replication.
+                    self.replication_lag_seconds
+                        .with_label_values(&[name, &link.standby, kind])
+                        .set(v.unwrap_or(0.0));
+                }
+            }
+        }
+        let split = view
+            .problems
+            .iter()
+            .any(|p| p.code == pgwarden_core::ProblemCode::SplitBrain);
+        self.split_brain.set(i64::from(split));
+        self.cluster_healthy.set(i64::from(view.healthy));
+        for p in &view.problems {
+            let severity = match p.severity {
+                pgwarden_core::health::Severity::Critical => "critical",
+                pgwarden_core::health::Severity::Warning => "warning",
+            };
+            self.problem
+                .with_label_values(&[p.code.as_str(), p.node.as_deref().unwrap_or(""), severity])
+                .set(1);
+        }
+        self.operation_in_progress.set(0);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+fn reg_build_info(registry: &Registry) -> IntGaugeVec {
+    let g = IntGaugeVec::new(
+        opts(
+            "build_info",
+            "Always 1; the version label says which pgwarden runs.",
+        ),
+        &["version"],
+    )
+    .expect("static metric definition is valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
