@@ -1,0 +1,146 @@
+//! `pgwarden status`: a readable table of both nodes (like `patronictl
+//! list`), from a daemon's `/v1/status`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::Value;
+
+pub async fn run(url: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let base = match (url, config) {
+        (Some(u), _) => u,
+        (None, Some(path)) => {
+            let loaded = pgwarden_daemon::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            format!("http://{}", loaded.config.listen)
+        }
+        (None, None) => "http://127.0.0.1:8008".to_owned(),
+    };
+    let url = format!("{}/v1/status", base.trim_end_matches('/'));
+    let status: Value = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach the pgwarden daemon at {url} (is it running? pass --url)")
+        })?
+        .error_for_status()
+        .with_context(|| format!("{url} answered with an error"))?
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with status JSON"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+/// The table: one line per node, then the problems.
+pub fn render(s: &Value) -> String {
+    let str_of = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    let health = if s["healthy"].as_bool() == Some(true) {
+        "healthy"
+    } else {
+        "UNHEALTHY"
+    };
+    out.push_str(&format!(
+        "Cluster {} ({}), seen from {}: {}\n",
+        str_of(&s["cluster"]),
+        s["primary"]
+            .as_str()
+            .map(|p| format!("primary {p}"))
+            .unwrap_or_else(|| "no single primary".into()),
+        str_of(&s["local_node"]),
+        health
+    ));
+    let mut rows = vec![[
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "STATE",
+        "TL",
+        "WAL LSN",
+        "REPLAY LAG",
+        "SYNC",
+    ]
+    .map(String::from)];
+    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+    let primary = nodes.iter().find(|n| n["role"] == "primary");
+    for n in &nodes {
+        let snap = &n["snapshot"];
+        let name = str_of(&n["name"]);
+        let role = str_of(&n["role"]);
+        let state = if n["reachable"] != true {
+            if n["down"] == true {
+                "down".into()
+            } else {
+                "unreachable".to_string()
+            }
+        } else if role == "standby" {
+            snap["wal_receiver"]["status"]
+                .as_str()
+                .unwrap_or("not receiving")
+                .to_owned()
+        } else {
+            "running".into()
+        };
+        let lsn = if role == "primary" {
+            str_of(&snap["current_lsn"])
+        } else {
+            str_of(&snap["replay_lsn"])
+        };
+        let link = primary.and_then(|p| {
+            p["replication"]
+                .as_array()
+                .and_then(|r| r.iter().find(|l| l["standby"] == n["name"]).cloned())
+        });
+        let (lag, sync) = match &link {
+            Some(l) => (
+                human(l["lag_bytes"]["replay"].as_u64().unwrap_or(0)),
+                str_of(&l["sync_state"]),
+            ),
+            None if role == "standby" || n["reachable"] != true => {
+                ("-".into(), "not streaming".into())
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let tl = snap["timeline"]
+            .as_u64()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        let addr = format!("{}:{}", str_of(&n["host"]), n["port"]);
+        rows.push([name, addr, role, state, tl, lsn, lag, sync]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let problems = s["problems"].as_array().cloned().unwrap_or_default();
+    if !problems.is_empty() {
+        out.push_str("Problems:\n");
+        for p in problems {
+            out.push_str(&format!(
+                "  {:<8} {:<26} {}\n",
+                str_of(&p["severity"]),
+                str_of(&p["code"]),
+                str_of(&p["message"])
+            ));
+        }
+    }
+    out
+}
+
+fn human(b: u64) -> String {
+    pgwarden_core::health::human_bytes(b)
+}
