@@ -1,0 +1,195 @@
+//! Bad configs: `pgwarden check-config` and `pgwarden run` refuse each kind
+//! with exit status 2 and a message that says file:line:column and what to fix.
+
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+const GOOD: &str = "\
+cluster: inmanta
+local_node: pg-a
+listen: 127.0.0.1:0
+state_dir: STATE
+api_token_file: TOKEN
+poll:
+  interval: 1s
+  timeout: 1s
+  failure_threshold: 3
+monitor:
+  user: pgwarden
+  password_file: PASSWORD
+replication:
+  slot: replication
+  application_name: inmanta
+  user: replication
+nodes:
+  - name: pg-a
+    host: 127.0.0.1
+    port: 5432
+  - name: pg-b
+    host: 127.0.0.1
+    port: 5433
+";
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    stdout: String,
+}
+
+fn check(dir: &Path, verb: &str, text: &str) -> Outcome {
+    let token = dir.join("api.token");
+    let password = dir.join("monitor.password");
+    std::fs::write(&token, "t0k3n").unwrap();
+    std::fs::write(&password, "pw").unwrap();
+    let text = text
+        .replace("STATE", &dir.join("state").display().to_string())
+        .replace("TOKEN", &token.display().to_string())
+        .replace("PASSWORD", &password.display().to_string());
+    let path = dir.join("pgwarden.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(util::pgwarden_bin())
+        .args([verb, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+#[test]
+fn a_good_config_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(dir.path(), "check-config", GOOD);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("OK (cluster inmanta, local node pg-a, 2 nodes)"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn every_kind_of_bad_config_exits_2_and_says_where_and_what() {
+    // (what is wrong, the edit, "line:column: " and a phrase of the message)
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "YAML syntax",
+            GOOD.replace("cluster: inmanta", "cluster: 'inmanta"),
+            ":24:1: ",
+            "found unexpected end of stream, while scanning a quoted scalar",
+        ),
+        (
+            "tab indentation",
+            GOOD.replace("  user: pgwarden", "\tuser: pgwarden"),
+            ":11:1: ",
+            "indented with a tab",
+        ),
+        (
+            "unknown key",
+            GOOD.replace("  failure_threshold: 3", "  failure_treshold: 3"),
+            ":9:3: ",
+            "unknown key `failure_treshold` under `poll`",
+        ),
+        (
+            "missing key",
+            GOOD.replace("local_node: pg-a\n", ""),
+            ":1:1: ",
+            "missing key `local_node`",
+        ),
+        (
+            "bad duration",
+            GOOD.replace("interval: 1s", "interval: soon"),
+            ":7:3: ",
+            "poll.interval",
+        ),
+        (
+            "bad listen address",
+            GOOD.replace("127.0.0.1:0", "localhost"),
+            ":3:1: ",
+            "such as 127.0.0.1:8008",
+        ),
+        (
+            "bad port",
+            GOOD.replace("port: 5433", "port: 70000"),
+            ":23:5: ",
+            "nodes[1].port",
+        ),
+        (
+            "unknown local node",
+            GOOD.replace("local_node: pg-a", "local_node: pg-c"),
+            ":2:1: ",
+            "is not one of the nodes (pg-a, pg-b)",
+        ),
+        (
+            "duplicate node",
+            GOOD.replace("name: pg-b", "name: pg-a"),
+            ":21:5: ",
+            "used twice",
+        ),
+        (
+            "one node",
+            GOOD[..GOOD.find("  - name: pg-b").unwrap()].to_owned(),
+            ":17:1: ",
+            "at least two nodes",
+        ),
+        (
+            "same address twice",
+            GOOD.replace("port: 5433", "port: 5432"),
+            ":23:5: ",
+            "same host and port",
+        ),
+        (
+            "bad slot name",
+            GOOD.replace("slot: replication", "slot: Bad-Slot"),
+            ":14:3: ",
+            "not a valid slot name",
+        ),
+        (
+            "unreadable password file",
+            GOOD.replace("password_file: PASSWORD", "password_file: /nonexistent/pw"),
+            ":12:3: ",
+            "cannot read monitor.password_file /nonexistent/pw",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, text, at, phrase) in &cases {
+        for verb in ["check-config", "run"] {
+            let o = check(dir.path(), verb, text);
+            assert_eq!(o.code, Some(2), "{what} ({verb}): {}", o.stderr);
+            let first = o.stderr.lines().next().unwrap_or("");
+            assert!(
+                first.contains("pgwarden.yaml:"),
+                "{what}: no file name in {first:?}"
+            );
+            assert!(
+                first.contains(at),
+                "{what}: expected position {at:?} in {first:?}"
+            );
+            assert!(
+                o.stderr.contains(phrase),
+                "{what}: expected {phrase:?} in {:?}",
+                o.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = Command::new(util::pgwarden_bin())
+        .args(["check-config", "--config", "/nonexistent/pgwarden.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/pgwarden.yaml:1:1: cannot read the config file"),
+        "{err}"
+    );
+}

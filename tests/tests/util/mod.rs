@@ -1,0 +1,284 @@
+//! Helpers shared by the integration tests: a real `pgwarden run` process per
+//! node, a tiny HTTP client, and readers for the metrics text.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use pgwarden_testkit::{poll_until, ClusterOptions, DaemonLayout, TestCluster};
+
+/// The `pgwarden` binary of this build (target/<profile>/pgwarden, next to
+/// the test's deps/ directory), or `PGWARDEN_BIN`.
+pub fn pgwarden_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGWARDEN_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("pgwarden");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p pgwarden`, or run the tests with `cargo nextest run --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `pgwarden run` process; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub url: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, url: String) -> Daemon {
+        let log = config.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(pgwarden_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PGWARDEN_LOG", "info,pgwarden_pg=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start pgwarden");
+        let d = Daemon {
+            child: Some(child),
+            url,
+            log,
+            config: config.to_owned(),
+        };
+        poll_until(
+            Duration::from_secs(20),
+            "the daemon to answer /livez",
+            || (d.get("/livez").status == 200).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n--- daemon log ---\n{}", d.log_text()));
+        d
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http("GET", &format!("{}{}", self.url, path), None, &[])
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").body
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        poll_until(
+            Duration::from_secs(10),
+            "the daemon to exit after SIGTERM",
+            || child.try_wait().ok().flatten(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real cluster and a daemon beside each node.
+pub struct Env {
+    pub daemons: Vec<Daemon>,
+    pub layout: DaemonLayout,
+    // Dropped last: the daemons stop before the cluster goes.
+    pub cluster: TestCluster,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
+        let layout = DaemonLayout::for_tests(&cluster);
+        let daemons = (0..cluster.nodes().len())
+            .map(|i| {
+                let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
+                Daemon::start(&cfg, layout.api_url(i))
+            })
+            .collect();
+        Env {
+            daemons,
+            layout,
+            cluster,
+        }
+    }
+
+    /// A deadline of `polls` poll intervals plus one probe timeout, plus slack
+    /// for a loaded machine: how long a change may take to show.
+    pub fn within_polls(&self, polls: u32) -> Duration {
+        self.layout.poll_interval * polls + self.layout.poll_timeout + Duration::from_secs(5)
+    }
+
+    /// Polls `/health` of daemon `i` until `pred` holds on its JSON.
+    pub fn wait_health(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let d = &self.daemons[i];
+        poll_until(timeout, what, || {
+            let r = d.get("/health");
+            let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            pred(r.status, &v).then_some(v)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nlast /health: {}\n--- log ---\n{}",
+                d.get("/health").body,
+                d.log_text()
+            )
+        })
+    }
+}
+
+/// Whether a /health body lists `code` (for `node`, when given).
+pub fn has_problem(health: &serde_json::Value, code: &str, node: Option<&str>) -> bool {
+    health["problems"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["code"] == code && node.is_none_or(|n| p["node"] == n))
+    })
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection): enough for tests,
+/// and it sees exactly the bytes a user's curl would.
+pub fn http(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Response {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = match TcpStream::connect(hostport) {
+        Ok(s) => s,
+        Err(e) => {
+            return Response {
+                status: 0,
+                headers: String::new(),
+                body: e.to_string(),
+            }
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).is_err() {
+        return Response {
+            status: 0,
+            headers: String::new(),
+            body: "write failed".into(),
+        };
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        headers: head.to_owned(),
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// The value of one sample in Prometheus text, matching every given label.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, label_text) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric_name != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
