@@ -348,3 +348,50 @@ fn a_hung_node_does_not_delay_the_other() {
     let h = env.daemons[0].get("/health").json();
     assert_eq!(h["nodes"][0]["reachable"], true, "{h}");
 }
+
+#[test]
+fn a_least_privilege_monitor_role_is_enough() {
+    // What docs and the example config promise: LOGIN + pg_monitor suffices
+    // to observe (promoting needs more, later).
+    let cluster = pgwarden_testkit::TestCluster::start(Default::default()).unwrap();
+    cluster
+        .psql(
+            0,
+            "CREATE ROLE watcher LOGIN PASSWORD 'watcher-pw' IN ROLE pg_monitor",
+        )
+        .unwrap();
+    let pw = cluster.dir().join("watcher.password");
+    std::fs::write(&pw, "watcher-pw").unwrap();
+    let layout = pgwarden_testkit::DaemonLayout::for_tests(&cluster);
+    let yaml = pgwarden_testkit::pgwarden_config(&cluster, 1, &layout)
+        .replace("  user: pgwarden\n", "  user: watcher\n")
+        .replace(
+            &cluster
+                .secret_file(pgwarden_testkit::Secret::MonitorPassword)
+                .display()
+                .to_string(),
+            &pw.display().to_string(),
+        );
+    assert!(yaml.contains("user: watcher"));
+    let path = cluster.dir().join("watcher.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let d = util::Daemon::start(&path, layout.api_url(1));
+    poll_until(
+        Duration::from_secs(20),
+        "healthy as seen by a pg_monitor role",
+        || {
+            let r = d.get("/health");
+            (r.status == 200).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}\n{}", d.get("/health").body, d.log_text()));
+    let s = d.get("/v1/status").json();
+    assert_eq!(
+        s["nodes"][1]["snapshot"]["settings"]["primary_conninfo"]["application_name"],
+        "inmanta"
+    );
+    assert_eq!(
+        s["nodes"][0]["replication"][0]["state"], "streaming",
+        "pg_monitor sees replication details"
+    );
+}

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use pgwarden_core::view::ClusterView;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use load::{load, Loaded, Secrets};
 
@@ -49,6 +50,15 @@ pub async fn run(
     loaded: Loaded,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // Every log line says which daemon wrote it (the demo runs two in one process).
+    let span = tracing::info_span!("daemon", node = %loaded.config.local_node);
+    run_daemon(loaded, shutdown).instrument(span).await
+}
+
+async fn run_daemon(
+    loaded: Loaded,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let config = Arc::new(loaded.config);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -70,6 +80,7 @@ pub async fn run(
     }));
 
     let poller = poller::spawn(
+        tracing::Span::current(),
         config.clone(),
         loaded.secrets.clone(),
         metrics.clone(),

@@ -15,6 +15,7 @@ use pgwarden_pg::{Prober, Target};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 use crate::load::Secrets;
 use crate::metrics::Metrics;
@@ -29,6 +30,7 @@ struct PollResult {
 /// Starts the node pollers and the view builder; the handle ends when all
 /// of them have stopped.
 pub(crate) fn spawn(
+    span: tracing::Span,
     config: Arc<Config>,
     secrets: Secrets,
     metrics: Arc<Metrics>,
@@ -55,12 +57,15 @@ pub(crate) fn spawn(
         )));
     }
     drop(tx);
-    tokio::spawn(async move {
-        build_views(config, metrics, rx, published, stop).await;
-        for p in pollers {
-            let _ = p.await;
+    tokio::spawn(
+        async move {
+            build_views(config, metrics, rx, published, stop).await;
+            for p in pollers {
+                let _ = p.await;
+            }
         }
-    })
+        .instrument(span),
+    )
 }
 
 async fn poll_node(
