@@ -10,6 +10,8 @@
 pub mod config;
 pub mod conninfo;
 pub mod health;
+pub mod operation;
+pub mod preflight;
 pub mod secret;
 pub mod snapshot;
 pub mod view;

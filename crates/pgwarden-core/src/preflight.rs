@@ -1,0 +1,589 @@
+//! Preflight of a failover or switchover: a list of named checks, each with
+//! a verdict and a sentence, computed from the config and the cluster view.
+//!
+//! Pure: what needs I/O (reading the application's other config files, the
+//! environment of its service, the peer's answer to the lock request) is
+//! gathered by the caller and passed in as [`PreflightInput`] fields.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::operation::{OperationKind, Request};
+use crate::view::{ClusterView, Role};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    /// Reported, does not block.
+    Warn,
+    /// Blocks the operation (unless `force` lifts this check).
+    Fail,
+}
+
+/// One named check and its verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+/// Another place that sets the application's database host or port and so
+/// could override the switch (inmanta reads every `*.cfg` of its directory in
+/// name order, then `~/.inmanta.cfg`, and the environment wins over all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    /// A file path, or `environment variable INMANTA_DATABASE_HOST`.
+    pub source: String,
+    pub key: String,
+}
+
+/// Everything preflight looks at.
+pub struct PreflightInput<'a> {
+    pub config: &'a Config,
+    pub view: &'a ClusterView,
+    pub kind: OperationKind,
+    pub request: &'a Request,
+    /// The id of an operation that still holds the lock, if any.
+    pub open_operation: Option<&'a str>,
+    /// Settings elsewhere that would override the rewritten config file.
+    pub shadows: &'a [Shadow],
+}
+
+fn pass(name: &'static str, message: impl Into<String>) -> Check {
+    Check {
+        name,
+        verdict: Verdict::Pass,
+        message: message.into(),
+    }
+}
+
+fn fail(name: &'static str, message: impl Into<String>) -> Check {
+    Check {
+        name,
+        verdict: Verdict::Fail,
+        message: message.into(),
+    }
+}
+
+/// A check that `force` may lift: it then passes with a warning.
+fn forceable(force: bool, name: &'static str, message: String) -> Check {
+    if force {
+        Check {
+            name,
+            verdict: Verdict::Warn,
+            message: format!("{message} (ignored: force)"),
+        }
+    } else {
+        fail(name, message)
+    }
+}
+
+/// Runs every check; the operation may proceed iff none is `Fail`.
+pub fn preflight(input: &PreflightInput) -> Vec<Check> {
+    let PreflightInput {
+        config,
+        view,
+        kind,
+        request,
+        open_operation,
+        shadows,
+    } = *input;
+    let force = request.force;
+    let target = request.target.as_str();
+    let mut out = Vec::new();
+
+    out.push(match open_operation {
+        None => pass("no_other_operation", "no other operation is open"),
+        Some(id) => fail(
+            "no_other_operation",
+            format!("operation {id} is still open: resume or abort it first"),
+        ),
+    });
+
+    out.push(match &config.application {
+        Some(app) => pass("application_configured", format!("the application {} will be fenced", app.name)),
+        None => fail(
+            "application_configured",
+            "no `application` section in the config: pgwarden never promotes without fencing the application",
+        ),
+    });
+
+    let Some(t) = view.node(target) else {
+        let names: Vec<&str> = view.nodes.iter().map(|n| n.name.as_str()).collect();
+        out.push(fail(
+            "target_is_standby",
+            format!(
+                "{target} is not a node of this cluster ({})",
+                names.join(", ")
+            ),
+        ));
+        return out;
+    };
+    out.push(match (t.reachable, t.role) {
+        (true, Role::Standby) => pass(
+            "target_is_standby",
+            format!("{target} is a reachable standby"),
+        ),
+        (true, Role::Primary) => fail(
+            "target_is_standby",
+            format!("{target} is already a primary"),
+        ),
+        _ => fail(
+            "target_is_standby",
+            format!(
+                "{target} does not answer: {}",
+                t.last_error.as_deref().unwrap_or("not polled yet")
+            ),
+        ),
+    });
+
+    // The node(s) the target takes over from.
+    let others: Vec<_> = view.nodes.iter().filter(|n| n.name != target).collect();
+    let primary = others.iter().find(|n| n.role == Role::Primary);
+
+    if let Some(ts) = &t.snapshot {
+        let mismatched: Vec<&str> = others
+            .iter()
+            .filter(|n| {
+                n.snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.system_identifier != ts.system_identifier)
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        out.push(if mismatched.is_empty() {
+            pass(
+                "same_system_identifier",
+                "every reachable node is a copy of one cluster",
+            )
+        } else {
+            fail(
+                "same_system_identifier",
+                format!(
+                    "{} is not a copy of the same cluster as {target}",
+                    mismatched.join(", ")
+                ),
+            )
+        });
+    }
+
+    match kind {
+        OperationKind::Failover => {
+            match primary {
+                Some(p) => out.push(forceable(
+                    force,
+                    "primary_down",
+                    format!(
+                        "{} is a reachable primary: use a switchover (zero data loss), or force",
+                        p.name
+                    ),
+                )),
+                None => {
+                    let not_down: Vec<&str> = others
+                        .iter()
+                        .filter(|n| !n.down)
+                        .map(|n| n.name.as_str())
+                        .collect();
+                    out.push(if not_down.is_empty() {
+                        pass(
+                            "primary_down",
+                            format!(
+                                "the primary has not answered for {} polls",
+                                config.poll.failure_threshold
+                            ),
+                        )
+                    } else {
+                        forceable(
+                            force,
+                            "primary_down",
+                            format!(
+                                "{} has not yet missed {} polls in a row: wait, or force",
+                                not_down.join(", "),
+                                config.poll.failure_threshold
+                            ),
+                        )
+                    });
+                }
+            }
+            if let Some(ts) = &t.snapshot {
+                // The target promotes only after replaying what it received.
+                let backlog = match (ts.replay_lsn, ts.receive_lsn) {
+                    (Some(replay), Some(recv)) => replay.bytes_until(recv),
+                    _ => 0,
+                };
+                out.push(lag_check(
+                    force,
+                    config,
+                    target,
+                    backlog,
+                    "not yet replayed",
+                ));
+            }
+        }
+        OperationKind::Switchover => {
+            match primary {
+                Some(p) if p.reachable => out.push(pass(
+                    "primary_healthy",
+                    format!("{} is a reachable primary", p.name),
+                )),
+                _ => out.push(fail(
+                    "primary_healthy",
+                    "no reachable primary: a switchover needs one; use a failover",
+                )),
+            }
+            let link = primary.and_then(|p| p.replication.iter().find(|l| l.standby == target));
+            out.push(match link {
+                Some(l) if l.streaming && l.sync => pass(
+                    "target_synchronous",
+                    format!("{target} streams synchronously"),
+                ),
+                Some(l) if l.streaming => forceable(
+                    force,
+                    "target_synchronous",
+                    format!("{target} streams but is not synchronous: commits could be lost"),
+                ),
+                _ => fail(
+                    "target_synchronous",
+                    format!("{target} does not stream from the primary"),
+                ),
+            });
+            if let Some(l) = link {
+                out.push(lag_check(
+                    force,
+                    config,
+                    target,
+                    l.lag_bytes.replay,
+                    "behind the primary",
+                ));
+            }
+            if let (Some(p), Some(ts)) = (primary.and_then(|p| p.snapshot.as_ref()), &t.snapshot) {
+                out.push(if p.timeline == ts.timeline {
+                    pass(
+                        "same_timeline",
+                        format!("both nodes are on timeline {}", p.timeline),
+                    )
+                } else {
+                    fail(
+                        "same_timeline",
+                        format!(
+                            "{target} is on timeline {} but the primary on {}",
+                            ts.timeline, p.timeline
+                        ),
+                    )
+                });
+            }
+        }
+        OperationKind::Rejoin => {}
+    }
+
+    if let Some(app) = &config.application {
+        out.push(if shadows.is_empty() {
+            pass(
+                "application_config_effective",
+                format!(
+                    "nothing overrides {} in {}",
+                    app.host_key,
+                    app.config_file.display()
+                ),
+            )
+        } else {
+            let list: Vec<String> = shadows
+                .iter()
+                .map(|s| format!("{} sets {}", s.source, s.key))
+                .collect();
+            Check {
+                name: "application_config_effective",
+                verdict: Verdict::Warn,
+                message: format!(
+                    "the switch of {} may not take effect: {}",
+                    app.config_file.display(),
+                    list.join("; ")
+                ),
+            }
+        });
+    }
+    out
+}
+
+fn lag_check(force: bool, config: &Config, target: &str, bytes: u64, what: &str) -> Check {
+    let limit = config.replication.max_lag_on_failover;
+    let human = crate::health::human_bytes;
+    if bytes <= limit {
+        pass(
+            "lag_within_limit",
+            format!(
+                "{target} has {} {what} (limit {})",
+                human(bytes),
+                human(limit)
+            ),
+        )
+    } else {
+        forceable(
+            force,
+            "lag_within_limit",
+            format!(
+                "{target} has {} {what}, over max_lag_on_failover = {}",
+                human(bytes),
+                human(limit)
+            ),
+        )
+    }
+}
+
+/// True when no check blocks.
+pub fn passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.verdict != Verdict::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::{primary, standby};
+    use crate::snapshot::Lsn;
+    use crate::view::tests::{failed, ok};
+    use crate::view::NodeObservation;
+
+    fn config() -> Config {
+        let text = r#"
+cluster: test
+local_node: pg-a
+listen: 127.0.0.1:8008
+state_dir: /tmp/x
+api_token_file: /tmp/token
+monitor: {user: pgwarden}
+replication: {slot: replication, application_name: inmanta, user: replication}
+nodes:
+  - {name: pg-a, host: 10.0.0.1, port: 5432}
+  - {name: pg-b, host: 10.0.0.2, port: 5432}
+application:
+  name: inmanta-server
+  stop: [systemctl, stop, inmanta-server]
+  start: [systemctl, start, inmanta-server]
+  is_running: [systemctl, is-active, inmanta-server]
+  db_user: inmanta
+  config_file: /etc/inmanta/inmanta.d/database.cfg
+"#;
+        Config::parse_str("t.yaml", text).unwrap()
+    }
+
+    fn run(kind: OperationKind, obs: &[NodeObservation], target: &str, force: bool) -> Vec<Check> {
+        let c = config();
+        let view = ClusterView::build(&c, obs);
+        let request = Request {
+            target: target.into(),
+            reason: String::new(),
+            force,
+        };
+        preflight(&PreflightInput {
+            config: &c,
+            view: &view,
+            kind,
+            request: &request,
+            open_operation: None,
+            shadows: &[],
+        })
+    }
+
+    fn verdict(checks: &[Check], name: &str) -> Verdict {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}: {checks:#?}"))
+            .verdict
+    }
+
+    #[test]
+    fn a_failover_of_a_dead_primary_passes() {
+        let checks = run(
+            OperationKind::Failover,
+            &[failed(3), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert!(passed(&checks), "{checks:#?}");
+        assert_eq!(verdict(&checks, "primary_down"), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_failover_waits_for_the_failure_threshold_unless_forced() {
+        let checks = run(
+            OperationKind::Failover,
+            &[failed(1), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert_eq!(verdict(&checks, "primary_down"), Verdict::Fail);
+        let forced = run(
+            OperationKind::Failover,
+            &[failed(1), ok(standby())],
+            "pg-b",
+            true,
+        );
+        assert_eq!(verdict(&forced, "primary_down"), Verdict::Warn);
+        assert!(passed(&forced));
+    }
+
+    #[test]
+    fn a_failover_with_a_live_primary_says_use_switchover() {
+        let checks = run(
+            OperationKind::Failover,
+            &[ok(primary()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        let c = checks.iter().find(|c| c.name == "primary_down").unwrap();
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.message.contains("use a switchover"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_standby_fails() {
+        for (obs, target, phrase) in [
+            (
+                vec![ok(primary()), ok(standby())],
+                "pg-a",
+                "already a primary",
+            ),
+            (vec![failed(3), failed(3)], "pg-b", "does not answer"),
+            (
+                vec![ok(primary()), ok(standby())],
+                "pg-z",
+                "not a node of this cluster",
+            ),
+        ] {
+            let checks = run(OperationKind::Switchover, &obs, target, false);
+            let c = checks
+                .iter()
+                .find(|c| c.name == "target_is_standby")
+                .unwrap();
+            assert_eq!(c.verdict, Verdict::Fail);
+            assert!(c.message.contains(phrase), "{}", c.message);
+        }
+    }
+
+    #[test]
+    fn a_switchover_of_a_healthy_pair_passes() {
+        let checks = run(
+            OperationKind::Switchover,
+            &[ok(primary()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert!(passed(&checks), "{checks:#?}");
+    }
+
+    #[test]
+    fn a_switchover_needs_a_synchronous_target_within_the_lag_limit() {
+        let mut p = primary();
+        p.replication[0].sync_state = Some("async".into());
+        let checks = run(
+            OperationKind::Switchover,
+            &[ok(p.clone()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert_eq!(verdict(&checks, "target_synchronous"), Verdict::Fail);
+        p.replication[0].sync_state = Some("sync".into());
+        p.current_lsn = Lsn::parse("1/0");
+        let checks = run(
+            OperationKind::Switchover,
+            &[ok(p.clone()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert_eq!(verdict(&checks, "lag_within_limit"), Verdict::Fail);
+        let checks = run(
+            OperationKind::Switchover,
+            &[ok(p), ok(standby())],
+            "pg-b",
+            true,
+        );
+        assert_eq!(verdict(&checks, "lag_within_limit"), Verdict::Warn);
+    }
+
+    #[test]
+    fn a_switchover_without_a_primary_fails_even_forced() {
+        let checks = run(
+            OperationKind::Switchover,
+            &[failed(3), ok(standby())],
+            "pg-b",
+            true,
+        );
+        assert_eq!(verdict(&checks, "primary_healthy"), Verdict::Fail);
+        assert!(!passed(&checks));
+    }
+
+    #[test]
+    fn another_cluster_is_never_a_target() {
+        let mut s = standby();
+        s.system_identifier = 1;
+        let checks = run(
+            OperationKind::Switchover,
+            &[ok(primary()), ok(s)],
+            "pg-b",
+            true,
+        );
+        assert_eq!(verdict(&checks, "same_system_identifier"), Verdict::Fail);
+    }
+
+    #[test]
+    fn an_open_operation_and_a_missing_application_block() {
+        let c = Config {
+            application: None,
+            ..config()
+        };
+        let view = ClusterView::build(&c, &[failed(3), ok(standby())]);
+        let request = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force: true,
+        };
+        let checks = preflight(&PreflightInput {
+            config: &c,
+            view: &view,
+            kind: OperationKind::Failover,
+            request: &request,
+            open_operation: Some("op-7"),
+            shadows: &[],
+        });
+        assert_eq!(verdict(&checks, "no_other_operation"), Verdict::Fail);
+        assert_eq!(verdict(&checks, "application_configured"), Verdict::Fail);
+        assert!(checks[0].message.contains("op-7"));
+    }
+
+    #[test]
+    fn a_shadowing_setting_is_a_warning() {
+        let c = config();
+        let view = ClusterView::build(&c, &[failed(3), ok(standby())]);
+        let request = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force: false,
+        };
+        let shadows = [Shadow {
+            source: "/etc/inmanta/inmanta.d/zz-local.cfg".into(),
+            key: "host".into(),
+        }];
+        let checks = preflight(&PreflightInput {
+            config: &c,
+            view: &view,
+            kind: OperationKind::Failover,
+            request: &request,
+            open_operation: None,
+            shadows: &shadows,
+        });
+        let check = checks
+            .iter()
+            .find(|c| c.name == "application_config_effective")
+            .unwrap();
+        assert_eq!(check.verdict, Verdict::Warn);
+        assert!(
+            check.message.contains("zz-local.cfg sets host"),
+            "{}",
+            check.message
+        );
+        assert!(passed(&checks));
+    }
+}
