@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conninfo;
 pub mod health;
+pub mod ini;
 pub mod operation;
 pub mod preflight;
 pub mod secret;
