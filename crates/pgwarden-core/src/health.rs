@@ -399,7 +399,7 @@ mod tests {
     use super::*;
     use crate::snapshot::tests::{primary, standby};
     use crate::snapshot::{Lsn, NodeSnapshot};
-    use crate::view::tests::{config, failed, ok};
+    use crate::view::tests::{config, failed, failed_after, ok};
     use crate::view::NodeObservation;
 
     fn promoted(mut s: NodeSnapshot) -> NodeSnapshot {
@@ -451,9 +451,19 @@ mod tests {
                 vec![(NodeDown, Some("pg-a")), (NoPrimary, None)],
             ),
             (
-                "primary unreachable once: no primary, not yet down",
+                "primary never answered: no primary, not yet down",
                 vec![failed(1), ok(s())],
                 vec![(NoPrimary, None)],
+            ),
+            (
+                "primary missed polls below the threshold: its last snapshot stands",
+                vec![failed_after(p(), 2), ok(s())],
+                vec![],
+            ),
+            (
+                "primary missed the threshold: down, its last snapshot no longer counts",
+                vec![failed_after(p(), 3), ok(s())],
+                vec![(NodeDown, Some("pg-a")), (NoPrimary, None)],
             ),
             (
                 "standby promoted beside a live primary",

@@ -15,7 +15,10 @@ use crate::snapshot::{Lsn, NodeSnapshot, ReplicationRow};
 /// What the poller knows about one node; the input of [`ClusterView::build`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeObservation {
-    /// The latest snapshot, present only when the latest poll succeeded.
+    /// The latest successful snapshot. It is still used while the node
+    /// fails fewer than `poll.failure_threshold` polls in a row, so one
+    /// timed-out poll does not flip roles and health (the threshold is the
+    /// debounce); a node that is down has no role.
     pub snapshot: Option<NodeSnapshot>,
     /// Failed polls in a row (0 after a success).
     pub consecutive_failures: u32,
@@ -81,6 +84,8 @@ pub struct NodeView {
     pub polled_at: Option<String>,
     /// The standbys streaming from this node, matched to config names.
     pub replication: Vec<StandbyLink>,
+    /// The latest successful snapshot (possibly from an earlier poll while
+    /// `reachable` is false and the node is not yet down).
     pub snapshot: Option<NodeSnapshot>,
 }
 
@@ -105,7 +110,11 @@ impl ClusterView {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let obs = observations.get(i).cloned().unwrap_or_default();
+                let mut obs = observations.get(i).cloned().unwrap_or_default();
+                let down = obs.consecutive_failures >= config.poll.failure_threshold;
+                if down {
+                    obs.snapshot = None;
+                }
                 let role = match &obs.snapshot {
                     Some(s) if s.in_recovery => Role::Standby,
                     Some(_) => Role::Primary,
@@ -125,8 +134,8 @@ impl ClusterView {
                     name: n.name.clone(),
                     host: n.host.clone(),
                     port: n.port,
-                    reachable: obs.snapshot.is_some(),
-                    down: obs.consecutive_failures >= config.poll.failure_threshold,
+                    reachable: obs.snapshot.is_some() && obs.consecutive_failures == 0,
+                    down,
                     role,
                     consecutive_failures: obs.consecutive_failures,
                     last_error: obs.last_error,
@@ -257,6 +266,14 @@ nodes:
         NodeObservation {
             snapshot: Some(s),
             ..Default::default()
+        }
+    }
+
+    /// A node that answered once with `s`, then failed `times` polls.
+    pub fn failed_after(s: NodeSnapshot, times: u32) -> NodeObservation {
+        NodeObservation {
+            snapshot: Some(s),
+            ..failed(times)
         }
     }
 

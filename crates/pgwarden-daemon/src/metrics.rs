@@ -73,7 +73,7 @@ impl Metrics {
         let standby = &["node", "standby"];
         let m = Metrics {
             node_up: reg!(IntGaugeVec::new(opts("node_up", "1 unless the node missed poll.failure_threshold polls in a row."), node)),
-            node_is_primary: reg!(IntGaugeVec::new(opts("node_is_primary", "1 when the node answered and is not in recovery."), node)),
+            node_is_primary: reg!(IntGaugeVec::new(opts("node_is_primary", "1 when the node is up and not in recovery."), node)),
             node_timeline: reg!(IntGaugeVec::new(opts("node_timeline", "Timeline the node writes (primary) or receives (standby)."), node)),
             node_wal_lsn_bytes: reg!(GaugeVec::new(opts("node_wal_lsn_bytes", "WAL position in bytes: current (primary), receive and replay (standby)."), &["node", "kind"])),
             node_replay_delay_seconds: reg!(GaugeVec::new(opts("node_replay_delay_seconds", "Standby: 0 when all received WAL is replayed, else the age of the last replayed transaction."), node)),

@@ -121,7 +121,8 @@ async fn build_views(
                         obs.last_error = None;
                     }
                     Err(e) => {
-                        obs.snapshot = None;
+                        // The last snapshot stays: the view decides how long
+                        // it counts (until the node is down).
                         obs.consecutive_failures = obs.consecutive_failures.saturating_add(1);
                         obs.last_error = Some(e);
                     }
