@@ -10,8 +10,13 @@ pub async fn run(url: Option<String>, config: Option<PathBuf>, json: bool) -> an
     let base = match (url, config) {
         (Some(u), _) => u,
         (None, Some(path)) => {
-            let loaded = pgwarden_daemon::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            format!("http://{}", loaded.config.listen)
+            // Only `listen` is needed: no secret file is read, so an
+            // operator without access to them can still ask.
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let config = pgwarden_core::Config::parse_str(&path.display().to_string(), &text)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            format!("http://{}", config.listen)
         }
         (None, None) => "http://127.0.0.1:8008".to_owned(),
     };
