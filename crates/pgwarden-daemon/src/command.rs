@@ -1,0 +1,248 @@
+//! Running an external command (the application's stop/start/is_running, a
+//! node's stop/start): an argv list, never a shell string, with a timeout.
+//!
+//! The command runs in its own process group so that on timeout the whole
+//! group (a `systemctl` and whatever it forked, a script and its children)
+//! is killed, not only the direct child. Errors carry the last lines of
+//! stderr, which is where a failing command says why.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+/// At most this much of stdout and stderr is kept (the tail).
+const KEEP_BYTES: usize = 8 * 1024;
+/// Lines of stderr quoted in an error.
+const QUOTE_LINES: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The last lines of stderr (or stdout when stderr is empty), joined.
+    pub fn last_lines(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(QUOTE_LINES)..].join(" | ")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command is empty")]
+    Empty,
+    #[error("cannot run `{program}`: {source} (is it installed and on PATH?)")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{argv}` did not finish within {after:?} and was killed with its process group; its last output: {last}")]
+    TimedOut {
+        argv: String,
+        after: Duration,
+        last: String,
+    },
+    #[error("`{argv}` failed with {status}: {last}")]
+    Failed {
+        argv: String,
+        status: String,
+        last: String,
+    },
+}
+
+fn display(argv: &[String]) -> String {
+    argv.join(" ")
+}
+
+/// Runs `argv` to completion or until `timeout`; any exit status is Ok.
+pub async fn run(argv: &[String], timeout: Duration) -> Result<Finished, CommandError> {
+    let (program, args) = argv.split_first().ok_or(CommandError::Empty)?;
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout can kill everything it started.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| CommandError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let pid = child.id().map(|p| p as i32);
+    let stdout = tokio::spawn(read_tail(child.stdout.take()));
+    let stderr = tokio::spawn(read_tail(child.stderr.take()));
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let status = match waited {
+        Ok(status) => Some(status),
+        Err(_) => {
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) of the process group we created above.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            None
+        }
+    };
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    let finished = Finished {
+        code: status
+            .as_ref()
+            .and_then(|s| s.as_ref().ok())
+            .and_then(|s| s.code()),
+        stdout,
+        stderr,
+        took: started.elapsed(),
+    };
+    match status {
+        None => Err(CommandError::TimedOut {
+            argv: display(argv),
+            after: timeout,
+            last: finished.last_lines(),
+        }),
+        Some(_) => Ok(finished),
+    }
+}
+
+/// Like [`run`], but a non-zero exit is an error quoting stderr.
+pub async fn run_checked(argv: &[String], timeout: Duration) -> Result<Finished, CommandError> {
+    let f = run(argv, timeout).await?;
+    if f.success() {
+        Ok(f)
+    } else {
+        let status = match f.code {
+            Some(c) => format!("exit status {c}"),
+            None => "a signal".to_owned(),
+        };
+        Err(CommandError::Failed {
+            argv: display(argv),
+            status,
+            last: f.last_lines(),
+        })
+    }
+}
+
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>) -> String {
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * KEEP_BYTES {
+                    kept.drain(..kept.len() - KEEP_BYTES);
+                }
+            }
+        }
+    }
+    if kept.len() > KEEP_BYTES {
+        kept.drain(..kept.len() - KEEP_BYTES);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn success_and_output() {
+        let f = run_checked(
+            &argv(&["sh", "-c", "echo out; echo err >&2"]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(f.code, Some(0));
+        assert_eq!(f.stdout, "out\n");
+        assert_eq!(f.last_lines(), "err");
+    }
+
+    #[tokio::test]
+    async fn a_failure_quotes_stderr() {
+        let e = run_checked(
+            &argv(&[
+                "sh",
+                "-c",
+                "echo 'unit inmanta-server not found' >&2; exit 5",
+            ]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`sh -c echo 'unit inmanta-server not found' >&2; exit 5` failed with exit status 5: unit inmanta-server not found"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_says_so() {
+        let e = run(&argv(&["/nonexistent/stop-app"]), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot run `/nonexistent/stop-app`"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_command_is_killed_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        // The shell starts a grandchild that would outlive a plain kill of the shell.
+        let script = format!(
+            "sleep 600 & echo $! > {}; echo stuck >&2; wait",
+            pidfile.display()
+        );
+        let e = run(&argv(&["sh", "-c", &script]), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("did not finish within 300ms") && msg.ends_with("stuck"),
+            "{msg}"
+        );
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed means gone or a zombie awaiting its reaper.
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        let alive = state
+            .split(") ")
+            .nth(1)
+            .is_some_and(|r| !r.starts_with('Z'));
+        assert!(!alive, "the grandchild survived: {state}");
+    }
+}
