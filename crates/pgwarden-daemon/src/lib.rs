@@ -6,7 +6,9 @@
 //! watches one shutdown signal and ends when it flips.
 
 // Building blocks of the failover executor (next release): durable
-// journal, command runner, atomic file writes.
+// journal, audit log, command runner, atomic file writes.
+#[allow(dead_code)]
+mod audit;
 #[allow(dead_code)]
 mod command;
 #[allow(dead_code)]
