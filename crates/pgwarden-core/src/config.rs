@@ -206,6 +206,21 @@ pub struct ApplicationConfig {
     pub start_timeout: Duration,
     #[serde(default)]
     pub health_url: Option<String>,
+    /// After the application stopped, how long its sessions may take to
+    /// disappear before the remaining ones are terminated. Default 5s.
+    #[serde(with = "humantime_serde", default = "default_session_grace")]
+    pub session_grace: Duration,
+    /// Terminate sessions of `db_user` that outlive the grace period (a
+    /// killed client's backend busy in a long query never notices). Default true.
+    #[serde(default = "default_true")]
+    pub terminate_lingering_sessions: bool,
+}
+
+fn default_session_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_config_section() -> String {

@@ -49,6 +49,10 @@ pub enum ProblemCode {
     SyncStandbyNamesUnset,
     /// A setting that breaks replication or durability.
     SettingUnsafe,
+    /// An operation stopped at a failed step: resume or abort it.
+    OperationFailed,
+    /// An operation was cut off (daemon killed): resume or abort it.
+    OperationInterrupted,
 }
 
 impl ProblemCode {
@@ -69,6 +73,8 @@ impl ProblemCode {
             ProblemCode::WritesBlocked => "writes_blocked",
             ProblemCode::SyncStandbyNamesUnset => "sync_standby_names_unset",
             ProblemCode::SettingUnsafe => "setting_unsafe",
+            ProblemCode::OperationFailed => "operation_failed",
+            ProblemCode::OperationInterrupted => "operation_interrupted",
         }
     }
 }
@@ -373,6 +379,47 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
     out
 }
 
+/// The problem an operation stopped half-way is: the cluster may be between
+/// two states (application fenced, standby not yet promoted) until an
+/// operator resumes or aborts it.
+pub fn operation_problems(op: &crate::operation::Operation) -> Vec<Problem> {
+    use crate::operation::{OperationState, StepState};
+    let stopped_at = op
+        .steps
+        .iter()
+        .find(|s| matches!(s.state, StepState::Failed | StepState::Running));
+    let step = stopped_at
+        .and_then(|s| serde_json::to_value(s.name).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "an unknown step".into());
+    let then = format!(
+        "`pgwarden resume {id}` finishes it, `pgwarden abort {id}` gives it up",
+        id = op.id
+    );
+    let (code, what) = match op.state {
+        OperationState::Failed => (
+            ProblemCode::OperationFailed,
+            format!(
+                "failed at {step}: {}",
+                stopped_at.and_then(|s| s.message.as_deref()).unwrap_or("")
+            ),
+        ),
+        OperationState::Interrupted => (
+            ProblemCode::OperationInterrupted,
+            format!("was interrupted (daemon stopped) during {step}"),
+        ),
+        _ => return Vec::new(),
+    };
+    vec![critical(
+        code,
+        None,
+        format!(
+            "{} {} to {} {what}; {then}",
+            op.kind, op.id, op.request.target
+        ),
+    )]
+}
+
 fn timeline(n: &crate::view::NodeView) -> u32 {
     n.snapshot.as_ref().map(|s| s.timeline).unwrap_or(0)
 }
@@ -654,5 +701,52 @@ mod tests {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+    }
+}
+
+#[cfg(test)]
+mod operation_tests {
+    use super::*;
+    use crate::operation::{Operation, OperationKind, Request, StepOutcome};
+
+    #[test]
+    fn an_operation_stopped_half_way_is_a_critical_problem() {
+        let req = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force: false,
+        };
+        let mut op = Operation::new("op-1".into(), OperationKind::Failover, req, "t");
+        assert!(
+            operation_problems(&op).is_empty(),
+            "running is not a problem"
+        );
+        op.start_step("t").unwrap();
+        op.finish_step(StepOutcome::Succeeded("ok".into()), "t")
+            .unwrap();
+        op.start_step("t").unwrap();
+        let mut cut = op.clone();
+        cut.interrupt();
+        let p = &operation_problems(&cut)[0];
+        assert_eq!(p.code, ProblemCode::OperationInterrupted);
+        assert!(
+            p.message.contains("during fence_application")
+                && p.message.contains("pgwarden resume op-1"),
+            "{}",
+            p.message
+        );
+        op.finish_step(StepOutcome::Failed("app still has 2 sessions".into()), "t")
+            .unwrap();
+        let p = &operation_problems(&op)[0];
+        assert_eq!(
+            (p.code, p.severity),
+            (ProblemCode::OperationFailed, Severity::Critical)
+        );
+        assert!(
+            p.message
+                .contains("failed at fence_application: app still has 2 sessions"),
+            "{}",
+            p.message
+        );
     }
 }

@@ -165,6 +165,19 @@ impl ClusterView {
         view
     }
 
+    /// Adds the problem of an operation stopped half-way (failed or
+    /// interrupted): the cluster is not healthy until it is resumed or aborted.
+    pub fn with_operation(mut self, op: Option<&crate::operation::Operation>) -> ClusterView {
+        if let Some(op) = op {
+            self.problems.extend(health::operation_problems(op));
+            self.healthy = !self
+                .problems
+                .iter()
+                .any(|p| p.severity == Severity::Critical);
+        }
+        self
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeView> {
         self.nodes.iter().find(|n| n.name == name)
     }

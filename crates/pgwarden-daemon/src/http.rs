@@ -22,6 +22,10 @@ use crate::Published;
 pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub published: watch::Receiver<Arc<Published>>,
+    pub ops: Arc<crate::operations::Operations>,
+    pub audit: Arc<crate::audit::AuditLog>,
+    /// The API token mutating requests must present.
+    pub token: Option<pgwarden_core::Secret>,
 }
 
 impl AppState {
@@ -40,6 +44,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/primary", get(primary))
         .route("/replica", get(replica))
         .route("/v1/status", get(status))
+        .merge(crate::api::routes(state.clone()))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
         .fallback(not_found)
         .with_state(state)
 }
@@ -157,7 +163,7 @@ async fn status(State(s): Shared) -> Response {
         "primary": view.primary,
         "problems": view.problems,
         "nodes": view.nodes,
-        "operation": null,
+        "operation": s.ops.current(),
     }))
     .into_response()
 }

@@ -5,19 +5,17 @@
 //! config and hands in a shutdown future (SIGTERM / SIGINT). Every task
 //! watches one shutdown signal and ends when it flips.
 
-// Building blocks of the failover executor (next release): durable
-// journal, audit log, command runner, atomic file writes.
-#[allow(dead_code)]
+mod api;
 mod audit;
-#[allow(dead_code)]
 mod command;
-#[allow(dead_code)]
+mod effects;
+mod executor;
 mod fsutil;
 mod http;
-#[allow(dead_code)]
 mod journal;
 mod load;
 mod metrics;
+mod operations;
 mod poller;
 
 use std::future::Future;
@@ -41,6 +39,13 @@ pub enum DaemonError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Journal(#[from] journal::JournalError),
+    #[error("cannot open the audit log in {dir}: {source} (check state_dir)")]
+    Audit {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the poll loop publishes after each poll, read by every HTTP handler.
@@ -89,24 +94,53 @@ async fn run_daemon(
         loop_at: Instant::now(),
     }));
 
+    let (op_tx, op_rx) = watch::channel(None);
+    let effects = Arc::new(effects::Effects::new(
+        config.clone(),
+        loaded.secrets.clone(),
+    ));
+    let (ops, corrupt) = operations::Operations::open(
+        config.clone(),
+        effects,
+        published_rx.clone(),
+        metrics.clone(),
+        op_tx,
+    )?;
+    for e in corrupt {
+        tracing::error!("{e}");
+    }
+    let audit = Arc::new(audit::AuditLog::open(&config.state_dir).map_err(|source| {
+        DaemonError::Audit {
+            dir: config.state_dir.clone(),
+            source,
+        }
+    })?);
+
     let poller = poller::spawn(
         tracing::Span::current(),
         config.clone(),
         loaded.secrets.clone(),
         metrics.clone(),
         published_tx,
+        op_rx,
         stop_rx.clone(),
     );
 
     let state = Arc::new(http::AppState {
         config: config.clone(),
         published: published_rx,
+        ops,
+        audit,
+        token: loaded.secrets.api_token.clone(),
     });
     let mut server_stop = stop_rx.clone();
-    let server = axum::serve(listener, http::router(state).into_make_service())
-        .with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|stop| *stop).await;
-        });
+    let server = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    });
     let server = tokio::spawn(async move { server.await });
 
     shutdown.await;

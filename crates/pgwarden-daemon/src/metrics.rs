@@ -39,12 +39,9 @@ pub struct Metrics {
     poll_duration_seconds: HistogramVec,
     poll_errors_total: IntCounterVec,
     operation_in_progress: IntGauge,
-    // Registered now so dashboards and alerts find them; the failover
-    // executor feeds them.
-    #[allow(dead_code)]
     operations_total: IntCounterVec,
-    #[allow(dead_code)]
     last_operation_duration_seconds: GaugeVec,
+    application_fenced: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -97,6 +94,7 @@ impl Metrics {
             poll_errors_total: reg!(IntCounterVec::new(opts("poll_errors_total", "Polls of the node that failed."), node)),
             operation_in_progress: reg!(IntGauge::with_opts(opts("operation_in_progress", "1 while a failover, switchover or rejoin runs."))),
             operations_total: reg!(IntCounterVec::new(opts("operations_total", "Finished operations by kind and result."), &["kind", "result"])),
+            application_fenced: reg!(IntGauge::with_opts(opts("application_fenced", "1 while an operation holds the application stopped (between fence_application and start_application)."))),
             last_operation_duration_seconds: reg!(GaugeVec::new(opts("last_operation_duration_seconds", "Duration of the last finished operation of each kind."), &["kind"])),
             registry,
         };
@@ -253,7 +251,24 @@ impl Metrics {
                 .with_label_values(&[p.code.as_str(), p.node.as_deref().unwrap_or(""), severity])
                 .set(1);
         }
-        self.operation_in_progress.set(0);
+    }
+
+    /// Operation gauges, set by the operation manager at every transition.
+    pub fn set_operation(&self, in_progress: bool, fenced: bool) {
+        self.operation_in_progress.set(i64::from(in_progress));
+        self.application_fenced.set(i64::from(fenced));
+    }
+
+    /// Counts a finished operation; `took` is None for an abort.
+    pub fn operation_finished(&self, kind: &str, result: &str, took: Option<Duration>) {
+        self.operations_total
+            .with_label_values(&[kind, result])
+            .inc();
+        if let Some(t) = took {
+            self.last_operation_duration_seconds
+                .with_label_values(&[kind])
+                .set(t.as_secs_f64());
+        }
     }
 
     /// The Prometheus text exposition of every metric.

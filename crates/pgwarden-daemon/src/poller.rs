@@ -35,6 +35,7 @@ pub(crate) fn spawn(
     secrets: Secrets,
     metrics: Arc<Metrics>,
     published: watch::Sender<Arc<Published>>,
+    operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let (tx, rx) = mpsc::channel(config.nodes.len() * 2);
@@ -59,7 +60,7 @@ pub(crate) fn spawn(
     drop(tx);
     tokio::spawn(
         async move {
-            build_views(config, metrics, rx, published, stop).await;
+            build_views(config, metrics, rx, published, operation, stop).await;
             for p in pollers {
                 let _ = p.await;
             }
@@ -101,6 +102,7 @@ async fn build_views(
     metrics: Arc<Metrics>,
     mut results: mpsc::Receiver<PollResult>,
     published: watch::Sender<Arc<Published>>,
+    operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
@@ -128,7 +130,9 @@ async fn build_views(
                     }
                 }
                 obs.polled_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-                let view = ClusterView::build(&config, &observations);
+                // An operation stopped half-way is a cluster problem too.
+                let view = ClusterView::build(&config, &observations)
+                    .with_operation(operation.borrow().as_ref());
                 log_problem_changes(&published.borrow().view, &view);
                 metrics.update(&config, &view);
                 let text = metrics.render();

@@ -122,7 +122,7 @@ impl Prober {
 
 /// "error connecting to server: Connection refused (os error 111)": the
 /// error and its sources, which is where tokio-postgres keeps the detail.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -68,14 +68,21 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
         rpw = file(Secret::ReplicationPassword),
     ));
     for (i, n) in cluster.nodes().iter().enumerate() {
+        let pg_ctl = cluster.bin_dir().join("pg_ctl").display().to_string();
+        let data = n.data_dir.display().to_string();
+        let log = n.log_file.display().to_string();
+        let stop = as_server_user(&[&pg_ctl, "-D", &data, "-w", "-t", "60", "-m", "fast", "stop"]);
+        let start = as_server_user(&[&pg_ctl, "-D", &data, "-w", "-t", "60", "-l", &log, "start"]);
         y.push_str(&format!(
-            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n",
+            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n",
             n.name,
             n.host,
             n.port,
             layout.api_url(i),
-            n.data_dir.display(),
-            cluster.bin_dir().display()
+            data,
+            cluster.bin_dir().display(),
+            yaml_list(&stop),
+            yaml_list(&start),
         ));
     }
     y.push_str(&layout.extra);
@@ -98,6 +105,27 @@ pub fn write_pgwarden_config(
     let path = dir.join(format!("{}.yaml", cluster.node(i).name));
     write(&path, &pgwarden_config(cluster, i, layout))?;
     Ok(path)
+}
+
+/// PostgreSQL refuses to run as root: as root, commands go through runuser.
+fn as_server_user(argv: &[&str]) -> Vec<String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let prefix: &[&str] = if root {
+        &["runuser", "-u", "postgres", "--"]
+    } else {
+        &[]
+    };
+    prefix.iter().chain(argv).map(|s| s.to_string()).collect()
+}
+
+/// A YAML flow list of double-quoted strings.
+pub fn yaml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 fn write(path: &Path, text: &str) -> std::io::Result<()> {

@@ -1,0 +1,321 @@
+//! The mutating API (failover, switchover, resume, abort, node actions, the
+//! peer lock) and the operation journal and audit log reads.
+//!
+//! Every mutating route passes through [`guard`]: a Bearer token is required
+//! (401 without, 403 wrong, compared in constant time), the body is capped,
+//! and the request is appended to the audit log, with its result, before the
+//! answer leaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pgwarden_core::operation::{Operation, OperationKind, OperationState, Request as OpRequest};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit::{caller_id, token_matches, AuditEntry};
+use crate::http::{error, AppState};
+use crate::operations::{now, OpError};
+
+/// Request bodies are small JSON documents; anything larger is refused.
+pub const MAX_BODY: usize = 64 * 1024;
+
+type Shared = State<Arc<AppState>>;
+
+pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    let mutating = Router::new()
+        .route("/v1/failover", post(failover))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/operations/{id}/resume", post(resume))
+        .route("/v1/operations/{id}/abort", post(abort))
+        .route("/v1/node/{action}", post(node_action))
+        .route("/v1/internal/lock", post(lock))
+        .route("/v1/internal/unlock", post(unlock))
+        .route_layer(middleware::from_fn_with_state(state, guard));
+    Router::new()
+        .route("/v1/operations", get(list_operations))
+        .route("/v1/operations/{id}", get(get_operation))
+        .route("/v1/audit", get(audit_tail))
+        .merge(mutating)
+}
+
+fn op_error(e: OpError) -> Response {
+    match e {
+        OpError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
+        OpError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m),
+        OpError::Preflight { message, checks } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "preflight_failed", "message": message, "checks": checks})),
+        )
+            .into_response(),
+        OpError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+    }
+}
+
+/// Checks the token, caps the body, runs the handler, audits the outcome.
+async fn guard(
+    State(s): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let endpoint = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = parts.method.to_string();
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .map(str::to_owned);
+    let caller = presented
+        .as_deref()
+        .map(caller_id)
+        .unwrap_or_else(|| "anonymous".into());
+    let (bytes, response) = match axum::body::to_bytes(body, MAX_BODY).await {
+        Err(_) => (
+            Bytes::new(),
+            Some(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request bodies are limited to {MAX_BODY} bytes"),
+            )),
+        ),
+        Ok(b) => (b, None),
+    };
+    let response = match (response, presented.as_deref(), &s.token) {
+        (Some(r), _, _) => r,
+        (None, None, _) => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token>`; the token is in the file named by api_token_file",
+        ),
+        (None, Some(t), Some(expected)) if token_matches(t, expected.expose()) => {
+            next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await
+        }
+        (None, Some(_), _) => error(StatusCode::FORBIDDEN, "forbidden", "the token is not the one in api_token_file"),
+    };
+    let (rparts, rbody) = response.into_parts();
+    let rbytes = axum::body::to_bytes(rbody, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&rbytes).unwrap_or(serde_json::Value::Null);
+    let result = answer["error"]
+        .as_str()
+        .map(|e| format!("{e}: {}", answer["message"].as_str().unwrap_or("")))
+        .or_else(|| {
+            answer["id"]
+                .as_str()
+                .map(|id| format!("operation {id} {}", answer["state"].as_str().unwrap_or("")))
+        })
+        .unwrap_or_else(|| "ok".into());
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(
+            String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+        )
+    });
+    let entry = AuditEntry {
+        time: now(),
+        remote: remote.to_string(),
+        caller,
+        method,
+        endpoint,
+        body,
+        status: rparts.status.as_u16(),
+        result,
+    };
+    if let Err(e) = s.audit.append(&entry) {
+        tracing::error!("cannot append to the audit log: {e}");
+    }
+    Response::from_parts(rparts, Body::from(rbytes))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperationBody {
+    target: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct WaitParam {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// The body as `T`, or the message of a 400 answer.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("the request body is not valid: {e}"))
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+async fn failover(s: Shared, q: Query<WaitParam>, body: Bytes) -> Response {
+    start(s, q, body, OperationKind::Failover).await
+}
+
+async fn switchover(s: Shared, q: Query<WaitParam>, body: Bytes) -> Response {
+    start(s, q, body, OperationKind::Switchover).await
+}
+
+async fn start(
+    State(s): Shared,
+    Query(q): Query<WaitParam>,
+    body: Bytes,
+    kind: OperationKind,
+) -> Response {
+    let b: OperationBody = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    if b.target.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`target` must name the node to promote",
+        );
+    }
+    let request = OpRequest {
+        target: b.target,
+        reason: b.reason,
+        force: b.force,
+    };
+    if b.dry_run {
+        return Json(s.ops.plan(kind, &request)).into_response();
+    }
+    match s.ops.start(kind, request).await {
+        Ok(op) => answer(&s, op, q.wait).await,
+        Err(e) => op_error(e),
+    }
+}
+
+/// 202 with the operation, or with `wait`, the finished operation: 200 when
+/// it succeeded, 424 when it stopped at a failed step.
+async fn answer(s: &AppState, op: Operation, wait: bool) -> Response {
+    if !wait {
+        return (StatusCode::ACCEPTED, Json(op)).into_response();
+    }
+    match s.ops.wait(&op.id).await {
+        Some(done) if done.state == OperationState::Succeeded => {
+            (StatusCode::OK, Json(done)).into_response()
+        }
+        Some(done) => (StatusCode::FAILED_DEPENDENCY, Json(done)).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the operation vanished while waiting",
+        ),
+    }
+}
+
+async fn resume(State(s): Shared, Path(id): Path<String>, Query(q): Query<WaitParam>) -> Response {
+    match s.ops.resume(&id).await {
+        Ok(op) => answer(&s, op, q.wait).await,
+        Err(e) => op_error(e),
+    }
+}
+
+async fn abort(State(s): Shared, Path(id): Path<String>) -> Response {
+    match s.ops.abort(&id).await {
+        Ok(op) => Json(op).into_response(),
+        Err(e) => op_error(e),
+    }
+}
+
+async fn list_operations(State(s): Shared) -> Response {
+    Json(json!({"operations": s.ops.list()})).into_response()
+}
+
+async fn get_operation(State(s): Shared, Path(id): Path<String>) -> Response {
+    match s.ops.get(&id) {
+        Some(op) => Json(op).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no operation {id}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn audit_tail(State(s): Shared, Query(l): Query<Limit>) -> Response {
+    let limit = l.limit.unwrap_or(50).min(10_000);
+    match s.audit.tail(limit) {
+        Ok(entries) => Json(json!({"entries": entries})).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot read the audit log: {e}"),
+        ),
+    }
+}
+
+/// Internal: another daemon asks this one to stop or start its PostgreSQL.
+async fn node_action(State(s): Shared, Path(action): Path<String>) -> Response {
+    if action != "stop" && action != "start" {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "node actions are stop and start",
+        );
+    }
+    match crate::effects::local_node_action(&s.config, &action).await {
+        Ok(state) => Json(state).into_response(),
+        Err(m) => error(StatusCode::SERVICE_UNAVAILABLE, "node_action_failed", m),
+    }
+}
+
+#[derive(Deserialize)]
+struct LockBody {
+    holder: String,
+    operation_id: String,
+}
+
+async fn lock(State(s): Shared, body: Bytes) -> Response {
+    let b: LockBody = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    match s.ops.hold_for_peer(&b.holder, &b.operation_id) {
+        Ok(()) => Json(json!({"held": true, "operation_id": b.operation_id})).into_response(),
+        Err(e) => op_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UnlockBody {
+    operation_id: String,
+}
+
+async fn unlock(State(s): Shared, body: Bytes) -> Response {
+    let b: UnlockBody = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    s.ops.release_for_peer(&b.operation_id);
+    Json(json!({"held": false})).into_response()
+}

@@ -1,0 +1,337 @@
+//! The one interface through which an operation touches the world: SQL on a
+//! node, an action on a node's PostgreSQL through the daemon beside it,
+//! external commands, and the application's config file. The executor
+//! decides; this module does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwarden_core::snapshot::Lsn;
+use pgwarden_core::{ini, Config};
+use pgwarden_pg::{Node, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{self, CommandError, Finished};
+use crate::fsutil;
+use crate::load::Secrets;
+
+/// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
+const SQL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Budget of stopping or starting a node's PostgreSQL.
+const NODE_ACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A node's PostgreSQL as its own daemon saw it after a stop or start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node: String,
+    /// `pg_controldata`'s "Database cluster state", e.g. "shut down".
+    pub cluster_state: Option<String>,
+    /// The last checkpoint: after a clean shutdown, the final WAL record.
+    pub checkpoint_lsn: Option<Lsn>,
+    pub message: String,
+}
+
+/// A failed call to another daemon: its HTTP status if it answered.
+#[derive(Debug)]
+pub struct PeerError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+pub struct Effects {
+    config: Arc<Config>,
+    secrets: Secrets,
+    http: reqwest::Client,
+}
+
+impl Effects {
+    pub fn new(config: Arc<Config>, secrets: Secrets) -> Effects {
+        let http = reqwest::Client::builder()
+            .timeout(NODE_ACTION_TIMEOUT + Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .expect("a plain HTTP client builds");
+        Effects {
+            config,
+            secrets,
+            http,
+        }
+    }
+
+    /// SQL access to a configured node, as the monitor role.
+    pub fn node(&self, name: &str) -> Node {
+        let n = self
+            .config
+            .node(name)
+            .expect("operations only name configured nodes");
+        Node {
+            name: n.name.clone(),
+            target: Target {
+                host: n.host.clone(),
+                port: n.port,
+                user: self.config.monitor.user.clone(),
+                password: self.secrets.monitor_password.clone(),
+                dbname: self.config.monitor.dbname.clone(),
+            },
+            timeout: SQL_TIMEOUT,
+        }
+    }
+
+    /// The same with a short timeout: "does it answer at all?".
+    pub fn node_quick(&self, name: &str) -> Node {
+        Node {
+            timeout: self.config.poll.timeout.max(Duration::from_secs(1)),
+            ..self.node(name)
+        }
+    }
+
+    /// Stops (`action` = "stop") or starts a node's PostgreSQL: locally when
+    /// it is this daemon's node, else through the daemon beside it.
+    pub async fn node_action(&self, node: &str, action: &str) -> Result<NodeState, String> {
+        if node == self.config.local_node {
+            return local_node_action(&self.config, action).await;
+        }
+        let n = self
+            .config
+            .node(node)
+            .ok_or_else(|| format!("unknown node {node}"))?;
+        let api = n.api.as_deref().ok_or_else(|| {
+            format!("nodes[{node}].api is not configured: cannot ask {node}'s daemon to {action} PostgreSQL")
+        })?;
+        let url = format!("{}/v1/node/{action}", api.trim_end_matches('/'));
+        let v = self
+            .post(&url, &serde_json::json!({}))
+            .await
+            .map_err(|e| e.message)?;
+        serde_json::from_value(v).map_err(|e| format!("{url} answered unexpectedly: {e}"))
+    }
+
+    /// POSTs JSON to another daemon with the API token.
+    pub async fn post(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, PeerError> {
+        self.send(self.http.post(url).json(body), url).await
+    }
+
+    /// GETs JSON from another daemon.
+    pub async fn get(&self, url: &str) -> Result<serde_json::Value, PeerError> {
+        self.send(self.http.get(url).timeout(Duration::from_secs(3)), url)
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<serde_json::Value, PeerError> {
+        if let Some(t) = &self.secrets.api_token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req.send().await.map_err(|e| PeerError {
+            status: None,
+            message: format!("cannot reach {url}: {}", error_chain(&e)),
+        })?;
+        let status = resp.status();
+        let value: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(PeerError {
+                status: Some(status.as_u16()),
+                message: format!(
+                    "{url} answered {status}: {}",
+                    value["message"].as_str().unwrap_or("no message")
+                ),
+            })
+        }
+    }
+
+    pub async fn command(
+        &self,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<Finished, CommandError> {
+        command::run(argv, timeout).await
+    }
+
+    pub async fn command_checked(
+        &self,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<Finished, CommandError> {
+        command::run_checked(argv, timeout).await
+    }
+
+    /// Points the application's config file at `host`/`port`. Returns
+    /// `Ok(false)` when it already did (nothing written: a resumed step does
+    /// not edit the file twice). Before the first change the original is kept
+    /// as `<file>.pgwarden-<operation>.bak`.
+    pub fn switch_application_config(
+        &self,
+        operation: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, String> {
+        let app = self
+            .config
+            .application
+            .as_ref()
+            .ok_or("no application configured")?;
+        let path = &app.config_file;
+        let original = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let port = port.to_string();
+        let updated = ini::set(
+            &original,
+            &app.config_section,
+            &[(&app.host_key, host), (&app.port_key, &port)],
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        if updated == original {
+            return Ok(false);
+        }
+        let backup = path.with_file_name(format!(
+            "{}.pgwarden-{operation}.bak",
+            path.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        if !backup.exists() {
+            fsutil::write_atomic(&backup, original.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
+        }
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_like(path, updated.as_bytes(), &meta)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // Verify by reading back what the application will read.
+        let reread = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot re-read {}: {e}", path.display()))?;
+        let got_host = ini::get(&reread, &app.config_section, &app.host_key);
+        let got_port = ini::get(&reread, &app.config_section, &app.port_key);
+        if got_host.as_deref() != Some(host) || got_port.as_deref() != Some(port.as_str()) {
+            return Err(format!(
+                "{} reads back {}={:?} {}={:?} after the rewrite",
+                path.display(),
+                app.host_key,
+                got_host,
+                app.port_key,
+                got_port
+            ));
+        }
+        Ok(true)
+    }
+
+    /// GET `url`, true on a 2xx answer.
+    pub async fn http_ok(&self, url: &str) -> bool {
+        matches!(self.http.get(url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+/// Writes `bytes` atomically over `path`, keeping its mode and owner: the
+/// application (not root) must still be able to read its config file.
+fn write_like(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)?;
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut s = e.source();
+    while let Some(x) = s {
+        out.push_str(": ");
+        out.push_str(&x.to_string());
+        s = x.source();
+    }
+    out
+}
+
+/// Stops or starts this daemon's own PostgreSQL with the configured command,
+/// then reads `pg_controldata` to say what state it is really in.
+pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeState, String> {
+    let me = config.local();
+    let argv = match action {
+        "stop" => me.stop.as_ref(),
+        "start" => me.start.as_ref(),
+        other => return Err(format!("unknown node action `{other}`: use stop or start")),
+    }
+    .ok_or_else(|| {
+        format!(
+            "nodes[{}].{action} is not configured: pgwarden cannot {action} PostgreSQL",
+            me.name
+        )
+    })?;
+    // Idempotent: a node already shut down is not stopped again (pg_ctl
+    // would fail on it, and a resumed step must succeed).
+    let already_down = action == "stop"
+        && match &me.data_dir {
+            Some(dir) => matches!(
+                controldata(me.bin_dir.as_deref(), dir).await,
+                Ok((Some(state), _)) if state.starts_with("shut down")
+            ),
+            None => false,
+        };
+    if !already_down {
+        command::run_checked(argv, NODE_ACTION_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (cluster_state, checkpoint_lsn) = match &me.data_dir {
+        Some(dir) => controldata(me.bin_dir.as_deref(), dir)
+            .await
+            .unwrap_or((None, None)),
+        None => (None, None),
+    };
+    if action == "stop" {
+        if let Some(state) = &cluster_state {
+            if state != "shut down" && state != "shut down in recovery" {
+                return Err(format!(
+                    "{} was told to stop but its cluster state is `{state}`",
+                    me.name
+                ));
+            }
+        }
+    }
+    Ok(NodeState {
+        node: me.name.clone(),
+        message: format!(
+            "{action} done; cluster state {}",
+            cluster_state
+                .as_deref()
+                .unwrap_or("unknown (no data_dir or pg_controldata)")
+        ),
+        cluster_state,
+        checkpoint_lsn,
+    })
+}
+
+/// `pg_controldata`: the cluster state and the latest checkpoint location.
+async fn controldata(
+    bin_dir: Option<&Path>,
+    data_dir: &Path,
+) -> Result<(Option<String>, Option<Lsn>), String> {
+    let program = bin_dir
+        .map(|b| b.join("pg_controldata"))
+        .unwrap_or_else(|| "pg_controldata".into());
+    let argv = vec![
+        program.display().to_string(),
+        "-D".into(),
+        data_dir.display().to_string(),
+    ];
+    let out = command::run_checked(&argv, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        out.stdout.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim_start_matches(':').trim().to_owned())
+        })
+    };
+    Ok((
+        field("Database cluster state"),
+        field("Latest checkpoint location").and_then(|v| Lsn::parse(&v)),
+    ))
+}

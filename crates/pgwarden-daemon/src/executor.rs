@@ -1,0 +1,517 @@
+//! The steps of a failover or switchover, one function each.
+//!
+//! Every step first looks at the real state and acts only if its effect is
+//! not there yet, so running it again after a crash (resume) repeats no
+//! side effect: a promoted node is not promoted again, a config file that
+//! already points to the new primary is not rewritten. What a later step
+//! needs (the old primary, its final LSN, the new timeline) is recorded in
+//! the operation's `facts`, which the journal persists.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgwarden_core::config::ApplicationConfig;
+use pgwarden_core::operation::{Operation, OperationKind, StepName, StepOutcome};
+use pgwarden_core::preflight::{self, PreflightInput, Shadow, Verdict};
+use pgwarden_core::snapshot::Lsn;
+use pgwarden_core::view::{ClusterView, Role};
+use pgwarden_core::Config;
+
+use crate::effects::Effects;
+
+/// What a step needs: the config, the latest cluster view, the effects.
+pub struct StepContext {
+    pub config: Arc<Config>,
+    pub effects: Arc<Effects>,
+    pub view: Arc<ClusterView>,
+}
+
+/// How often conditions are re-checked while waiting for them.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `check` until it yields `Some`, or `None` after `deadline`.
+async fn wait_for<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn ok(msg: impl Into<String>) -> StepOutcome {
+    StepOutcome::Succeeded(msg.into())
+}
+
+fn fail(msg: impl Into<String>) -> StepOutcome {
+    StepOutcome::Failed(msg.into())
+}
+
+/// Runs one step of `op` and says how it ended.
+pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
+    match step {
+        StepName::Preflight => preflight_step(ctx, op),
+        StepName::FenceApplication => fence_application(ctx).await,
+        StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
+        StepName::Promote => promote(ctx, op).await,
+        StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
+        StepName::SwitchApplication => switch_application(ctx, op),
+        StepName::StartApplication => start_application(ctx, op).await,
+        StepName::Done => done(op),
+        other => fail(format!(
+            "step {other:?} belongs to another kind of operation"
+        )),
+    }
+}
+
+/// Settings outside the application's config file that would override the
+/// switch: inmanta reads every `*.cfg` of the file's directory in name
+/// order, so a later file setting the same key wins.
+pub fn shadows(config: &Config) -> Vec<Shadow> {
+    let Some(app) = &config.application else {
+        return Vec::new();
+    };
+    let Some(dir) = app.config_file.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cfg") && *p != app.config_file)
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files
+        .into_iter()
+        .filter(|f| f.file_name() > app.config_file.file_name())
+    {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for key in [&app.host_key, &app.port_key] {
+            if pgwarden_core::ini::get(&text, &app.config_section, key).is_some() {
+                out.push(Shadow {
+                    source: f.display().to_string(),
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let shadows = shadows(&ctx.config);
+    let checks = preflight::preflight(&PreflightInput {
+        config: &ctx.config,
+        view: &ctx.view,
+        kind: op.kind,
+        request: &op.request,
+        open_operation: None,
+        shadows: &shadows,
+    });
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
+    if !failed.is_empty() {
+        return fail(format!("refused: {}", failed.join("; ")));
+    }
+    // The node the target takes over from: the current primary if one is
+    // known, else (failover of a dead primary) the other configured node.
+    let target = &op.request.target;
+    let old = ctx
+        .view
+        .nodes
+        .iter()
+        .find(|n| &n.name != target && n.role == Role::Primary)
+        .or_else(|| ctx.view.nodes.iter().find(|n| &n.name != target))
+        .map(|n| n.name.clone());
+    if let Some(old) = old {
+        op.facts.insert("old_primary".into(), old);
+    }
+    let warnings: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Warn)
+        .map(|c| c.message.as_str())
+        .collect();
+    let mut msg = format!("{} checks passed", checks.len() - warnings.len());
+    if !warnings.is_empty() {
+        msg.push_str(&format!("; warnings: {}", warnings.join("; ")));
+    }
+    ok(msg)
+}
+
+fn application(ctx: &StepContext) -> Result<&ApplicationConfig, StepOutcome> {
+    ctx.config
+        .application
+        .as_ref()
+        .ok_or_else(|| fail("no application configured"))
+}
+
+/// Exit status 0 of `is_running` means running; a command that cannot run
+/// at all is an error (we cannot verify anything then).
+async fn is_running(ctx: &StepContext, app: &ApplicationConfig) -> Result<bool, String> {
+    ctx.effects
+        .command(&app.is_running, Duration::from_secs(30))
+        .await
+        .map(|f| f.success())
+        .map_err(|e| e.to_string())
+}
+
+/// Sessions of `role` per node, on every node that answers.
+async fn sessions(ctx: &StepContext, role: &str) -> (u64, Vec<String>) {
+    let mut total = 0;
+    let mut seen = Vec::new();
+    for n in &ctx.config.nodes {
+        if let Ok(count) = ctx.effects.node_quick(&n.name).sessions_of(role).await {
+            total += count;
+            if count > 0 {
+                seen.push(format!("{count} on {}", n.name));
+            }
+        }
+    }
+    (total, seen)
+}
+
+async fn fence_application(ctx: &StepContext) -> StepOutcome {
+    let app = match application(ctx) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    match is_running(ctx, app).await {
+        Err(e) => return fail(format!("cannot tell whether {} runs: {e}", app.name)),
+        Ok(true) => {
+            if let Err(e) = ctx
+                .effects
+                .command_checked(&app.stop, app.stop_timeout)
+                .await
+            {
+                return fail(format!("stopping {} failed: {e}", app.name));
+            }
+        }
+        Ok(false) => {}
+    }
+    let stopped = wait_for(app.stop_timeout, POLL * 2, || async {
+        matches!(is_running(ctx, app).await, Ok(false)).then_some(())
+    })
+    .await;
+    if stopped.is_none() {
+        return fail(format!(
+            "{} still runs {:?} after its stop command (is_running exits 0)",
+            app.name, app.stop_timeout
+        ));
+    }
+    // The process is gone; its sessions must be too. A backend busy in a
+    // long query does not notice its client died, so after a grace period
+    // the remaining ones are terminated, then the count is verified.
+    let role = &app.db_user;
+    let clean = wait_for(app.session_grace, POLL, || async {
+        (sessions(ctx, role).await.0 == 0).then_some(())
+    })
+    .await;
+    if clean.is_some() {
+        return ok(format!(
+            "{} stopped; no session of {role} remains",
+            app.name
+        ));
+    }
+    if !app.terminate_lingering_sessions {
+        let (_, seen) = sessions(ctx, role).await;
+        return fail(format!(
+            "{} stopped but sessions of {role} remain ({}) and terminate_lingering_sessions is off: fencing not verified",
+            app.name,
+            seen.join(", ")
+        ));
+    }
+    let mut terminated = 0;
+    for n in &ctx.config.nodes {
+        terminated += ctx
+            .effects
+            .node_quick(&n.name)
+            .terminate_sessions_of(role)
+            .await
+            .unwrap_or(0);
+    }
+    let gone = wait_for(Duration::from_secs(10), POLL, || async {
+        (sessions(ctx, role).await.0 == 0).then_some(())
+    })
+    .await;
+    match gone {
+        Some(()) => ok(format!(
+            "{} stopped; {terminated} lingering session(s) of {role} terminated after {:?}; none remains",
+            app.name, app.session_grace
+        )),
+        None => {
+            let (_, seen) = sessions(ctx, role).await;
+            fail(format!(
+                "sessions of {role} remain after terminating them ({}): fencing not verified, nothing promoted",
+                seen.join(", ")
+            ))
+        }
+    }
+}
+
+fn fact<'o>(op: &'o Operation, name: &str) -> Result<&'o str, StepOutcome> {
+    op.facts.get(name).map(String::as_str).ok_or_else(|| {
+        fail(format!(
+            "the journal lacks `{name}` (recorded by an earlier step)"
+        ))
+    })
+}
+
+async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let old = match fact(op, "old_primary") {
+        Ok(o) => o.to_owned(),
+        Err(o) => return o,
+    };
+    let target = op.request.target.clone();
+    match op.kind {
+        OperationKind::Switchover => {
+            let node = ctx.effects.node(&old);
+            // Flush everything to disk so the shutdown checkpoint is quick.
+            let before = match node.current_lsn().await {
+                Ok(lsn) => {
+                    if let Err(e) = node.checkpoint().await {
+                        return fail(format!("CHECKPOINT on {old} failed: {e}"));
+                    }
+                    lsn
+                }
+                // Already stopped (a resumed step): the final LSN was recorded.
+                Err(_) => op.facts.get("old_primary_final_lsn").and_then(|v| Lsn::parse(v)),
+            };
+            let state = match ctx.effects.node_action(&old, "stop").await {
+                Ok(s) => s,
+                Err(e) => return fail(format!("stopping {old} failed: {e}")),
+            };
+            let Some(final_lsn) = state.checkpoint_lsn.or(before) else {
+                return fail(format!("cannot tell the final LSN of {old}: refusing to promote without verifying"));
+            };
+            op.facts.insert("old_primary_final_lsn".into(), final_lsn.to_string());
+            let standby = ctx.effects.node(&target);
+            let replayed = wait_for(Duration::from_secs(30), Duration::from_millis(10), || async {
+                standby.replay_lsn().await.ok().flatten().filter(|r| *r >= final_lsn)
+            })
+            .await;
+            match replayed {
+                Some(r) => ok(format!("{old} stopped cleanly at {final_lsn}; {target} replayed up to {r}")),
+                None => fail(format!(
+                    "{target} did not replay up to {old}'s final LSN {final_lsn} within 30s: promoting now could lose commits; {old} is stopped"
+                )),
+            }
+        }
+        _ => match ctx.effects.node_quick(&old).is_in_recovery().await {
+            Ok(false) => match ctx.effects.node_action(&old, "stop").await {
+                Ok(s) => ok(format!("{old} answered as a primary after all and was stopped ({})", s.message)),
+                Err(e) => fail(format!(
+                    "{old} still answers as a primary and could not be stopped: {e}; refusing to create a second writable node"
+                )),
+            },
+            Ok(true) => ok(format!("{old} answers but is in recovery: not writable, left alone")),
+            Err(e) => ok(format!("{old} does not answer ({e}): nothing to stop")),
+        },
+    }
+}
+
+async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let target = op.request.target.clone();
+    let node = ctx.effects.node(&target);
+    match node.is_in_recovery().await {
+        Err(e) => return fail(format!("cannot reach {target}: {e}")),
+        Ok(false) => {
+            let tl = node
+                .timeline()
+                .await
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| "?".into());
+            op.facts
+                .entry("new_timeline".into())
+                .or_insert_with(|| tl.clone());
+            return StepOutcome::Skipped(format!(
+                "{target} is already a primary (timeline {tl}): not promoted again"
+            ));
+        }
+        Ok(true) => {}
+    }
+    let before = match node.timeline().await {
+        Ok(t) => t,
+        Err(e) => return fail(format!("cannot read {target}'s timeline: {e}")),
+    };
+    op.facts
+        .insert("timeline_before".into(), before.to_string());
+    let started = Instant::now();
+    if let Err(e) = node.request_promotion().await {
+        return fail(format!("pg_promote on {target} failed: {e}"));
+    }
+    let waited = match node
+        .wait_until_primary(Duration::from_secs(60), Duration::from_millis(2))
+        .await
+    {
+        Ok(Some(took)) => took,
+        Ok(None) => {
+            return fail(format!(
+                "{target} did not leave recovery within 60s of pg_promote"
+            ))
+        }
+        Err(e) => return fail(format!("lost {target} while it was promoting: {e}")),
+    };
+    let after = match node.timeline().await {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(format!(
+                "{target} left recovery but its timeline cannot be read: {e}"
+            ))
+        }
+    };
+    op.facts.insert("new_timeline".into(), after.to_string());
+    if after <= before {
+        return fail(format!(
+            "{target} left recovery but its timeline is still {after}"
+        ));
+    }
+    ok(format!(
+        "{target} writable {} ms after pg_promote (step {} ms); timeline {before} -> {after}",
+        waited.as_millis(),
+        started.elapsed().as_millis()
+    ))
+}
+
+async fn reconfigure_new_primary(ctx: &StepContext, op: &Operation) -> StepOutcome {
+    let target = &op.request.target;
+    let node = ctx.effects.node(target);
+    let slot = &ctx.config.replication.slot;
+    let steps = async {
+        node.alter_system("primary_conninfo", None).await?;
+        node.alter_system("primary_slot_name", None).await?;
+        // A lone primary must not block writes waiting for a standby.
+        node.alter_system("synchronous_standby_names", Some(""))
+            .await?;
+        node.reload().await?;
+        node.ensure_slot(slot).await
+    };
+    let created = match steps.await {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let cleared = wait_for(Duration::from_secs(10), POLL, || async {
+        node.setting("synchronous_standby_names")
+            .await
+            .ok()
+            .filter(|v| v.is_empty())
+    })
+    .await;
+    if cleared.is_none() {
+        return fail(format!(
+            "synchronous_standby_names on {target} is still set after the reload"
+        ));
+    }
+    ok(format!(
+        "primary_conninfo and primary_slot_name reset, synchronous_standby_names cleared, slot `{slot}` {}",
+        if created { "created" } else { "already there" }
+    ))
+}
+
+fn switch_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
+    let target = &op.request.target;
+    let Some(node) = ctx.config.node(target) else {
+        return fail(format!("unknown node {target}"));
+    };
+    let file = ctx
+        .config
+        .application
+        .as_ref()
+        .map(|a| a.config_file.display().to_string())
+        .unwrap_or_default();
+    match ctx
+        .effects
+        .switch_application_config(&op.id, &node.host, node.port)
+    {
+        Ok(true) => ok(format!(
+            "{file} now points to {}:{} (original kept as .pgwarden-{}.bak)",
+            node.host, node.port, op.id
+        )),
+        Ok(false) => StepOutcome::Skipped(format!(
+            "{file} already points to {}:{}",
+            node.host, node.port
+        )),
+        Err(e) => fail(e),
+    }
+}
+
+async fn start_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
+    let app = match application(ctx) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    let target = &op.request.target;
+    if let Err(e) = ctx
+        .effects
+        .command_checked(&app.start, app.start_timeout)
+        .await
+    {
+        return fail(format!("starting {} failed: {e}", app.name));
+    }
+    let node = ctx.effects.node_quick(target);
+    let up = wait_for(app.start_timeout, POLL * 2, || async {
+        if !matches!(is_running(ctx, app).await, Ok(true)) {
+            return None;
+        }
+        let n = node
+            .sessions_of(&app.db_user)
+            .await
+            .ok()
+            .filter(|n| *n > 0)?;
+        if let Some(url) = &app.health_url {
+            if !ctx.effects.http_ok(url).await {
+                return None;
+            }
+        }
+        Some(n)
+    })
+    .await;
+    let Some(n) = up else {
+        let state = match is_running(ctx, app).await {
+            Ok(true) => "runs but has no session on the new primary (or its health_url does not answer)",
+            Ok(false) => "is not running: it exited after starting (a database it cannot reach or a read-only one makes inmanta-server exit)",
+            Err(_) => "cannot be checked",
+        };
+        return fail(format!(
+            "{} {state} after {:?}",
+            app.name, app.start_timeout
+        ));
+    };
+    // Came up, but does it stay up? inmanta-server exits shortly after
+    // starting when the database refuses it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if !matches!(is_running(ctx, app).await, Ok(true)) {
+        return fail(format!("{} started but exited again", app.name));
+    }
+    ok(format!(
+        "{} runs with {n} session(s) of {} on {target}",
+        app.name, app.db_user
+    ))
+}
+
+fn done(op: &Operation) -> StepOutcome {
+    ok(format!(
+        "{} is the primary on timeline {}",
+        op.request.target,
+        op.facts
+            .get("new_timeline")
+            .map(String::as_str)
+            .unwrap_or("?")
+    ))
+}

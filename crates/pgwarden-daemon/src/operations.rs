@@ -1,0 +1,534 @@
+//! The operation manager: one operation at a time across both daemons;
+//! start, resume, abort; the run loop that journals each step's intent
+//! before acting and its outcome after (the order that makes a crash at any
+//! instant safe, see `pgwarden_core::operation`).
+//!
+//! The lock: an operation that is open (running, failed or interrupted) in
+//! this daemon's journal holds it here; the peer daemon is asked to hold it
+//! too (`POST /v1/internal/lock`, a lock file in its state_dir) when it is
+//! reachable. A peer that does not answer cannot hold it: that is the
+//! failover case where the old primary's host is gone. This sits behind
+//! these few functions so that a consensus store (an etcd lease) can take
+//! its place for larger clusters without touching the steps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use pgwarden_core::operation::{
+    Operation, OperationKind, OperationState, Request, StepName, StepOutcome,
+};
+use pgwarden_core::preflight::{self, Check, PreflightInput};
+use pgwarden_core::Config;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::effects::Effects;
+use crate::executor::{self, StepContext};
+use crate::fsutil;
+use crate::journal::{Journal, JournalError};
+use crate::metrics::Metrics;
+use crate::Published;
+
+/// Why a request about operations was refused; maps to an HTTP status.
+#[derive(Debug)]
+pub enum OpError {
+    NotFound(String),
+    /// Another operation holds the lock, or the state does not allow it.
+    Conflict(String),
+    /// Preflight refused: the failed checks are listed.
+    Preflight {
+        message: String,
+        checks: Vec<Check>,
+    },
+    Internal(String),
+}
+
+/// The answer to a dry run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub kind: OperationKind,
+    pub target: String,
+    pub would_proceed: bool,
+    pub checks: Vec<Check>,
+    pub plan: Vec<StepName>,
+}
+
+/// The lock file a peer's operation leaves in our state_dir.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerLock {
+    pub holder: String,
+    pub operation_id: String,
+    pub since: String,
+}
+
+pub struct Operations {
+    config: Arc<Config>,
+    journal: Journal,
+    effects: Arc<Effects>,
+    published: watch::Receiver<Arc<Published>>,
+    metrics: Arc<Metrics>,
+    /// The open operation, else the most recent one; waiters and the poll
+    /// loop (for /health) watch it.
+    current: watch::Sender<Option<Operation>>,
+    /// Serializes lock decisions: checking "nothing open" and journaling
+    /// the new operation are one step.
+    gate: tokio::sync::Mutex<()>,
+    peer_lock_path: PathBuf,
+}
+
+/// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
+/// holds the run loop at that point (after the step's intent, or after its
+/// effect but before its outcome, is journaled) so a test can SIGKILL the
+/// daemon exactly there. Unset in production: one env lookup per step.
+async fn fault_pause(step: StepName, point: &str) {
+    let Ok(want) = std::env::var("PGWARDEN_FAULT_PAUSE") else {
+        return;
+    };
+    let name = serde_json::to_value(step)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if want == format!("{name}:{point}") {
+        tracing::warn!(%want, "fault injection: pausing the operation here");
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    }
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn new_id(kind: OperationKind) -> String {
+    let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let mut rnd = [0u8; 3];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
+    format!("{stamp}-{kind}-{:02x}{:02x}{:02x}", rnd[0], rnd[1], rnd[2])
+}
+
+impl Operations {
+    /// Opens the journal, marks operations cut off by a crash interrupted,
+    /// and returns the manager with the journal files it had to set aside.
+    pub fn open(
+        config: Arc<Config>,
+        effects: Arc<Effects>,
+        published: watch::Receiver<Arc<Published>>,
+        metrics: Arc<Metrics>,
+        current: watch::Sender<Option<Operation>>,
+    ) -> Result<(Arc<Operations>, Vec<JournalError>), JournalError> {
+        let journal = Journal::open(&config.state_dir)?;
+        let (ops, corrupt) = journal.recover()?;
+        for op in ops
+            .iter()
+            .filter(|o| o.state == OperationState::Interrupted)
+        {
+            tracing::warn!(operation = %op.id, kind = %op.kind, "found an interrupted operation: resume or abort it");
+        }
+        let latest = ops
+            .iter()
+            .rev()
+            .find(|o| o.is_open())
+            .or(ops.last())
+            .cloned();
+        current.send_replace(latest);
+        let peer_lock_path = config.state_dir.join("lock.json");
+        let me = Operations {
+            config,
+            journal,
+            effects,
+            published,
+            metrics,
+            current,
+            gate: tokio::sync::Mutex::new(()),
+            peer_lock_path,
+        };
+        me.publish_metrics(me.current.borrow().as_ref());
+        Ok((Arc::new(me), corrupt))
+    }
+
+    pub fn current(&self) -> Option<Operation> {
+        self.current.borrow().clone()
+    }
+
+    fn open_operation(&self) -> Option<Operation> {
+        self.current().filter(Operation::is_open)
+    }
+
+    /// Every operation of the journal, newest first.
+    pub fn list(&self) -> Vec<Operation> {
+        let mut ops = self
+            .journal
+            .load_all()
+            .map(|(ops, _)| ops)
+            .unwrap_or_default();
+        // The running one is fresher in memory than on disk only between a
+        // step's end and its journal write; prefer memory.
+        if let Some(cur) = self.current() {
+            if let Some(o) = ops.iter_mut().find(|o| o.id == cur.id) {
+                *o = cur;
+            }
+        }
+        ops.reverse();
+        ops
+    }
+
+    pub fn get(&self, id: &str) -> Option<Operation> {
+        self.list().into_iter().find(|o| o.id == id)
+    }
+
+    fn peer_lock(&self) -> Option<PeerLock> {
+        let text = std::fs::read(&self.peer_lock_path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn view(&self) -> Arc<pgwarden_core::ClusterView> {
+        self.published.borrow().view.clone()
+    }
+
+    fn preflight(&self, kind: OperationKind, request: &Request) -> Vec<Check> {
+        let open = self.open_operation().map(|o| o.id);
+        let lock = self
+            .peer_lock()
+            .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
+        let shadows = executor::shadows(&self.config);
+        preflight::preflight(&PreflightInput {
+            config: &self.config,
+            view: &self.view(),
+            kind,
+            request,
+            open_operation: open.as_deref().or(lock.as_deref()),
+            shadows: &shadows,
+        })
+    }
+
+    /// A dry run: the checks and the steps, nothing changed.
+    pub fn plan(&self, kind: OperationKind, request: &Request) -> Plan {
+        let checks = self.preflight(kind, request);
+        Plan {
+            kind,
+            target: request.target.clone(),
+            would_proceed: preflight::passed(&checks),
+            checks,
+            plan: kind.steps().to_vec(),
+        }
+    }
+
+    /// Takes the lock (here and at the peer), journals a new operation and
+    /// starts running it.
+    pub async fn start(
+        self: &Arc<Self>,
+        kind: OperationKind,
+        request: Request,
+    ) -> Result<Operation, OpError> {
+        let _gate = self.gate.lock().await;
+        if let Some(open) = self.open_operation() {
+            return Err(OpError::Conflict(format!(
+                "operation {} ({} to {}) is {}: resume or abort it first",
+                open.id,
+                open.kind,
+                open.request.target,
+                serde_json::to_value(open.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )));
+        }
+        self.clear_stale_peer_lock().await;
+        if let Some(lock) = self.peer_lock() {
+            return Err(OpError::Conflict(format!(
+                "the daemon beside {} runs operation {} (since {}); wait for it, or resume/abort it there",
+                lock.holder, lock.operation_id, lock.since
+            )));
+        }
+        let checks = self.preflight(kind, &request);
+        if !preflight::passed(&checks) {
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| c.verdict == preflight::Verdict::Fail)
+                .map(|c| c.message.as_str())
+                .collect();
+            return Err(OpError::Preflight {
+                message: format!("preflight refused: {}", failed.join("; ")),
+                checks,
+            });
+        }
+        let id = new_id(kind);
+        let lock_note = self.lock_peers(&id).await?;
+        let mut op = Operation::new(id, kind, request, &now());
+        op.facts.insert("peer_lock".into(), lock_note);
+        if let Err(e) = self.journal.save(&op) {
+            self.unlock_peers(&op.id).await;
+            return Err(OpError::Internal(format!("nothing was done: {e}")));
+        }
+        tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, "operation started");
+        self.current.send_replace(Some(op.clone()));
+        tokio::spawn(self.clone().run(op.clone()));
+        Ok(op)
+    }
+
+    /// Continues a failed or interrupted operation at its unfinished step.
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<Operation, OpError> {
+        let _gate = self.gate.lock().await;
+        let mut op = self
+            .get(id)
+            .ok_or_else(|| OpError::NotFound(format!("no operation {id}")))?;
+        if let Some(open) = self.open_operation().filter(|o| o.id != id) {
+            return Err(OpError::Conflict(format!(
+                "operation {} is open: resume or abort that one",
+                open.id
+            )));
+        }
+        op.resume().map_err(|e| {
+            OpError::Conflict(format!(
+                "{e}: only a failed or interrupted operation can be resumed"
+            ))
+        })?;
+        self.journal
+            .save(&op)
+            .map_err(|e| OpError::Internal(format!("nothing was done: {e}")))?;
+        tracing::info!(operation = %op.id, "operation resumed");
+        self.current.send_replace(Some(op.clone()));
+        tokio::spawn(self.clone().run(op.clone()));
+        Ok(op)
+    }
+
+    /// Gives up a failed or interrupted operation and releases the lock.
+    pub async fn abort(&self, id: &str) -> Result<Operation, OpError> {
+        let _gate = self.gate.lock().await;
+        let mut op = self
+            .get(id)
+            .ok_or_else(|| OpError::NotFound(format!("no operation {id}")))?;
+        op.abort(&now()).map_err(|e| {
+            OpError::Conflict(format!(
+                "{e}: only a failed or interrupted operation can be aborted"
+            ))
+        })?;
+        self.journal
+            .save(&op)
+            .map_err(|e| OpError::Internal(format!("not aborted: {e}")))?;
+        tracing::warn!(operation = %op.id, "operation aborted");
+        self.finished(&op, None);
+        self.unlock_peers(&op.id).await;
+        Ok(op)
+    }
+
+    /// Waits until operation `id` is no longer running.
+    pub async fn wait(&self, id: &str) -> Option<Operation> {
+        let mut rx = self.current.subscribe();
+        let done = rx
+            .wait_for(|cur| {
+                cur.as_ref()
+                    .is_some_and(|o| o.id == id && o.state != OperationState::Running)
+            })
+            .await
+            .ok()?
+            .clone();
+        done
+    }
+
+    /// The run loop: intent, act, fact, for each step until the end or a failure.
+    async fn run(self: Arc<Self>, mut op: Operation) {
+        let started = Instant::now();
+        while op.next_step().is_some() {
+            let step = op.start_step(&now()).expect("a next step exists");
+            if let Err(e) = self.journal.save(&op) {
+                // Intent not on disk: do not act.
+                let msg = format!("cannot journal the start of this step, so it was not run: {e}");
+                let _ = op.finish_step(StepOutcome::Failed(msg), &now());
+                let _ = self.journal.save(&op);
+                self.current.send_replace(Some(op.clone()));
+                break;
+            }
+            self.current.send_replace(Some(op.clone()));
+            self.publish_metrics(Some(&op));
+            fault_pause(step, "before").await;
+            let ctx = StepContext {
+                config: self.config.clone(),
+                effects: self.effects.clone(),
+                view: self.view(),
+            };
+            let step_started = Instant::now();
+            let outcome = executor::run_step(&ctx, &mut op, step).await;
+            match &outcome {
+                StepOutcome::Failed(m) => {
+                    tracing::error!(operation = %op.id, ?step, "step failed: {m}")
+                }
+                StepOutcome::Succeeded(m) | StepOutcome::Skipped(m) => {
+                    tracing::info!(operation = %op.id, ?step, ms = step_started.elapsed().as_millis() as u64, "{m}")
+                }
+            }
+            fault_pause(step, "after").await;
+            op.finish_step(outcome, &now())
+                .expect("the step is running");
+            if let Err(e) = self.journal.save(&op) {
+                // The effect happened; memory holds the truth and the next
+                // save retries. Resume would re-check the real state anyway.
+                tracing::error!(operation = %op.id, "cannot journal the end of a step: {e}");
+            }
+            self.current.send_replace(Some(op.clone()));
+            self.publish_metrics(Some(&op));
+        }
+        self.finished(&op, Some(started.elapsed()));
+        if op.state == OperationState::Succeeded {
+            self.unlock_peers(&op.id).await;
+            tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
+        }
+    }
+
+    fn finished(&self, op: &Operation, took: Option<std::time::Duration>) {
+        let result = serde_json::to_value(op.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.metrics
+            .operation_finished(op.kind.as_str(), &result, took);
+        self.current.send_replace(Some(op.clone()));
+        self.publish_metrics(Some(op));
+    }
+
+    fn publish_metrics(&self, op: Option<&Operation>) {
+        let running = op.is_some_and(|o| o.state == OperationState::Running);
+        let fenced = op.is_some_and(|o| {
+            o.is_open()
+                && o.completed(StepName::FenceApplication)
+                && !o.completed(StepName::StartApplication)
+        });
+        self.metrics.set_operation(running, fenced);
+    }
+
+    async fn lock_peers(&self, id: &str) -> Result<String, OpError> {
+        let mut notes = Vec::new();
+        let mut locked = Vec::new();
+        for n in self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.config.local_node)
+        {
+            let Some(api) = &n.api else {
+                notes.push(format!("{}: no api configured", n.name));
+                continue;
+            };
+            let url = format!("{}/v1/internal/lock", api.trim_end_matches('/'));
+            let body = serde_json::json!({"holder": self.config.local_node, "operation_id": id});
+            match self.effects.post(&url, &body).await {
+                Ok(_) => {
+                    locked.push(n.name.clone());
+                    notes.push(format!("held by the daemon beside {}", n.name));
+                }
+                Err(e) if e.status == Some(409) => {
+                    for name in &locked {
+                        self.unlock_peer(name, id).await;
+                    }
+                    return Err(OpError::Conflict(format!(
+                        "the daemon beside {} refuses the lock: {}",
+                        n.name, e.message
+                    )));
+                }
+                Err(e) => notes.push(format!(
+                    "the daemon beside {} is unreachable, lock not shared: {}",
+                    n.name, e.message
+                )),
+            }
+        }
+        Ok(notes.join("; "))
+    }
+
+    async fn unlock_peer(&self, node: &str, id: &str) {
+        if let Some(api) = self.config.node(node).and_then(|n| n.api.as_ref()) {
+            let url = format!("{}/v1/internal/unlock", api.trim_end_matches('/'));
+            if let Err(e) = self
+                .effects
+                .post(&url, &serde_json::json!({"operation_id": id}))
+                .await
+            {
+                tracing::warn!(node, "could not release the peer's lock: {}", e.message);
+            }
+        }
+    }
+
+    async fn unlock_peers(&self, id: &str) {
+        for n in self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.config.local_node)
+        {
+            self.unlock_peer(&n.name, id).await;
+        }
+    }
+
+    /// A peer's lock whose operation is over there (finished, aborted, or
+    /// unknown) is stale: drop it. An unreachable holder keeps it.
+    async fn clear_stale_peer_lock(&self) {
+        let Some(lock) = self.peer_lock() else { return };
+        let Some(api) = self.config.node(&lock.holder).and_then(|n| n.api.clone()) else {
+            return;
+        };
+        let url = format!(
+            "{}/v1/operations/{}",
+            api.trim_end_matches('/'),
+            lock.operation_id
+        );
+        match self.effects.get(&url).await {
+            Ok(v)
+                if !matches!(
+                    v["state"].as_str(),
+                    Some("running" | "failed" | "interrupted")
+                ) =>
+            {
+                tracing::info!(operation = %lock.operation_id, "dropping a stale lock: the operation ended at {}", lock.holder);
+                let _ = std::fs::remove_file(&self.peer_lock_path);
+            }
+            Err(e) if e.status == Some(404) => {
+                let _ = std::fs::remove_file(&self.peer_lock_path);
+            }
+            _ => {}
+        }
+    }
+
+    /// The peer asks us to hold the lock for its operation.
+    pub fn hold_for_peer(&self, holder: &str, operation_id: &str) -> Result<(), OpError> {
+        if let Some(open) = self.open_operation() {
+            return Err(OpError::Conflict(format!(
+                "operation {} is open here",
+                open.id
+            )));
+        }
+        if let Some(lock) = self.peer_lock() {
+            if lock.operation_id == operation_id {
+                return Ok(());
+            }
+            return Err(OpError::Conflict(format!(
+                "the lock is held for operation {} of {}",
+                lock.operation_id, lock.holder
+            )));
+        }
+        let lock = PeerLock {
+            holder: holder.to_owned(),
+            operation_id: operation_id.to_owned(),
+            since: now(),
+        };
+        let bytes = serde_json::to_vec(&lock).expect("a lock serializes");
+        fsutil::write_atomic(&self.peer_lock_path, &bytes, 0o600).map_err(|e| {
+            OpError::Internal(format!(
+                "cannot write {}: {e}",
+                self.peer_lock_path.display()
+            ))
+        })
+    }
+
+    pub fn release_for_peer(&self, operation_id: &str) {
+        if self
+            .peer_lock()
+            .is_some_and(|l| l.operation_id == operation_id)
+        {
+            let _ = std::fs::remove_file(&self.peer_lock_path);
+        }
+    }
+}

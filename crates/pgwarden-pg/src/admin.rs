@@ -1,0 +1,279 @@
+//! SQL actions of an operation: promote, checkpoint, ALTER SYSTEM, slots,
+//! sessions of a role. Each call opens its own short-lived connection (an
+//! operation runs a handful of statements; the probe's connection stays
+//! dedicated to polling) and is bounded by a timeout.
+//!
+//! Values are always passed as quoted literals built here; setting names and
+//! role names come from the validated config.
+
+use std::time::Duration;
+
+use pgwarden_core::snapshot::Lsn;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::probe::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no answer from {node} within {after:?}")]
+    Timeout { node: String, after: Duration },
+    #[error("cannot connect to {node}: {detail}")]
+    Connect { node: String, detail: String },
+    #[error("{node}: `{statement}` failed: {detail}")]
+    Statement {
+        node: String,
+        statement: String,
+        detail: String,
+    },
+    #[error("{node}: unexpected answer to `{statement}`: {detail}")]
+    Answer {
+        node: String,
+        statement: String,
+        detail: String,
+    },
+}
+
+/// One node to act on: its name (for messages) and how to connect.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub target: Target,
+    pub timeout: Duration,
+}
+
+/// `'it''s'`: a SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `"name"`: a SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Node {
+    async fn connect(&self) -> Result<Client, AdminError> {
+        let t = &self.target;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&t.host)
+            .port(t.port)
+            .user(&t.user)
+            .dbname(&t.dbname)
+            .application_name("pgwarden")
+            .connect_timeout(self.timeout);
+        if let Some(p) = &t.password {
+            cfg.password(p.expose());
+        }
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| AdminError::Connect {
+            node: self.name.clone(),
+            detail: crate::probe::chain(&e),
+        })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs one statement (simple protocol: ALTER SYSTEM cannot run in a
+    /// transaction block) and returns its rows as text.
+    pub async fn query(&self, statement: &str) -> Result<Vec<Vec<Option<String>>>, AdminError> {
+        let work = async {
+            let client = self.connect().await?;
+            let messages =
+                client
+                    .simple_query(statement)
+                    .await
+                    .map_err(|e| AdminError::Statement {
+                        node: self.name.clone(),
+                        statement: statement.to_owned(),
+                        detail: crate::probe::chain(&e),
+                    })?;
+            Ok(messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(AdminError::Timeout {
+                node: self.name.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// The single value of a one-row, one-column answer.
+    pub async fn value(&self, statement: &str) -> Result<String, AdminError> {
+        let rows = self.query(statement).await?;
+        rows.into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .ok_or_else(|| AdminError::Answer {
+                node: self.name.clone(),
+                statement: statement.to_owned(),
+                detail: "no value".into(),
+            })
+    }
+
+    pub async fn execute(&self, statement: &str) -> Result<(), AdminError> {
+        self.query(statement).await.map(|_| ())
+    }
+
+    pub async fn is_in_recovery(&self) -> Result<bool, AdminError> {
+        Ok(self.value("SELECT pg_is_in_recovery()").await? == "t")
+    }
+
+    /// The timeline this node writes (primary) or receives (standby); see probe.sql.
+    pub async fn timeline(&self) -> Result<u32, AdminError> {
+        let sql = "SELECT CASE WHEN pg_is_in_recovery() \
+                   THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (pg_control_checkpoint()).timeline_id) \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+        let v = self.value(sql).await?;
+        v.parse().map_err(|_| self.answer(sql, &v))
+    }
+
+    fn answer(&self, statement: &str, got: &str) -> AdminError {
+        AdminError::Answer {
+            node: self.name.clone(),
+            statement: statement.to_owned(),
+            detail: format!("`{got}`"),
+        }
+    }
+
+    async fn lsn(&self, sql: &str) -> Result<Option<Lsn>, AdminError> {
+        let rows = self.query(sql).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .and_then(|v| Lsn::parse(&v)))
+    }
+
+    pub async fn current_lsn(&self) -> Result<Option<Lsn>, AdminError> {
+        self.lsn("SELECT pg_current_wal_lsn()").await
+    }
+
+    pub async fn replay_lsn(&self) -> Result<Option<Lsn>, AdminError> {
+        self.lsn("SELECT pg_last_wal_replay_lsn()").await
+    }
+
+    /// Asks for promotion without waiting: `pg_promote(wait => true)` only
+    /// notices the end of recovery at its 100 ms poll; the caller polls
+    /// [`Node::is_in_recovery`] far more often.
+    pub async fn request_promotion(&self) -> Result<(), AdminError> {
+        self.execute("SELECT pg_promote(wait => false)").await
+    }
+
+    /// Polls `pg_is_in_recovery()` every `every` over one connection until
+    /// it is false; returns how long that took, or `None` after `deadline`.
+    pub async fn wait_until_primary(
+        &self,
+        deadline: Duration,
+        every: Duration,
+    ) -> Result<Option<Duration>, AdminError> {
+        let started = std::time::Instant::now();
+        let client = tokio::time::timeout(self.timeout, self.connect())
+            .await
+            .map_err(|_| AdminError::Timeout {
+                node: self.name.clone(),
+                after: self.timeout,
+            })??;
+        while started.elapsed() < deadline {
+            let rows = client
+                .simple_query("SELECT pg_is_in_recovery()")
+                .await
+                .map_err(|e| AdminError::Statement {
+                    node: self.name.clone(),
+                    statement: "SELECT pg_is_in_recovery()".into(),
+                    detail: crate::probe::chain(&e),
+                })?;
+            let in_recovery = rows
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+            if !in_recovery {
+                return Ok(Some(started.elapsed()));
+            }
+            tokio::time::sleep(every).await;
+        }
+        Ok(None)
+    }
+
+    pub async fn checkpoint(&self) -> Result<(), AdminError> {
+        self.execute("CHECKPOINT").await
+    }
+
+    /// `ALTER SYSTEM SET name = 'value'`, or `RESET` for `None`.
+    pub async fn alter_system(&self, setting: &str, value: Option<&str>) -> Result<(), AdminError> {
+        let sql = match value {
+            Some(v) => format!("ALTER SYSTEM SET {setting} = {}", quote_literal(v)),
+            None => format!("ALTER SYSTEM RESET {setting}"),
+        };
+        self.execute(&sql).await
+    }
+
+    pub async fn reload(&self) -> Result<(), AdminError> {
+        self.execute("SELECT pg_reload_conf()").await
+    }
+
+    pub async fn setting(&self, name: &str) -> Result<String, AdminError> {
+        self.value(&format!("SELECT current_setting({})", quote_literal(name)))
+            .await
+    }
+
+    /// Creates the physical slot unless it exists; returns whether it did.
+    pub async fn ensure_slot(&self, slot: &str) -> Result<bool, AdminError> {
+        let exists = self
+            .value(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+                quote_literal(slot)
+            ))
+            .await?;
+        if exists != "0" {
+            return Ok(false);
+        }
+        self.execute(&format!(
+            "SELECT pg_create_physical_replication_slot({})",
+            quote_literal(slot)
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    /// Client sessions of `role` (other than ours).
+    pub async fn sessions_of(&self, role: &str) -> Result<u64, AdminError> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            quote_literal(role)
+        );
+        let v = self.value(&sql).await?;
+        v.parse().map_err(|_| self.answer(&sql, &v))
+    }
+
+    /// Terminates every backend of `role`; returns how many were signalled.
+    /// Needed because a killed client's backend busy in a long query does
+    /// not notice that its client is gone.
+    pub async fn terminate_sessions_of(&self, role: &str) -> Result<u64, AdminError> {
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            quote_literal(role)
+        );
+        let v = self.value(&sql).await?;
+        v.parse().map_err(|_| self.answer(&sql, &v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
