@@ -52,6 +52,18 @@ pub enum KitError {
     #[error("stand-in configuration {path}: {message}")]
     Config { path: PathBuf, message: String },
 
+    /// The stand-in found no writable primary within its startup window (unreachable,
+    /// refusing the login, or a read-only standby). Like `inmanta-server`, the stand-in
+    /// process then exits with status 4 ([`crate::standin::EXIT_DB_UNREACHABLE`]).
+    #[error("stand-in: no usable database at {target} within {waited:?} of starting: {reason}")]
+    DbUnreachable {
+        /// host:port from the config file at the last attempt.
+        target: String,
+        waited: Duration,
+        /// The last attempt's error.
+        reason: String,
+    },
+
     /// The stand-in hit an error it cannot retry (e.g. its ack file is not writable).
     #[error("stand-in: {context}: {source}")]
     Standin {

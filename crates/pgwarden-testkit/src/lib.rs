@@ -4,12 +4,17 @@
 //! Nothing is mocked: [`TestCluster::start`] runs initdb, pg_basebackup and pg_ctl, and
 //! dropping the cluster stops the servers again. As root, server commands run as the
 //! `postgres` user through `runuser`.
+//!
+//! [`standin`] is the stand-in application itself; [`service`] wraps it in
+//! `start`/`stop`/`is-running` commands (`pgwarden standin-ctl`) for pgwarden's
+//! `application:` section.
 
 mod bins;
 mod cluster;
 mod error;
 mod pgwarden_config;
 mod procs;
+pub mod service;
 mod slots;
 pub mod standin;
 mod util;
@@ -19,5 +24,6 @@ pub use cluster::{ClusterOptions, Credentials, PgNode, Secret, StopMode, TestClu
 pub use error::{CommandFailure, KitError};
 pub use pgwarden_config::{pgwarden_config, state_dir, write_pgwarden_config, DaemonLayout};
 pub use procs::{pid_alive, postgres_processes_in};
+pub use service::standin_application_yaml;
 pub use slots::{MAX_CLUSTERS_ENV, SLOT_DIR};
 pub use util::{free_port, poll_until};

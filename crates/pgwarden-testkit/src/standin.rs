@@ -2,6 +2,18 @@
 //! heartbeat row every tick and records each acknowledged commit in an ack file. pgwarden
 //! failovers fence it and rewrite its config; it follows by re-reading the file and
 //! reconnecting, and the ack file lets tests check that no acknowledged write was lost.
+//!
+//! Like `inmanta-server`, it only starts against a writable primary: at startup it tries
+//! for [`STARTUP_TIMEOUT`] (3 s) to connect to a server that is not in recovery, and
+//! otherwise fails with [`KitError::DbUnreachable`], which [`exit_code`] maps to
+//! [`EXIT_DB_UNREACHABLE`] (4). Once it has connected, it never gives up: it reconnects
+//! forever, re-reading the config each time, and writes nothing while the server it
+//! reaches is a standby (in recovery).
+//!
+//! Run as a process (signal mode, no stop flag) it returns on SIGTERM/SIGINT, except that
+//! when the environment variable [`IGNORE_SIGTERM_ENV`] (`STANDIN_IGNORE_SIGTERM`) names
+//! a file and that file exists when SIGTERM arrives, it ignores the signal and keeps its
+//! session: an application that refuses to stop (see [`crate::service`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -10,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep, MissedTickBehavior};
@@ -22,6 +34,19 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/inmanta/inmanta.d/database.cfg";
 
 /// Pause between reconnection attempts.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+
+/// Exit status of a stand-in process that found no writable primary at startup: the
+/// status `inmanta-server` exits with when its database is unreachable.
+pub const EXIT_DB_UNREACHABLE: i32 = 4;
+
+/// How long the stand-in keeps trying to reach a writable primary at startup before it
+/// fails with [`KitError::DbUnreachable`].
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Environment variable naming a flag file: while that file exists, the stand-in ignores
+/// SIGTERM (signal mode only). `pgwarden standin-ctl start` sets it to
+/// `<dir>/ignore-sigterm`.
+pub const IGNORE_SIGTERM_ENV: &str = "STANDIN_IGNORE_SIGTERM";
 
 /// How the stand-in runs.
 #[derive(Clone, Debug)]
@@ -186,8 +211,11 @@ pub fn read_acks(path: &Path) -> Vec<i64> {
 
 /// Runs the stand-in until SIGTERM/SIGINT (or the stop flag), then returns Ok.
 ///
-/// Fails only when it cannot start (unreadable config at startup, unwritable ack file);
-/// database errors are retried forever.
+/// Fails when it cannot start: unreadable config at startup, unwritable ack file, or
+/// ([`KitError::DbUnreachable`]) no writable primary reachable within
+/// [`STARTUP_TIMEOUT`]. After the first successful connection, database errors are
+/// retried forever. A process should exit with [`exit_code`] of the result (or use
+/// [`run_main`], which does the printing too).
 pub fn run(opts: StandinOptions) -> Result<(), KitError> {
     // Fail fast on a config that is wrong from the start; later read errors are retried
     // (the file may be mid-rewrite by a failover).
@@ -210,11 +238,35 @@ pub fn run(opts: StandinOptions) -> Result<(), KitError> {
     rt.block_on(run_async(opts, settings, ack))
 }
 
+/// The exit status a stand-in process should end with: 0 for Ok,
+/// [`EXIT_DB_UNREACHABLE`] (4) for [`KitError::DbUnreachable`], 1 for anything else.
+pub fn exit_code(result: &Result<(), KitError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(KitError::DbUnreachable { .. }) => EXIT_DB_UNREACHABLE,
+        Err(_) => 1,
+    }
+}
+
+/// [`run`] for a process's main: prints a failure on stderr and returns the exit status
+/// ([`exit_code`]) the process should exit with. `pgwarden standin-app` is
+/// `std::process::exit(standin::run_main(opts))`.
+pub fn run_main(opts: StandinOptions) -> i32 {
+    let result = run(opts);
+    let code = exit_code(&result);
+    if let Err(e) = &result {
+        eprintln!("pgwarden-standin: {e}; exiting with status {code}");
+    }
+    code
+}
+
 /// What ends the stand-in: the stop flag, or SIGTERM/SIGINT when there is no flag.
 struct Stopper {
     flag: Option<Arc<AtomicBool>>,
     term: Option<Signal>,
     int: Option<Signal>,
+    /// While this file exists, SIGTERM is ignored (see [`IGNORE_SIGTERM_ENV`]).
+    ignore_term_flag: Option<PathBuf>,
 }
 
 impl Stopper {
@@ -233,7 +285,19 @@ impl Stopper {
                 Some(install(SignalKind::interrupt(), "SIGINT")?),
             )
         };
-        Ok(Stopper { flag, term, int })
+        let ignore_term_flag = if flag.is_some() {
+            None
+        } else {
+            std::env::var_os(IGNORE_SIGTERM_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Ok(Stopper {
+            flag,
+            term,
+            int,
+            ignore_term_flag,
+        })
     }
 
     /// Completes when the stand-in should stop. Cancel-safe.
@@ -243,7 +307,16 @@ impl Stopper {
                 return;
             }
             tokio::select! {
-                _ = recv(&mut self.term) => return,
+                _ = recv(&mut self.term) => {
+                    if let Some(flag) = self.ignore_term_flag.as_ref().filter(|f| f.exists()) {
+                        eprintln!(
+                            "pgwarden-standin: ignoring SIGTERM ({} exists)",
+                            flag.display()
+                        );
+                        continue;
+                    }
+                    return;
+                }
                 _ = recv(&mut self.int) => return,
                 _ = sleep(Duration::from_millis(25)), if self.flag.is_some() => {}
             }
@@ -260,13 +333,46 @@ async fn recv(sig: &mut Option<Signal>) {
     }
 }
 
+/// Why a connection attempt gave no usable session.
+#[derive(Debug)]
+enum ConnectError {
+    Pg(tokio_postgres::Error),
+    /// The server is a standby: inmanta-server does not run against one.
+    InRecovery,
+    /// The startup window ran out during the attempt.
+    TimedOut,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Pg(e) => write!(f, "{e}"),
+            ConnectError::InRecovery => {
+                f.write_str("the server is in recovery (a read-only standby), not a primary")
+            }
+            ConnectError::TimedOut => f.write_str("the connection attempt did not complete"),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnectError::Pg(e)
+    }
+}
+
 async fn run_async(
     opts: StandinOptions,
     mut settings: DbSettings,
     mut ack: File,
 ) -> Result<(), KitError> {
     let mut stopper = Stopper::new(opts.stop.clone())?;
+    let started = Instant::now();
+    let mut ever_connected = false;
     let mut first = true;
+    // The last complaint printed, so a long outage logs one line per distinct error
+    // rather than five per second.
+    let mut last_complaint = String::new();
     loop {
         if !first {
             tokio::select! {
@@ -280,20 +386,48 @@ async fn run_async(
         }
         first = false;
 
+        // Before the first connection, every attempt is bounded by what is left of the
+        // startup window; afterwards only by the driver's connect timeout.
+        let budget = (!ever_connected).then(|| STARTUP_TIMEOUT.saturating_sub(started.elapsed()));
+        let attempt = async {
+            match budget {
+                Some(b) => tokio::time::timeout(b, connect(&settings))
+                    .await
+                    .unwrap_or(Err(ConnectError::TimedOut)),
+                None => connect(&settings).await,
+            }
+        };
         let connected = tokio::select! {
             _ = stopper.stopped() => return Ok(()),
-            r = connect(&settings) => r,
+            r = attempt => r,
         };
         let (client, last_id) = match connected {
             Ok(c) => c,
             Err(e) => {
-                eprintln!(
-                    "pgwarden-standin: cannot use {}:{}: {e}",
-                    settings.host, settings.port
-                );
+                let target = format!("{}:{}", settings.host, settings.port);
+                let complaint = format!("cannot use {target}: {e}");
+                if complaint != last_complaint {
+                    let what = if ever_connected {
+                        "retrying"
+                    } else {
+                        "retrying until the startup window closes"
+                    };
+                    eprintln!("pgwarden-standin: {complaint}; {what}");
+                    last_complaint = complaint;
+                }
+                let waited = started.elapsed();
+                if !ever_connected && waited + RECONNECT_DELAY >= STARTUP_TIMEOUT {
+                    return Err(KitError::DbUnreachable {
+                        target,
+                        waited,
+                        reason: e.to_string(),
+                    });
+                }
                 continue;
             }
         };
+        ever_connected = true;
+        last_complaint.clear();
         eprintln!(
             "pgwarden-standin: connected to {}:{}, continuing after heartbeat {last_id}",
             settings.host, settings.port
@@ -334,15 +468,23 @@ async fn run_async(
     }
 }
 
-/// Connects, creates the table if needed and returns the highest id already there.
-async fn connect(
-    settings: &DbSettings,
-) -> Result<(tokio_postgres::Client, i64), tokio_postgres::Error> {
+/// Connects, checks that the server is a primary, creates the table if needed and
+/// returns the highest id already there.
+async fn connect(settings: &DbSettings) -> Result<(tokio_postgres::Client, i64), ConnectError> {
     let (client, connection) = settings.pg_config().connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         // Its error also surfaces on the next query through the client.
         let _ = connection.await;
     });
+    // Checked first: on a standby even CREATE TABLE IF NOT EXISTS fails, with a less
+    // telling error. Dropping the client ends the session.
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if in_recovery {
+        return Err(ConnectError::InRecovery);
+    }
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS heartbeat \
@@ -391,6 +533,22 @@ mod tests {
         assert!(std::fs::read_to_string(&path).unwrap().starts_with('#'));
         let err = DbSettings::load(&path, "nope").unwrap_err().to_string();
         assert!(err.contains("no [nope] section"), "{err}");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&Ok(())), 0);
+        let unreachable = KitError::DbUnreachable {
+            target: "127.0.0.1:1".into(),
+            waited: STARTUP_TIMEOUT,
+            reason: "connection refused".into(),
+        };
+        assert_eq!(exit_code(&Err(unreachable)), EXIT_DB_UNREACHABLE);
+        let config = KitError::Config {
+            path: "/x".into(),
+            message: "missing".into(),
+        };
+        assert_eq!(exit_code(&Err(config)), 1);
     }
 
     #[test]
