@@ -1,15 +1,22 @@
 //! The `pgwarden` command: parses arguments and hands off to the libraries.
 //! `run` starts the daemon, `check-config` validates a config, `status` reads
 //! a daemon's `/v1/status`, `demo` builds a local two-node cluster and runs
-//! a daemon beside each node.
+//! a daemon beside each node. `failover`, `switchover`, `operations`,
+//! `resume`, `abort` and `audit` are clients of the daemon's operation API
+//! (`client` talks HTTP, `operate` renders and follows).
 
+mod client;
 mod demo;
+mod operate;
 mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use client::Connect;
+use operate::OperateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +71,58 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Fail over to the standby: the primary is down. Runs a dry run first, asks, then follows the steps.
+    ///
+    /// Exit status: 0 succeeded (or a dry run that would proceed), 1 the operation failed
+    /// or any other error, 3 refused (preflight, conflict, not confirmed), 4 the token was
+    /// refused or is missing, 130 Ctrl-C while following (the operation goes on).
+    Failover(OperateArgs),
+    /// Switch over to the standby: the primary is healthy; planned, zero data loss.
+    ///
+    /// Exit status: as for `failover`.
+    Switchover(OperateArgs),
+    /// List the operations (newest first), or show the steps of one.
+    Operations {
+        /// Show this operation's steps.
+        id: Option<String>,
+        /// Print the raw JSON of the API.
+        #[arg(long)]
+        json: bool,
+        /// With an ID: follow the operation live until it ends (as `failover` does).
+        #[arg(long, short, requires = "id")]
+        follow: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Resume a failed or interrupted operation at the step that did not finish, and follow it.
+    Resume {
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Give up a failed or interrupted operation: the steps not run are marked skipped; nothing is undone.
+    Abort {
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Show the audit log: who asked for what, when, from where, and the result.
+    Audit {
+        /// How many entries (the most recent).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the raw JSON of the API.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// The stand-in application used by the demo and the tests (writes heartbeats).
     #[command(hide = true)]
     StandinApp {
@@ -72,6 +131,31 @@ enum Command {
         #[arg(long)]
         ack_file: PathBuf,
     },
+    /// Start, stop or probe the stand-in application like a service manager would
+    /// (the application's start/stop/is_running commands in test configs).
+    #[command(hide = true)]
+    StandinCtl {
+        action: CtlAction,
+        /// Directory holding the stand-in's pid file and log.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The stand-in's database.cfg.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the stand-in records acknowledged writes.
+        #[arg(long)]
+        ack_file: Option<PathBuf>,
+        /// How long `stop` waits after SIGTERM before SIGKILL: seconds, or a duration like 500ms.
+        #[arg(long, value_parser = parse_timeout)]
+        timeout: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CtlAction {
+    Start,
+    Stop,
+    IsRunning,
 }
 
 /// Exit status for a refused config, so scripts can tell it from a crash.
@@ -119,17 +203,89 @@ fn main() -> ExitCode {
             report(runtime().block_on(status::run(url, config, json)))
         }
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
-        Command::StandinApp { config, ack_file } => report(
-            pgwarden_testkit::standin::run(pgwarden_testkit::standin::StandinOptions {
-                config_file: config,
-                section: "database".into(),
-                ack_file,
-                interval: std::time::Duration::from_millis(100),
-                stop: None,
-            })
-            .map_err(anyhow::Error::from),
-        ),
+        Command::Failover(args) => {
+            operate::report(runtime().block_on(operate::run_operate("failover", args)))
+        }
+        Command::Switchover(args) => {
+            operate::report(runtime().block_on(operate::run_operate("switchover", args)))
+        }
+        Command::Operations {
+            id,
+            json,
+            follow,
+            connect,
+        } => {
+            operate::report(runtime().block_on(operate::run_operations(connect, id, json, follow)))
+        }
+        Command::Resume { id, yes, connect } => {
+            operate::report(runtime().block_on(operate::run_resume(connect, id, yes)))
+        }
+        Command::Abort { id, yes, connect } => {
+            operate::report(runtime().block_on(operate::run_abort(connect, id, yes)))
+        }
+        Command::Audit {
+            limit,
+            json,
+            connect,
+        } => operate::report(runtime().block_on(operate::run_audit(connect, limit, json))),
+        Command::StandinApp { config, ack_file } => {
+            // 4 (EXIT_DB_UNREACHABLE) when no writable primary answers at start.
+            let code = pgwarden_testkit::standin::run_main(
+                pgwarden_testkit::standin::StandinOptions::new(config, ack_file),
+            );
+            exit_status(code)
+        }
+        Command::StandinCtl {
+            action,
+            dir,
+            config,
+            ack_file,
+            timeout,
+        } => standin_ctl(action, dir, config, ack_file, timeout),
     }
+}
+
+fn standin_ctl(
+    action: CtlAction,
+    dir: PathBuf,
+    config_file: Option<PathBuf>,
+    ack_file: Option<PathBuf>,
+    timeout: Option<std::time::Duration>,
+) -> ExitCode {
+    use pgwarden_testkit::service;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("pgwarden: cannot find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let action = match action {
+        CtlAction::Start => service::CtlAction::Start,
+        CtlAction::Stop => service::CtlAction::Stop,
+        CtlAction::IsRunning => service::CtlAction::IsRunning,
+    };
+    let mut opts = service::CtlOptions::new(exe, dir);
+    opts.config_file = config_file;
+    opts.ack_file = ack_file;
+    opts.app_args = vec!["standin-app".into()];
+    if let Some(t) = timeout {
+        opts.stop_timeout = t;
+    }
+    exit_status(service::ctl(action, &opts))
+}
+
+/// `15` (seconds) or a humantime duration (`500ms`, `1m`).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e}: give seconds or a duration like 500ms"))
+}
+
+/// An `i32` exit status from a library as the process's exit status.
+fn exit_status(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
