@@ -41,6 +41,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, url: String) -> Daemon {
+        Daemon::start_with_env(config, url, &[])
+    }
+
+    pub fn start_with_env(config: &Path, url: String, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_extension("log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -51,6 +55,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(config)
             .env("PGWARDEN_LOG", "info,pgwarden_pg=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -87,6 +92,25 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
     }
 
+    /// SIGKILL, as a crash or an OOM kill would: no cleanup at all.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A request with the API token.
+    pub fn post(&self, path: &str, body: &str, token: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        http(
+            "POST",
+            &format!("{}{}", self.url, path),
+            Some(body),
+            &[("Authorization", &auth)],
+        )
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -118,7 +142,127 @@ pub struct Env {
     pub cluster: TestCluster,
 }
 
+/// The stand-in application as a service beside the cluster.
+pub struct App {
+    pub dir: PathBuf,
+    pub config_file: PathBuf,
+    /// database.cfg as first written (pointing to pg-a).
+    pub original: String,
+}
+
+impl App {
+    pub fn ctl(&self, action: &str) -> (i32, String) {
+        let out = Command::new(pgwarden_bin())
+            .args(["standin-ctl", action, "--dir"])
+            .arg(&self.dir)
+            .args(if action == "start" {
+                vec![
+                    "--config".to_owned(),
+                    self.config_file.display().to_string(),
+                ]
+            } else {
+                vec![]
+            })
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    pub fn acks(&self) -> Vec<i64> {
+        pgwarden_testkit::standin::read_acks(&self.dir.join("acks"))
+    }
+
+    pub fn wait_acks(&self, at_least: usize) -> Vec<i64> {
+        poll_until(
+            Duration::from_secs(30),
+            "the application to acknowledge heartbeats",
+            || {
+                let a = self.acks();
+                (a.len() >= at_least).then_some(a)
+            },
+        )
+        .unwrap()
+    }
+}
+
+/// What an environment with an application looks like.
+#[derive(Default)]
+pub struct Options {
+    /// YAML lines added to the `application:` section.
+    pub application_extra: String,
+    /// Environment of daemon i.
+    pub daemon_env: Vec<Vec<(String, String)>>,
+}
+
 impl Env {
+    /// A cluster, the stand-in application writing to pg-a through
+    /// database.cfg, and a daemon beside each node whose config fences it.
+    pub fn start_with_app(opts: Options) -> (Env, App) {
+        let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
+        let dir = cluster.dir().join("app");
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = cluster.credentials();
+        let a = cluster.node(0);
+        let original = format!(
+            "# inmanta database settings (test)\n[server]\nbind-port = 8888\n\n[database]\n; the orchestrator's database\nhost = {}\nport={}\nname = {}\nusername = {}\npassword = {}\nconnection_pool_max_size = 10\n\n[logging]\nlevel = info\n",
+            a.host, a.port, c.app_db, c.app_user, c.app_password
+        );
+        let config_file = dir.join("database.cfg");
+        std::fs::write(&config_file, &original).unwrap();
+        let app = App {
+            dir: dir.clone(),
+            config_file: config_file.clone(),
+            original,
+        };
+        let (code, out) = app.ctl("start");
+        assert_eq!(code, 0, "standin-ctl start: {out}");
+        app.wait_acks(3);
+
+        let mut layout = DaemonLayout::for_tests(&cluster);
+        layout.extra = pgwarden_testkit::service::standin_application_yaml(
+            &pgwarden_bin(),
+            &dir,
+            &c.app_user,
+            &config_file,
+        ) + "  session_grace: 1s\n"
+            + &opts.application_extra;
+        let daemons = (0..cluster.nodes().len())
+            .map(|i| {
+                let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
+                let env: Vec<(&str, &str)> = opts
+                    .daemon_env
+                    .get(i)
+                    .map(|v| v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+                    .unwrap_or_default();
+                Daemon::start_with_env(&cfg, layout.api_url(i), &env)
+            })
+            .collect();
+        (
+            Env {
+                daemons,
+                layout,
+                cluster,
+            },
+            app,
+        )
+    }
+
+    pub fn token(&self) -> String {
+        self.cluster.api_token().to_owned()
+    }
+
+    /// Restarts daemon i (after a kill), with the same config.
+    pub fn restart_daemon(&mut self, i: usize, env: &[(&str, &str)]) {
+        let cfg = self.daemons[i].config.clone();
+        self.daemons[i].kill();
+        self.daemons[i] = Daemon::start_with_env(&cfg, self.layout.api_url(i), env);
+    }
+
     pub fn start() -> Env {
         let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
         let layout = DaemonLayout::for_tests(&cluster);
@@ -281,4 +425,15 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             all.then(|| value.parse().ok()).flatten()
         })
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // The application must not outlive the test (it would retry forever).
+        let _ = std::fs::remove_file(
+            self.dir
+                .join(pgwarden_testkit::service::IGNORE_SIGTERM_FLAG),
+        );
+        let _ = self.ctl("stop");
+    }
 }
