@@ -193,3 +193,40 @@ fn a_missing_config_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn check_config_warns_when_another_cfg_file_overrides_the_switch() {
+    // inmanta reads every *.cfg of its directory in name order: a later file
+    // setting database.host would undo a failover's switch.
+    let dir = tempfile::tempdir().unwrap();
+    let inmanta_d = dir.path().join("inmanta.d");
+    std::fs::create_dir(&inmanta_d).unwrap();
+    let cfg = inmanta_d.join("database.cfg");
+    std::fs::write(&cfg, "[database]\nhost = 10.0.0.1\nport = 5432\n").unwrap();
+    std::fs::write(
+        inmanta_d.join("zz-local.cfg"),
+        "[database]\nhost = 10.9.9.9\n",
+    )
+    .unwrap();
+    std::fs::write(
+        inmanta_d.join("aa-early.cfg"),
+        "[database]\nhost = 10.8.8.8\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{GOOD}application:\n  name: inmanta-server\n  stop: [true]\n  start: [true]\n  is_running: [true]\n  db_user: inmanta\n  config_file: {}\n",
+        cfg.display()
+    );
+    let o = check(dir.path(), "check-config", &text);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("zz-local.cfg also sets `host`"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        !o.stderr.contains("aa-early.cfg"),
+        "a file read before it does not override: {}",
+        o.stderr
+    );
+}

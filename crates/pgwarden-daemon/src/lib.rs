@@ -27,6 +27,7 @@ use pgwarden_core::view::ClusterView;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+pub use executor::shadows;
 pub use load::{load, Loaded, Secrets};
 
 /// Why the daemon could not run.

@@ -174,6 +174,14 @@ fn main() -> ExitCode {
                     loaded.config.local_node,
                     loaded.config.nodes.len()
                 );
+                // A switch of database.cfg that another file overrides would
+                // not take effect: say so before any failover needs it.
+                for s in pgwarden_daemon::shadows(&loaded.config) {
+                    eprintln!(
+                        "warning: {} also sets `{}` and is read after the application's config file: a failover's switch would not take effect",
+                        s.source, s.key
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
