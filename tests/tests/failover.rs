@@ -185,12 +185,38 @@ fn switchover_loses_no_acknowledged_heartbeat() {
     env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
     app.wait_acks(5);
 
-    let r = env.daemons[0].post(
-        &format!("/v1/switchover{WAIT}"),
+    let started = env.daemons[0].post(
+        "/v1/switchover",
         r#"{"target": "pg-b", "reason": "maintenance"}"#,
         &env.token(),
     );
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_owned();
+    // Throughout the switchover and until the stopped old primary counts as
+    // down, its last snapshot still says "primary": that must never read as
+    // a split brain on the new primary's daemon.
+    poll_until(
+        env.within_polls(40),
+        "the switchover to end and pg-a to count as down",
+        || {
+            let h = env.daemons[1].get("/health").json();
+            assert!(
+                !has_problem(&h, "split_brain", None),
+                "false split brain: {h}"
+            );
+            let op = env.daemons[0].get(&format!("/v1/operations/{id}")).json();
+            (op["state"] != "running" && has_problem(&h, "node_down", Some("pg-a"))).then_some(())
+        },
+    )
+    .unwrap();
+    let r = env.daemons[0].get(&format!("/v1/operations/{id}"));
+    assert_eq!(
+        r.json()["state"],
+        "succeeded",
+        "{}\n{}",
+        r.body,
+        env.daemons[0].log_text()
+    );
     let acked = app.acks();
     assert_eq!(
         missing(&acked, &ids_on(&env, 1)),

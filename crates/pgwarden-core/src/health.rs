@@ -139,12 +139,16 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
         ));
     }
 
+    // Split brain needs two primaries that answer now; one that stopped
+    // answering (within the debounce) is not writing for anyone.
     let primaries: Vec<_> = view
         .nodes
         .iter()
-        .filter(|n| n.role == Role::Primary)
+        .filter(|n| n.role == Role::Primary && n.reachable)
         .collect();
+    let any_primary = view.nodes.iter().any(|n| n.role == Role::Primary);
     match primaries.len() {
+        0 if any_primary => {}
         0 => out.push(critical(
             NoPrimary,
             None,
@@ -205,7 +209,7 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
         }
     }
 
-    let [primary] = primaries.as_slice() else {
+    let Some(primary) = view.primary.as_deref().and_then(|p| view.node(p)) else {
         return out;
     };
     let Some(p) = primary.snapshot.as_ref() else {
@@ -506,6 +510,14 @@ mod tests {
                 "primary missed polls below the threshold: its last snapshot stands",
                 vec![failed_after(p(), 2), ok(s())],
                 vec![],
+            ),
+            (
+                "old primary stopped by a switchover, still within the debounce: no split brain",
+                vec![failed_after(p(), 1), ok(promoted(s()))],
+                vec![
+                    (SyncStandbyNamesUnset, Some("pg-b")),
+                    (SlotMissing, Some("pg-b")),
+                ],
             ),
             (
                 "primary missed the threshold: down, its last snapshot no longer counts",

@@ -145,9 +145,22 @@ impl ClusterView {
                 }
             })
             .collect();
-        let primaries: Vec<&NodeView> = nodes.iter().filter(|n| n.role == Role::Primary).collect();
-        let primary = match primaries.as_slice() {
-            [only] => Some(only.name.clone()),
+        // A primary whose last poll failed still counts within the debounce
+        // (it is not down), but only when no reachable primary exists: right
+        // after a switchover the stopped old primary must not hide the new one.
+        let is_primary = |n: &&NodeView| n.role == Role::Primary;
+        let reachable: Vec<&NodeView> = nodes
+            .iter()
+            .filter(is_primary)
+            .filter(|n| n.reachable)
+            .collect();
+        let debounced: Vec<&NodeView> = nodes
+            .iter()
+            .filter(is_primary)
+            .filter(|n| !n.reachable)
+            .collect();
+        let primary = match (reachable.as_slice(), debounced.as_slice()) {
+            ([only], _) | ([], [only]) => Some(only.name.clone()),
             _ => None,
         };
         let mut view = ClusterView {

@@ -4,11 +4,10 @@
 //! and the stand-in application writing heartbeats. Ctrl-C cleans it all up.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use pgwarden_testkit::{standin, ClusterOptions, DaemonLayout, Secret, TestCluster};
+use pgwarden_testkit::{service, standin, ClusterOptions, DaemonLayout, Secret, TestCluster};
 use tokio::sync::watch;
 
 pub fn run(dir: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -25,16 +24,17 @@ pub fn run(dir: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<()>
     })
     .context("could not build the demo cluster")?;
 
+    let app = Standin::start(&cluster)?;
     let mut layout = DaemonLayout::for_tests(&cluster);
     layout.poll_interval = Duration::from_secs(1);
+    layout.extra = app.application_yaml(&cluster);
     let configs = (0..cluster.nodes().len())
         .map(|i| pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout))
         .collect::<Result<Vec<_>, _>>()
         .context("cannot write the daemon configs")?;
 
-    let app = start_standin(&cluster)?;
     let result = crate::runtime().block_on(serve(&cluster, &configs, &layout));
-    stop_child(app);
+    app.stop();
     eprintln!("pgwarden demo: stopping PostgreSQL and removing the demo files");
     drop(cluster);
     result
@@ -63,44 +63,60 @@ async fn serve(
     Ok(())
 }
 
-fn start_standin(cluster: &TestCluster) -> anyhow::Result<Child> {
-    let app_dir = cluster.dir().join("app");
-    std::fs::create_dir_all(&app_dir)?;
-    let cfg = app_dir.join("database.cfg");
-    let c = cluster.credentials();
-    let primary = cluster.node(0);
-    standin::write_database_cfg(
-        &cfg,
-        &primary.host,
-        primary.port,
-        &c.app_db,
-        &c.app_user,
-        &c.app_password,
-    )?;
-    let exe = std::env::current_exe().context("cannot find the pgwarden executable")?;
-    let log = std::fs::File::create(app_dir.join("standin.log"))?;
-    Command::new(exe)
-        .args(["standin-app", "--config"])
-        .arg(&cfg)
-        .arg("--ack-file")
-        .arg(app_dir.join("acks"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start the stand-in application")
+/// The stand-in application as a service, driven by `pgwarden standin-ctl`
+/// exactly as the daemons will drive it when they fence it.
+struct Standin {
+    opts: service::CtlOptions,
+    config_file: PathBuf,
 }
 
-fn stop_child(mut child: Child) {
-    // SIGTERM lets the stand-in close its session cleanly.
-    // SAFETY: kill has no memory preconditions; the pid is our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+impl Standin {
+    fn start(cluster: &TestCluster) -> anyhow::Result<Standin> {
+        let dir = cluster.dir().join("app");
+        std::fs::create_dir_all(&dir)?;
+        let config_file = dir.join("database.cfg");
+        let c = cluster.credentials();
+        let primary = cluster.node(0);
+        standin::write_database_cfg(
+            &config_file,
+            &primary.host,
+            primary.port,
+            &c.app_db,
+            &c.app_user,
+            &c.app_password,
+        )?;
+        let exe = std::env::current_exe().context("cannot find the pgwarden executable")?;
+        let mut opts = service::CtlOptions::new(exe, &dir);
+        opts.config_file = Some(config_file.clone());
+        match service::ctl(service::CtlAction::Start, &opts) {
+            0 => Ok(Standin { opts, config_file }),
+            code => anyhow::bail!(
+                "the stand-in application did not start (exit {code}); see {}",
+                dir.join("standin.log").display()
+            ),
+        }
     }
-    let _ = child.wait();
+
+    /// The `application:` section that makes the daemons fence this service.
+    fn application_yaml(&self, cluster: &TestCluster) -> String {
+        service::standin_application_yaml(
+            &self.opts.exe,
+            &self.opts.dir,
+            &cluster.credentials().app_user,
+            &self.config_file,
+        )
+    }
+
+    fn stop(&self) {
+        let _ = service::ctl(service::CtlAction::Stop, &self.opts);
+    }
 }
 
 fn print_guide(cluster: &TestCluster, configs: &[PathBuf], layout: &DaemonLayout) {
+    // The binary may not be on PATH (cargo run): print commands that work as pasted.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "pgwarden".into());
     let a = layout.api_url(0);
     let b = layout.api_url(1);
     let token = cluster.secret_file(Secret::ApiToken);
@@ -130,7 +146,7 @@ fn print_guide(cluster: &TestCluster, configs: &[PathBuf], layout: &DaemonLayout
         app = cluster.dir().join("app").display()
     );
     println!("Try:");
-    println!("  pgwarden status --url {a}");
+    println!("  {me} status --url {a}");
     println!("  curl -s {a}/health");
     println!("  curl -s {a}/v1/status");
     println!("  curl -s {a}/metrics | grep -E '^pgwarden_(replication|cluster_healthy|node_up)'");
@@ -147,8 +163,14 @@ fn print_guide(cluster: &TestCluster, configs: &[PathBuf], layout: &DaemonLayout
         data = standby.data_dir.display(),
         log = standby.log_file.display()
     );
+    println!("Fail over the way an operator would (fences the stand-in, promotes pg-b, rewrites its database.cfg):");
     println!(
-        "The API token (for the mutating endpoints of later releases) is in {}",
+        "  {me} switchover --config {} --to pg-b",
+        configs[0].display()
+    );
+    println!("  {me} operations --url {a}");
+    println!(
+        "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" -d '{{\"target\":\"pg-b\",\"dry_run\":true}}' {a}/v1/switchover",
         token.display()
     );
     println!("\nPress Ctrl-C to stop everything and clean up.");
