@@ -43,6 +43,9 @@ pub struct Effects {
     config: Arc<Config>,
     secrets: Secrets,
     http: reqwest::Client,
+    /// One SQL connection per node, reused across steps. A std Mutex: only
+    /// held to look up or insert, never across an await.
+    nodes: std::sync::Mutex<std::collections::HashMap<String, Node>>,
 }
 
 impl Effects {
@@ -56,34 +59,37 @@ impl Effects {
             config,
             secrets,
             http,
+            nodes: Default::default(),
         }
     }
 
-    /// SQL access to a configured node, as the monitor role.
+    /// SQL access to a configured node, as the monitor role, over the
+    /// node's cached connection.
     pub fn node(&self, name: &str) -> Node {
-        let n = self
-            .config
-            .node(name)
-            .expect("operations only name configured nodes");
-        Node {
-            name: n.name.clone(),
-            target: Target {
-                host: n.host.clone(),
-                port: n.port,
-                user: self.config.monitor.user.clone(),
-                password: self.secrets.monitor_password.clone(),
-                dbname: self.config.monitor.dbname.clone(),
-            },
-            timeout: SQL_TIMEOUT,
-        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let n = self
+                    .config
+                    .node(name)
+                    .expect("operations only name configured nodes");
+                let target = Target {
+                    host: n.host.clone(),
+                    port: n.port,
+                    user: self.config.monitor.user.clone(),
+                    password: self.secrets.monitor_password.clone(),
+                    dbname: self.config.monitor.dbname.clone(),
+                };
+                Node::new(n.name.clone(), target, SQL_TIMEOUT)
+            })
+            .clone()
     }
 
     /// The same with a short timeout: "does it answer at all?".
     pub fn node_quick(&self, name: &str) -> Node {
-        Node {
-            timeout: self.config.poll.timeout.max(Duration::from_secs(1)),
-            ..self.node(name)
-        }
+        self.node(name)
+            .with_timeout(self.config.poll.timeout.max(Duration::from_secs(1)))
     }
 
     /// Stops (`action` = "stop") or starts a node's PostgreSQL: locally when
@@ -279,12 +285,31 @@ pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeStat
             .await
             .map_err(|e| e.to_string())?;
     }
-    let (cluster_state, checkpoint_lsn) = match &me.data_dir {
-        Some(dir) => controldata(me.bin_dir.as_deref(), dir)
-            .await
-            .unwrap_or((None, None)),
-        None => (None, None),
+    // Verified, not assumed: a stop command may return before the server is
+    // down (`pg_ctl -W`, a unit that does not wait), so read pg_control
+    // until it says so.
+    let read = || async {
+        match &me.data_dir {
+            Some(dir) => controldata(me.bin_dir.as_deref(), dir)
+                .await
+                .unwrap_or((None, None)),
+            None => (None, None),
+        }
     };
+    let mut state = read().await;
+    if action == "stop" && me.data_dir.is_some() {
+        let until = std::time::Instant::now() + NODE_ACTION_TIMEOUT;
+        while !state
+            .0
+            .as_deref()
+            .is_some_and(|s| s.starts_with("shut down"))
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            state = read().await;
+        }
+    }
+    let (cluster_state, checkpoint_lsn) = state;
     if action == "stop" {
         if let Some(state) = &cluster_state {
             if state != "shut down" && state != "shut down in recovery" {

@@ -27,8 +27,10 @@ pub struct StepContext {
     pub view: Arc<ClusterView>,
 }
 
-/// How often conditions are re-checked while waiting for them.
-const POLL: Duration = Duration::from_millis(50);
+/// How often conditions are re-checked while waiting for them: often, as
+/// every check is a cheap command or a statement on a cached connection,
+/// and the application is down while we wait.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `check` until it yields `Some`, or `None` after `deadline`.
 async fn wait_for<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
@@ -205,7 +207,7 @@ async fn fence_application(ctx: &StepContext) -> StepOutcome {
         }
         Ok(false) => {}
     }
-    let stopped = wait_for(app.stop_timeout, POLL * 2, || async {
+    let stopped = wait_for(app.stop_timeout, POLL, || async {
         matches!(is_running(ctx, app).await, Ok(false)).then_some(())
     })
     .await;
@@ -406,12 +408,16 @@ async fn reconfigure_new_primary(ctx: &StepContext, op: &Operation) -> StepOutco
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let cleared = wait_for(Duration::from_secs(10), POLL, || async {
-        node.setting("synchronous_standby_names")
-            .await
-            .ok()
-            .filter(|v| v.is_empty())
-    })
+    let cleared = wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            node.setting("synchronous_standby_names")
+                .await
+                .ok()
+                .filter(|v| v.is_empty())
+        },
+    )
     .await;
     if cleared.is_none() {
         return fail(format!(
@@ -465,7 +471,7 @@ async fn start_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
         return fail(format!("starting {} failed: {e}", app.name));
     }
     let node = ctx.effects.node_quick(target);
-    let up = wait_for(app.start_timeout, POLL * 2, || async {
+    let up = wait_for(app.start_timeout, POLL, || async {
         if !matches!(is_running(ctx, app).await, Ok(true)) {
             return None;
         }
@@ -493,9 +499,9 @@ async fn start_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
             app.name, app.start_timeout
         ));
     };
-    // Came up, but does it stay up? inmanta-server exits shortly after
-    // starting when the database refuses it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // It has a session on the new primary, so the database accepted it
+    // (inmanta-server exits when its database refuses it); check once more
+    // that the process did not die right after connecting.
     if !matches!(is_running(ctx, app).await, Ok(true)) {
         return fail(format!("{} started but exited again", app.name));
     }

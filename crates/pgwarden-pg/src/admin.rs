@@ -1,7 +1,8 @@
 //! SQL actions of an operation: promote, checkpoint, ALTER SYSTEM, slots,
-//! sessions of a role. Each call opens its own short-lived connection (an
-//! operation runs a handful of statements; the probe's connection stays
-//! dedicated to polling) and is bounded by a timeout.
+//! sessions of a role. A [`Node`] keeps one connection, shared by its clones
+//! and rebuilt after any error (a new SCRAM login per statement would cost
+//! more than the statements); it is separate from the probe's connection,
+//! which stays dedicated to polling. Every call is bounded by a timeout.
 //!
 //! Values are always passed as quoted literals built here; setting names and
 //! role names come from the validated config.
@@ -39,6 +40,9 @@ pub struct Node {
     pub name: String,
     pub target: Target,
     pub timeout: Duration,
+    /// The cached connection, shared by clones; `None` until first use and
+    /// after an error. A tokio Mutex: it is held across the query's await.
+    pub(crate) conn: std::sync::Arc<tokio::sync::Mutex<Option<Client>>>,
 }
 
 /// `'it''s'`: a SQL string literal.
@@ -52,6 +56,23 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 impl Node {
+    pub fn new(name: String, target: Target, timeout: Duration) -> Node {
+        Node {
+            name,
+            target,
+            timeout,
+            conn: Default::default(),
+        }
+    }
+
+    /// The same node (and connection) with another timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Node {
+        Node {
+            timeout,
+            ..self.clone()
+        }
+    }
+
     async fn connect(&self) -> Result<Client, AdminError> {
         let t = &self.target;
         let mut cfg = tokio_postgres::Config::new();
@@ -77,8 +98,12 @@ impl Node {
     /// Runs one statement (simple protocol: ALTER SYSTEM cannot run in a
     /// transaction block) and returns its rows as text.
     pub async fn query(&self, statement: &str) -> Result<Vec<Vec<Option<String>>>, AdminError> {
+        let mut guard = self.conn.lock().await;
         let work = async {
-            let client = self.connect().await?;
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                *guard = Some(self.connect().await?);
+            }
+            let client = guard.as_ref().expect("connected above");
             let messages =
                 client
                     .simple_query(statement)
@@ -98,13 +123,18 @@ impl Node {
                 })
                 .collect())
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(AdminError::Timeout {
                 node: self.name.clone(),
                 after: self.timeout,
             }),
+        };
+        if result.is_err() {
+            // The connection may be stuck mid-protocol or gone: rebuild it.
+            *guard = None;
         }
+        result
     }
 
     /// The single value of a one-row, one-column answer.
@@ -177,25 +207,8 @@ impl Node {
         every: Duration,
     ) -> Result<Option<Duration>, AdminError> {
         let started = std::time::Instant::now();
-        let client = tokio::time::timeout(self.timeout, self.connect())
-            .await
-            .map_err(|_| AdminError::Timeout {
-                node: self.name.clone(),
-                after: self.timeout,
-            })??;
         while started.elapsed() < deadline {
-            let rows = client
-                .simple_query("SELECT pg_is_in_recovery()")
-                .await
-                .map_err(|e| AdminError::Statement {
-                    node: self.name.clone(),
-                    statement: "SELECT pg_is_in_recovery()".into(),
-                    detail: crate::probe::chain(&e),
-                })?;
-            let in_recovery = rows
-                .iter()
-                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
-            if !in_recovery {
+            if !self.is_in_recovery().await? {
                 return Ok(Some(started.elapsed()));
             }
             tokio::time::sleep(every).await;

@@ -71,7 +71,9 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
         let pg_ctl = cluster.bin_dir().join("pg_ctl").display().to_string();
         let data = n.data_dir.display().to_string();
         let log = n.log_file.display().to_string();
-        let stop = as_server_user(&[&pg_ctl, "-D", &data, "-w", "-t", "60", "-m", "fast", "stop"]);
+        // -W: pg_ctl returns at once; pgwarden verifies the stop itself by
+        // reading pg_control every 10 ms (pg_ctl -w polls every 100 ms).
+        let stop = as_server_user(&[&pg_ctl, "-D", &data, "-W", "-m", "fast", "stop"]);
         let start = as_server_user(&[&pg_ctl, "-D", &data, "-w", "-t", "60", "-l", &log, "start"]);
         y.push_str(&format!(
             "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n",
