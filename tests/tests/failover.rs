@@ -519,3 +519,87 @@ fn dry_run_changes_nothing() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn simultaneous_requests_to_both_daemons_start_at_most_one_operation() {
+    let (env, _app) = Env::start_with_app(Options::default());
+    for i in 0..2 {
+        env.wait_health(i, "healthy first", env.within_polls(3), |c, _| c == 200);
+    }
+    let token = env.token();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = env
+            .daemons
+            .iter()
+            .map(|d| {
+                let token = &token;
+                s.spawn(move || {
+                    d.post("/v1/switchover", r#"{"target": "pg-b"}"#, token)
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 202).count() <= 1,
+        "two operations started: {statuses:?}"
+    );
+    let started: usize = env
+        .daemons
+        .iter()
+        .map(|d| {
+            d.get("/v1/operations").json()["operations"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(started, statuses.iter().filter(|s| **s == 202).count());
+}
+
+#[test]
+fn a_client_that_hangs_up_while_waiting_is_still_audited() {
+    use std::io::Write;
+    let (env, _app) = Env::start_with_app(Options::default());
+    env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
+    let d = &env.daemons[0];
+    let body = r#"{"target": "pg-b", "reason": "hang up"}"#;
+    let mut s = std::net::TcpStream::connect(d.url.trim_start_matches("http://")).unwrap();
+    write!(
+        s,
+        "POST /v1/switchover?wait=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        env.token(),
+        body.len()
+    )
+    .unwrap();
+    poll_until(Duration::from_secs(10), "the operation to start", || {
+        (!d.get("/v1/operations").json()["operations"]
+            .as_array()
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .unwrap();
+    drop(s);
+    let entry = poll_until(
+        Duration::from_secs(60),
+        "the audit entry of the abandoned request",
+        || {
+            let a = d.get("/v1/audit").json();
+            a["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["endpoint"] == "/v1/switchover?wait=true")
+                .cloned()
+        },
+    )
+    .unwrap();
+    assert_eq!(entry["status"], 200, "{entry}");
+    assert_eq!(entry["body"]["reason"], "hang up");
+}

@@ -66,6 +66,19 @@ async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
+    // In its own task: a client that hangs up (say during ?wait=true) drops
+    // this future, but the request still runs to its end and is audited.
+    match tokio::spawn(guarded(s, remote, req, next)).await {
+        Ok(r) => r,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request handler failed: {e}"),
+        ),
+    }
+}
+
+async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let endpoint = parts
         .uri

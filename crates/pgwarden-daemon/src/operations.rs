@@ -75,6 +75,11 @@ pub struct Operations {
     /// the new operation are one step.
     gate: tokio::sync::Mutex<()>,
     peer_lock_path: PathBuf,
+    /// The id of an operation this daemon is starting (asking peers for the
+    /// lock, not yet journaled). While set, a peer's lock request is refused:
+    /// two daemons starting at the same instant then both get 409 instead of
+    /// granting each other's lock. A std Mutex: never held across an await.
+    starting: std::sync::Mutex<Option<String>>,
 }
 
 /// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
@@ -146,6 +151,7 @@ impl Operations {
             current,
             gate: tokio::sync::Mutex::new(()),
             peer_lock_path,
+            starting: std::sync::Mutex::new(None),
         };
         me.publish_metrics(me.current.borrow().as_ref());
         Ok((Arc::new(me), corrupt))
@@ -258,6 +264,36 @@ impl Operations {
             });
         }
         let id = new_id(kind);
+        // From here until the operation is journaled and visible as open,
+        // `starting` makes this daemon refuse a peer's lock request. Setting
+        // it and re-checking the peer's lock file happen under the same
+        // mutex that hold_for_peer holds while it grants a lock, so a peer
+        // starting at the same instant either sees our claim or we see its.
+        {
+            let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(lock) = self.peer_lock() {
+                return Err(OpError::Conflict(format!(
+                    "the daemon beside {} just started operation {}",
+                    lock.holder, lock.operation_id
+                )));
+            }
+            *starting = Some(id.clone());
+        }
+        let result = self.journal_new(kind, request, id).await;
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let op = result?;
+        tokio::spawn(self.clone().run(op.clone()));
+        Ok(op)
+    }
+
+    /// Takes the peers' lock and journals the new operation (made visible as
+    /// the open one before `starting` is cleared).
+    async fn journal_new(
+        &self,
+        kind: OperationKind,
+        request: Request,
+        id: String,
+    ) -> Result<Operation, OpError> {
         let lock_note = self.lock_peers(&id).await?;
         let mut op = Operation::new(id, kind, request, &now());
         op.facts.insert("peer_lock".into(), lock_note);
@@ -267,7 +303,6 @@ impl Operations {
         }
         tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, "operation started");
         self.current.send_replace(Some(op.clone()));
-        tokio::spawn(self.clone().run(op.clone()));
         Ok(op)
     }
 
@@ -494,6 +529,13 @@ impl Operations {
 
     /// The peer asks us to hold the lock for its operation.
     pub fn hold_for_peer(&self, holder: &str, operation_id: &str) -> Result<(), OpError> {
+        // Held until the lock file is written: see `start`.
+        let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mine) = starting.as_ref() {
+            return Err(OpError::Conflict(format!(
+                "this daemon is starting operation {mine} itself"
+            )));
+        }
         if let Some(open) = self.open_operation() {
             return Err(OpError::Conflict(format!(
                 "operation {} is open here",
