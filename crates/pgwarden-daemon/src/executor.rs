@@ -62,7 +62,7 @@ fn fail(msg: impl Into<String>) -> StepOutcome {
 pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
     match step {
         StepName::Preflight => preflight_step(ctx, op),
-        StepName::FenceApplication => fence_application(ctx).await,
+        StepName::FenceApplication => fence_application(ctx, op).await,
         StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
         StepName::Promote => promote(ctx, op).await,
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
@@ -189,7 +189,7 @@ async fn sessions(ctx: &StepContext, role: &str) -> (u64, Vec<String>) {
     (total, seen)
 }
 
-async fn fence_application(ctx: &StepContext) -> StepOutcome {
+async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let app = match application(ctx) {
         Ok(a) => a,
         Err(o) => return o,
@@ -197,6 +197,7 @@ async fn fence_application(ctx: &StepContext) -> StepOutcome {
     match is_running(ctx, app).await {
         Err(e) => return fail(format!("cannot tell whether {} runs: {e}", app.name)),
         Ok(true) => {
+            let began = Instant::now();
             if let Err(e) = ctx
                 .effects
                 .command_checked(&app.stop, app.stop_timeout)
@@ -204,6 +205,11 @@ async fn fence_application(ctx: &StepContext) -> StepOutcome {
             {
                 return fail(format!("stopping {} failed: {e}", app.name));
             }
+            // The application's own time, apart from pgwarden's (benchmarks).
+            op.facts.insert(
+                "app_stop_ms".into(),
+                began.elapsed().as_millis().to_string(),
+            );
         }
         Ok(false) => {}
     }
@@ -379,6 +385,8 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         }
     };
     op.facts.insert("new_timeline".into(), after.to_string());
+    op.facts
+        .insert("promote_writable_ms".into(), waited.as_millis().to_string());
     if after <= before {
         return fail(format!(
             "{target} left recovery but its timeline is still {after}"
@@ -457,12 +465,14 @@ fn switch_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
     }
 }
 
-async fn start_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
+async fn start_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let app = match application(ctx) {
         Ok(a) => a,
         Err(o) => return o,
     };
-    let target = &op.request.target;
+    let target = op.request.target.clone();
+    let target = &target;
+    let began = Instant::now();
     if let Err(e) = ctx
         .effects
         .command_checked(&app.start, app.start_timeout)
@@ -470,6 +480,10 @@ async fn start_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
     {
         return fail(format!("starting {} failed: {e}", app.name));
     }
+    op.facts.insert(
+        "app_start_ms".into(),
+        began.elapsed().as_millis().to_string(),
+    );
     let node = ctx.effects.node_quick(target);
     let up = wait_for(app.start_timeout, POLL, || async {
         if !matches!(is_running(ctx, app).await, Ok(true)) {

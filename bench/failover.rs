@@ -1,0 +1,404 @@
+//! Failover and switchover times on real clusters, with the stand-in
+//! application fenced and restarted through real commands.
+//!
+//! Each run builds a fresh two-node cluster (there is no rejoin yet to go
+//! back), starts a daemon beside each node, then either kills the primary
+//! (`pg_ctl stop -m immediate`) and asks the standby's daemon for a failover,
+//! or asks for a switchover of the healthy pair. It measures, from the
+//! moment the request is sent:
+//! - when the new primary is writable, seen from outside: a separate
+//!   connection polls `pg_is_in_recovery()` on it every millisecond;
+//! - when the operation is done (the `?wait=true` answer);
+//! - each step's duration, from the journal's timestamps;
+//! - the application's own stop and start commands and the server's own
+//!   promotion (pg_promote to writable), from the operation's facts;
+//! - pgwarden's overhead: done minus those three.
+//!
+//! For switchovers it also counts acknowledged heartbeats missing on the new
+//! primary (must be 0). Prints medians, then one JSON line.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pgwarden_testkit::{
+    poll_until, service, ClusterOptions, DaemonLayout, Secret, StopMode, TestCluster,
+};
+
+const STEPS: [&str; 8] = [
+    "preflight",
+    "fence_application",
+    "stop_old_primary",
+    "promote",
+    "reconfigure_new_primary",
+    "switch_application",
+    "start_application",
+    "done",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Failover,
+    Switchover,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Switchover => "switchover",
+        }
+    }
+}
+
+/// One measured run, all in milliseconds.
+#[derive(Default, Clone)]
+struct Run {
+    writable: f64,
+    done: f64,
+    steps: Vec<f64>,
+    app_stop: f64,
+    app_start: f64,
+    promote_wait: f64,
+    lost: usize,
+    acked: usize,
+}
+
+impl Run {
+    fn overhead(&self) -> f64 {
+        self.done - self.app_stop - self.app_start - self.promote_wait
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut runs = 5;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs needs a number")?.parse()?,
+            "--help" | "-h" => {
+                println!("pgwarden-failover-bench [--runs N]: N failovers and N switchovers on fresh clusters; prints medians");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other}; see --help"),
+        }
+    }
+    let exe = pgwarden_exe()?;
+    let mut results = Vec::new();
+    for kind in [Kind::Failover, Kind::Switchover] {
+        let mut measured = Vec::new();
+        for i in 0..runs {
+            let r =
+                run_once(kind, &exe).with_context(|| format!("{} run {}", kind.name(), i + 1))?;
+            eprintln!(
+                "{} {}/{}: writable {:.1} ms, done {:.1} ms, overhead {:.1} ms",
+                kind.name(),
+                i + 1,
+                runs,
+                r.writable,
+                r.done,
+                r.overhead()
+            );
+            measured.push(r);
+        }
+        results.push((kind, measured));
+    }
+    report(&results);
+    Ok(())
+}
+
+/// target/release/pgwarden next to this binary (bench/failover.sh builds it).
+fn pgwarden_exe() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let exe = me.with_file_name("pgwarden");
+    if !exe.exists() {
+        bail!(
+            "{} not found: run bench/failover.sh, which builds it",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct App {
+    opts: service::CtlOptions,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        service::ctl(service::CtlAction::Stop, &self.opts);
+    }
+}
+
+fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
+    let cluster = TestCluster::start(ClusterOptions::default())?;
+    let c = cluster.credentials().clone();
+    let app_dir = cluster.dir().join("app");
+    std::fs::create_dir_all(&app_dir)?;
+    let cfg = app_dir.join("database.cfg");
+    let a = cluster.node(0);
+    pgwarden_testkit::standin::write_database_cfg(
+        &cfg,
+        &a.host,
+        a.port,
+        &c.app_db,
+        &c.app_user,
+        &c.app_password,
+    )?;
+    let mut opts = service::CtlOptions::new(exe, &app_dir);
+    opts.config_file = Some(cfg.clone());
+    if service::ctl(service::CtlAction::Start, &opts) != 0 {
+        bail!("the stand-in did not start");
+    }
+    let app = App { opts };
+    let mut layout = DaemonLayout::for_tests(&cluster);
+    layout.poll_interval = Duration::from_millis(200);
+    layout.extra = service::standin_application_yaml(exe, &app_dir, &c.app_user, &cfg)
+        + "  session_grace: 1s\n";
+    let mut daemons = Vec::new();
+    for i in 0..2 {
+        let path = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout)?;
+        let log = std::fs::File::create(path.with_extension("log"))?;
+        let child = std::process::Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        daemons.push(Daemon(child));
+    }
+    let api = |i: usize| layout.api_url(i);
+    for i in 0..2 {
+        poll_until(Duration::from_secs(30), "a healthy cluster", || {
+            (get(&api(i), "/health").0 == 200).then_some(())
+        })?;
+    }
+    poll_until(Duration::from_secs(30), "heartbeats", || {
+        (pgwarden_testkit::standin::read_acks(&app.opts.ack_path()).len() >= 5).then_some(())
+    })?;
+
+    // The daemon that will run the operation: the standby's for a failover
+    // (the primary's host is "gone"), the primary's for a switchover.
+    let (runner, body) = match kind {
+        Kind::Failover => {
+            cluster.stop_node(0, StopMode::Immediate)?;
+            poll_until(Duration::from_secs(30), "pg-a to count as down", || {
+                let (_, h) = get(&api(1), "/health");
+                h.contains("\"code\":\"node_down\"").then_some(())
+            })?;
+            (1, r#"{"target": "pg-b", "reason": "bench"}"#)
+        }
+        Kind::Switchover => (0, r#"{"target": "pg-b", "reason": "bench"}"#),
+    };
+    let acked_before = pgwarden_testkit::standin::read_acks(&app.opts.ack_path()).len();
+
+    // Watch pg-b from outside for the moment it accepts writes.
+    let b = cluster.node(1).clone();
+    let conninfo = format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        b.host, b.port, c.monitor_user, c.monitor_password
+    );
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || -> anyhow::Result<Instant> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            ready_tx.send(()).ok();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+                if !row.get::<_, bool>(0) {
+                    return Ok(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            bail!("pg-b never became writable")
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("the watcher did not connect")?;
+
+    let token = std::fs::read_to_string(cluster.secret_file(Secret::ApiToken))?;
+    let sent = Instant::now();
+    let (status, answer) = post(
+        &api(runner),
+        &format!("/v1/{}?wait=true", kind.name()),
+        body,
+        token.trim(),
+    );
+    let done = sent.elapsed();
+    if status != 200 {
+        bail!("the {} answered {status}: {answer}", kind.name());
+    }
+    let writable = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("watcher panicked"))??;
+    let op: serde_json::Value = serde_json::from_str(&answer)?;
+
+    let ms = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ts = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+    };
+    let steps = STEPS
+        .iter()
+        .map(|name| {
+            let s = op["steps"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == *name));
+            match s.map(|s| (ts(&s["started_at"]), ts(&s["finished_at"]))) {
+                Some((Some(a), Some(b))) => {
+                    b.duration_since(a).unwrap_or_default().as_secs_f64() * 1e3
+                }
+                _ => 0.0,
+            }
+        })
+        .collect();
+
+    let (lost, acked) = if kind == Kind::Switchover {
+        let acks = pgwarden_testkit::standin::read_acks(&app.opts.ack_path());
+        let ids: std::collections::HashSet<i64> = cluster
+            .psql_db(1, &c.app_db, "SELECT id FROM heartbeat")?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (acks.iter().filter(|a| !ids.contains(a)).count(), acks.len())
+    } else {
+        (0, acked_before)
+    };
+    drop(app);
+    drop(daemons);
+    Ok(Run {
+        writable: writable.duration_since(sent).as_secs_f64() * 1e3,
+        done: done.as_secs_f64() * 1e3,
+        steps,
+        app_stop: ms(&op["facts"]["app_stop_ms"]),
+        app_start: ms(&op["facts"]["app_start_ms"]),
+        promote_wait: ms(&op["facts"]["promote_writable_ms"]),
+        lost,
+        acked,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn report(results: &[(Kind, Vec<Run>)]) {
+    let mut json = serde_json::Map::new();
+    for (kind, runs) in results {
+        let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        println!("\n{} ({} runs), medians in ms:", kind.name(), runs.len());
+        println!(
+            "  request -> new primary writable   {:8.1}",
+            m(&|r| r.writable)
+        );
+        println!("  request -> operation done         {:8.1}", m(&|r| r.done));
+        for (i, name) in STEPS.iter().enumerate() {
+            println!("    {name:<26} {:8.1}", m(&|r| r.steps[i]));
+        }
+        println!(
+            "  application stop command          {:8.1}",
+            m(&|r| r.app_stop)
+        );
+        println!(
+            "  application start command         {:8.1}",
+            m(&|r| r.app_start)
+        );
+        println!(
+            "  pg_promote -> writable (server)   {:8.1}",
+            m(&|r| r.promote_wait)
+        );
+        println!("  pgwarden overhead                 {:8.1}   (done - app stop - app start - promotion)", m(&|r| r.overhead()));
+        if *kind == Kind::Switchover {
+            let lost: usize = runs.iter().map(|r| r.lost).sum();
+            let acked: usize = runs.iter().map(|r| r.acked).sum();
+            println!(
+                "  acknowledged heartbeats lost      {lost} of {acked} over {} runs",
+                runs.len()
+            );
+        }
+        json.insert(
+            kind.name().into(),
+            serde_json::json!({
+                "runs": runs.len(),
+                "writable_ms": m(&|r| r.writable),
+                "done_ms": m(&|r| r.done),
+                "steps_ms": STEPS.iter().enumerate().map(|(i, n)| (n.to_string(), serde_json::json!(m(&|r| r.steps[i])))).collect::<serde_json::Map<_, _>>(),
+                "app_stop_ms": m(&|r| r.app_stop),
+                "app_start_ms": m(&|r| r.app_start),
+                "promote_ms": m(&|r| r.promote_wait),
+                "overhead_ms": m(&|r| r.overhead()),
+                "lost": runs.iter().map(|r| r.lost).sum::<usize>(),
+            }),
+        );
+    }
+    println!("\n{}", serde_json::Value::Object(json));
+}
+
+/// Minimal HTTP/1.1 over one connection, enough for the daemon's API.
+fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let Ok(mut s) = TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, rest.to_owned())
+}
+
+fn get(base: &str, path: &str) -> (u16, String) {
+    request(base, "GET", path, None, None)
+}
+
+fn post(base: &str, path: &str, body: &str, token: &str) -> (u16, String) {
+    request(base, "POST", path, Some(body), Some(token))
+}
