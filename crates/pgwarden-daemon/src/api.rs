@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pgwarden_core::operation::{Operation, OperationKind, OperationState, Request as OpRequest};
 use serde::Deserialize;
@@ -36,6 +36,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/operations/{id}/resume", post(resume))
         .route("/v1/operations/{id}/abort", post(abort))
         .route("/v1/node/{action}", post(node_action))
+        .route("/v1/sync", put(sync))
         .route("/v1/internal/lock", post(lock))
         .route("/v1/internal/unlock", post(unlock))
         .route_layer(middleware::from_fn_with_state(state, guard));
@@ -299,6 +300,31 @@ async fn node_action(State(s): Shared, Path(action): Path<String>) -> Response {
     match crate::effects::local_node_action(&s.config, &action).await {
         Ok(state) => Json(state).into_response(),
         Err(m) => error(StatusCode::SERVICE_UNAVAILABLE, "node_action_failed", m),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncBody {
+    mode: String,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `PUT /v1/sync {"mode": "sync" | "async", "force": bool}`.
+async fn sync(State(s): Shared, body: Bytes) -> Response {
+    let b: SyncBody = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    let on = match b.mode.as_str() {
+        "sync" => true,
+        "async" => false,
+        other => return bad_request(format!("`mode` is `sync` or `async`, not `{other}`")),
+    };
+    match s.ops.set_sync(on, b.force).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => op_error(e),
     }
 }
 

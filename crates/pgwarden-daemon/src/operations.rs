@@ -54,6 +54,19 @@ pub struct Plan {
     pub plan: Vec<StepName>,
 }
 
+/// The answer to `PUT /v1/sync`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncAnswer {
+    pub mode: &'static str,
+    pub primary: String,
+    pub synchronous_standby_names: String,
+    /// Standbys streaming synchronously after the change (mode sync).
+    pub sync_standbys: Vec<String>,
+    /// Sessions that were waiting for the standby and were released (mode async).
+    pub released_writes: u64,
+    pub warning: Option<String>,
+}
+
 /// The lock file a peer's operation leaves in our state_dir.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerLock {
@@ -350,6 +363,124 @@ impl Operations {
         self.finished(&op, None);
         self.unlock_peers(&op.id).await;
         Ok(op)
+    }
+
+    /// `PUT /v1/sync`: sets (`on`) or clears `synchronous_standby_names` on
+    /// the primary, verified. Setting it with no streaming standby would
+    /// block every write, so that needs `force`. Clearing it releases writes
+    /// waiting for a lost standby; the answer says what that costs.
+    pub async fn set_sync(&self, on: bool, force: bool) -> Result<SyncAnswer, OpError> {
+        let _gate = self.gate.lock().await;
+        if let Some(open) = self.open_operation() {
+            return Err(OpError::Conflict(format!(
+                "operation {} is open: finish or abort it first",
+                open.id
+            )));
+        }
+        let view = self.view();
+        let primary = view.primary.clone().ok_or_else(|| {
+            OpError::Conflict("there is no single reachable primary to configure".into())
+        })?;
+        let streaming: Vec<String> = view
+            .node(&primary)
+            .map(|p| {
+                p.replication
+                    .iter()
+                    .filter(|l| l.streaming)
+                    .map(|l| l.standby.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if on && streaming.is_empty() && !force {
+            return Err(OpError::Conflict(format!(
+                "no standby streams from {primary}: with synchronous_standby_names set every commit would wait forever; start the standby first, or pass force"
+            )));
+        }
+        let app_name = &self.config.replication.application_name;
+        // Quoted: application names may hold characters (`-`) that
+        // synchronous_standby_names would otherwise not parse.
+        let value = if on {
+            format!("\"{app_name}\"")
+        } else {
+            String::new()
+        };
+        let node = self.effects.node(&primary);
+        let failed = |e: pgwarden_pg::AdminError| OpError::Internal(format!("{primary}: {e}"));
+        let waiting = |n: &pgwarden_pg::Node| {
+            let n = n.clone();
+            async move {
+                n.value("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                    .await
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            }
+        };
+        let blocked_before = waiting(&node).await;
+        node.alter_system("synchronous_standby_names", Some(&value))
+            .await
+            .map_err(failed)?;
+        node.reload().await.map_err(failed)?;
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if node
+                .setting("synchronous_standby_names")
+                .await
+                .map_err(failed)?
+                == value
+            {
+                break;
+            }
+            if Instant::now() > until {
+                return Err(OpError::Internal(format!(
+                    "{primary} did not take the new synchronous_standby_names after a reload"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut answer = SyncAnswer {
+            mode: if on { "sync" } else { "async" },
+            primary: primary.clone(),
+            synchronous_standby_names: value.clone(),
+            sync_standbys: Vec::new(),
+            released_writes: 0,
+            warning: None,
+        };
+        if on {
+            let sql = format!(
+                "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name = {}",
+                pgwarden_pg::quote_literal(app_name)
+            );
+            let until = Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let rows = node.query(&sql).await.map_err(failed)?;
+                if !rows.is_empty() || streaming.is_empty() {
+                    answer.sync_standbys = streaming.clone();
+                    break;
+                }
+                if Instant::now() > until {
+                    return Err(OpError::Conflict(format!(
+                        "synchronous_standby_names is set on {primary}, but no standby became synchronous within 30s: check that its primary_conninfo has application_name={app_name}"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if streaming.is_empty() {
+                answer.warning =
+                    Some("no standby streams: every commit waits until one connects".into());
+            }
+        } else {
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            while waiting(&node).await > 0 && Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            answer.released_writes = blocked_before;
+            answer.warning = Some(format!(
+                "commits no longer wait for a standby: the ones made from now on (and the {blocked_before} released) exist on {primary} only until a standby catches up, and are lost if {primary} dies first; run `pgwarden sync sync` once the standby streams"
+            ));
+        }
+        tracing::warn!(mode = answer.mode, primary = %primary, "synchronous replication changed");
+        Ok(answer)
     }
 
     /// Waits until operation `id` is no longer running.

@@ -245,6 +245,16 @@ impl Client {
         Self::send(url, req).await
     }
 
+    /// `PUT path` with a JSON body → status and JSON body of a 2xx answer.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<(u16, Value), ApiError> {
+        let url = self.url(path);
+        let req = self
+            .authorize(self.http.put(&url))
+            .json(body)
+            .timeout(WRITE_TIMEOUT);
+        Self::send(url, req).await
+    }
+
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => req.bearer_auth(t.expose()),

@@ -94,6 +94,20 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Set (`sync`) or clear (`async`) synchronous replication on the primary, verified.
+    /// `async` releases writes blocked on a lost standby, at the price of durability.
+    Sync {
+        #[arg(value_parser = ["sync", "async"])]
+        mode: String,
+        /// `sync` even though no standby streams (every commit then waits).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Resume a failed or interrupted operation at the step that did not finish, and follow it.
     Resume {
         id: String,
@@ -225,6 +239,12 @@ fn main() -> ExitCode {
         } => {
             operate::report(runtime().block_on(operate::run_operations(connect, id, json, follow)))
         }
+        Command::Sync {
+            mode,
+            force,
+            yes,
+            connect,
+        } => operate::report(runtime().block_on(operate::run_sync(connect, &mode, force, yes))),
         Command::Resume { id, yes, connect } => {
             operate::report(runtime().block_on(operate::run_resume(connect, id, yes)))
         }

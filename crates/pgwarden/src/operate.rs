@@ -891,6 +891,52 @@ pub async fn run_abort(connect: Connect, id: String, yes: bool) -> anyhow::Resul
     Ok(0)
 }
 
+/// `pgwarden sync async|sync`: clear or set synchronous_standby_names on
+/// the primary. Going async is a trade the operator must see and confirm.
+pub async fn run_sync(connect: Connect, mode: &str, force: bool, yes: bool) -> anyhow::Result<u8> {
+    let client = connect.resolve(true)?.client;
+    if mode == "async" {
+        confirm(
+            "Switch to asynchronous replication? Writes waiting for the standby are released and new commits\n\
+             no longer wait for it: until a standby catches up they exist on the primary only and are LOST\n\
+             if the primary dies. [y/N] ",
+            yes,
+        )?;
+    } else if force {
+        confirm(
+            "Set synchronous replication although no standby may stream? Every commit waits until one does. [y/N] ",
+            yes,
+        )?;
+    }
+    let (_, v) = client
+        .put("/v1/sync", &json!({"mode": mode, "force": force}))
+        .await?;
+    outln!(
+        "{} is now {}: synchronous_standby_names = '{}'",
+        v["primary"].as_str().unwrap_or("the primary"),
+        if mode == "sync" {
+            "synchronous"
+        } else {
+            "asynchronous"
+        },
+        v["synchronous_standby_names"].as_str().unwrap_or("")
+    );
+    if let Some(list) = v["sync_standbys"].as_array().filter(|l| !l.is_empty()) {
+        let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+        outln!("synchronous standby: {}", names.join(", "));
+    }
+    if mode == "async" {
+        outln!(
+            "released {} waiting write(s)",
+            v["released_writes"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(w) = v["warning"].as_str() {
+        outln!("WARNING: {w}");
+    }
+    Ok(0)
+}
+
 /// The header and step lines of an operation, without the verdict.
 fn render_operation_steps(op: &Operation) -> String {
     let mut out = format!(

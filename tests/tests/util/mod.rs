@@ -111,6 +111,17 @@ impl Daemon {
         )
     }
 
+    /// A PUT with the API token.
+    pub fn put(&self, path: &str, body: &str, token: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        http(
+            "PUT",
+            &format!("{}{}", self.url, path),
+            Some(body),
+            &[("Authorization", &auth)],
+        )
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
