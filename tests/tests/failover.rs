@@ -603,3 +603,54 @@ fn a_client_that_hangs_up_while_waiting_is_still_audited() {
     assert_eq!(entry["status"], 200, "{entry}");
     assert_eq!(entry["body"]["reason"], "hang up");
 }
+
+#[test]
+fn a_former_primary_started_again_is_stopped_by_its_own_daemon() {
+    let (env, app) = Env::start_with_app(Options::default());
+    env.wait_health(1, "healthy first", env.within_polls(3), |c, _| c == 200);
+    env.cluster.stop_node(0, StopMode::Immediate).unwrap();
+    env.wait_health(1, "pg-a down", env.within_polls(5), |_, h| {
+        has_problem(h, "node_down", Some("pg-a"))
+    });
+    let r = env.daemons[1].post(
+        &format!("/v1/failover{WAIT}"),
+        r#"{"target": "pg-b"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let acked = app.wait_acks(app.acks().len() + 3);
+
+    // systemd (or a person) starts the old primary again: a second writer.
+    let _ = env.cluster.start_node(0);
+    // The daemon beside it sees a primary on timeline 1 next to one on
+    // timeline 2 and stops it at once.
+    poll_until(
+        env.within_polls(2),
+        "the stale primary to be stopped",
+        || (!env.cluster.is_running(0)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.daemons[0].log_text()));
+    let audit = env.daemons[0].get("/v1/audit").json();
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == "stop_stale_primary")
+        .cloned();
+    let entry = entry.unwrap_or_else(|| panic!("no audit entry: {audit}"));
+    assert_eq!(entry["status"], 200, "{entry}");
+    assert!(
+        entry["body"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timeline 1"),
+        "{entry}"
+    );
+    // The application kept writing to the new primary only.
+    assert_eq!(
+        std::fs::read_to_string(&app.config_file).unwrap(),
+        switched_cfg(&env, &app.original, 1)
+    );
+    assert_eq!(missing(&acked, &ids_on(&env, 1)), Vec::<i64>::new());
+    assert!(sessions_of_app(&env, 1) >= 1);
+}

@@ -44,6 +44,12 @@ pub struct Config {
     /// deployment; failover refuses to run without it.
     #[serde(default)]
     pub application: Option<ApplicationConfig>,
+    /// When this daemon's node is a primary on an older timeline than
+    /// another primary (a former primary restarted after a failover), stop
+    /// it at once with the node's `stop` command: two writers must not
+    /// coexist. Default true; false only reports `stale_primary`.
+    #[serde(default = "default_true")]
+    pub stop_stale_primary: bool,
 }
 
 /// How often and how patiently nodes are polled.

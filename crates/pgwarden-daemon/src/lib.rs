@@ -17,6 +17,7 @@ mod load;
 mod metrics;
 mod operations;
 mod poller;
+mod stale;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -117,14 +118,18 @@ async fn run_daemon(
         }
     })?);
 
+    let stale_guard = stale::StaleGuard::new(config.clone(), audit.clone());
     let poller = poller::spawn(
         tracing::Span::current(),
-        config.clone(),
-        loaded.secrets.clone(),
-        metrics.clone(),
-        published_tx,
-        op_rx,
-        stop_rx.clone(),
+        poller::Wiring {
+            config: config.clone(),
+            secrets: loaded.secrets.clone(),
+            metrics: metrics.clone(),
+            published: published_tx,
+            operation: op_rx,
+            stale_guard,
+            stop: stop_rx.clone(),
+        },
     );
 
     let state = Arc::new(http::AppState {

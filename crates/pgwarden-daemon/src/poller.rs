@@ -27,17 +27,32 @@ struct PollResult {
     took: Duration,
 }
 
+/// What the poll loop reads from and writes to.
+pub(crate) struct Wiring {
+    pub config: Arc<Config>,
+    pub secrets: Secrets,
+    pub metrics: Arc<Metrics>,
+    /// Where each new view and its rendered metrics go.
+    pub published: watch::Sender<Arc<Published>>,
+    /// The open or latest operation, whose problems join the view.
+    pub operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
+    /// Stops this node's PostgreSQL when it turns out to be a stale primary.
+    pub stale_guard: crate::stale::StaleGuard,
+    pub stop: watch::Receiver<bool>,
+}
+
 /// Starts the node pollers and the view builder; the handle ends when all
 /// of them have stopped.
-pub(crate) fn spawn(
-    span: tracing::Span,
-    config: Arc<Config>,
-    secrets: Secrets,
-    metrics: Arc<Metrics>,
-    published: watch::Sender<Arc<Published>>,
-    operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
+    let Wiring {
+        config,
+        secrets,
+        metrics,
+        published,
+        operation,
+        stale_guard,
+        stop,
+    } = wiring;
     let (tx, rx) = mpsc::channel(config.nodes.len() * 2);
     let mut pollers = Vec::new();
     for (i, node) in config.nodes.iter().enumerate() {
@@ -60,7 +75,7 @@ pub(crate) fn spawn(
     drop(tx);
     tokio::spawn(
         async move {
-            build_views(config, metrics, rx, published, operation, stop).await;
+            build_views(config, metrics, rx, published, operation, stale_guard, stop).await;
             for p in pollers {
                 let _ = p.await;
             }
@@ -103,6 +118,7 @@ async fn build_views(
     mut results: mpsc::Receiver<PollResult>,
     published: watch::Sender<Arc<Published>>,
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
+    stale_guard: crate::stale::StaleGuard,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
@@ -134,6 +150,7 @@ async fn build_views(
                 let view = ClusterView::build(&config, &observations)
                     .with_operation(operation.borrow().as_ref());
                 log_problem_changes(&published.borrow().view, &view);
+                stale_guard.check(&view);
                 metrics.update(&config, &view);
                 let text = metrics.render();
                 published.send_replace(Arc::new(Published {

@@ -275,8 +275,14 @@ impl Env {
     }
 
     pub fn start() -> Env {
+        Env::start_with_extra("")
+    }
+
+    /// With `extra` YAML appended to every daemon's config.
+    pub fn start_with_extra(extra: &str) -> Env {
         let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
-        let layout = DaemonLayout::for_tests(&cluster);
+        let mut layout = DaemonLayout::for_tests(&cluster);
+        layout.extra = extra.to_owned();
         let daemons = (0..cluster.nodes().len())
             .map(|i| {
                 let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
