@@ -186,6 +186,11 @@ pub struct NodeConfig {
     pub start: Option<Vec<String>>,
     #[serde(default)]
     pub stop: Option<Vec<String>>,
+    /// The OS user that owns `data_dir` (e.g. postgres): pg_rewind,
+    /// pg_basebackup and pg_controldata run as it (runuser when pgwarden runs
+    /// as root, sudo -n otherwise). Unset: they run as pgwarden's own user.
+    #[serde(default)]
+    pub os_user: Option<String>,
 }
 
 /// The application (inmanta-server) that is fenced before a switch.

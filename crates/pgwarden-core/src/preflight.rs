@@ -102,6 +102,11 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         ),
     });
 
+    if kind == OperationKind::Rejoin {
+        rejoin_checks(config, view, target, &mut out);
+        return out;
+    }
+
     out.push(match &config.application {
         Some(app) => pass("application_configured", format!("the application {} will be fenced", app.name)),
         None => fail(
@@ -305,6 +310,39 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         });
     }
     out
+}
+
+/// A rejoin turns `target` into the standby of the current primary: the
+/// target must not be that primary, and a primary must answer.
+fn rejoin_checks(config: &Config, view: &ClusterView, target: &str, out: &mut Vec<Check>) {
+    let Some(node) = config.node(target) else {
+        out.push(fail(
+            "target_known",
+            format!("{target} is not a node of this cluster"),
+        ));
+        return;
+    };
+    match view.writable_primary() {
+        Some(p) if p.name == target => out.push(fail(
+            "target_not_primary",
+            format!("{target} is the current primary: rejoin turns a former primary into a standby; use a switchover first"),
+        )),
+        Some(p) if p.reachable => {
+            out.push(pass("target_not_primary", format!("{target} is not the primary")));
+            out.push(pass("primary_available", format!("{} is the primary to follow", p.name)));
+        }
+        _ => out.push(fail("primary_available", "no reachable primary to follow: fail over first")),
+    }
+    out.push(match (&node.data_dir, &node.start, &node.stop) {
+        (Some(_), Some(_), Some(_)) => pass(
+            "node_configured",
+            format!("{target} has data_dir, start and stop"),
+        ),
+        _ => fail(
+            "node_configured",
+            format!("nodes[{target}] needs data_dir, start and stop for pgwarden to rebuild it"),
+        ),
+    });
 }
 
 fn lag_check(force: bool, config: &Config, target: &str, bytes: u64, what: &str) -> Check {

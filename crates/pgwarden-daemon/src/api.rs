@@ -37,6 +37,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/operations/{id}/abort", post(abort))
         .route("/v1/node/{action}", post(node_action))
         .route("/v1/sync", put(sync))
+        .route("/v1/rejoin", post(rejoin))
         .route("/v1/internal/lock", post(lock))
         .route("/v1/internal/unlock", post(unlock))
         .route_layer(middleware::from_fn_with_state(state, guard));
@@ -56,6 +57,7 @@ fn op_error(e: OpError) -> Response {
             Json(json!({"error": "preflight_failed", "message": message, "checks": checks})),
         )
             .into_response(),
+        OpError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         OpError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
     }
 }
@@ -300,6 +302,81 @@ async fn node_action(State(s): Shared, Path(action): Path<String>) -> Response {
     match crate::effects::local_node_action(&s.config, &action).await {
         Ok(state) => Json(state).into_response(),
         Err(m) => error(StatusCode::SERVICE_UNAVAILABLE, "node_action_failed", m),
+    }
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct RejoinBody {
+    node: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+    /// auto (pg_rewind when possible, else pg_basebackup), rewind or basebackup.
+    #[serde(default)]
+    method: Option<String>,
+    /// Keep the old data directory after a pg_basebackup (default: removed
+    /// once the new standby is synchronous).
+    #[serde(default)]
+    keep_old_data: bool,
+}
+
+/// `POST /v1/rejoin`: run by the node's own daemon; others forward it.
+async fn rejoin(State(s): Shared, Query(q): Query<WaitParam>, body: Bytes) -> Response {
+    let b: RejoinBody = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad_request(m),
+    };
+    if s.config.node(&b.node).is_none() {
+        return bad_request(format!("`node` {} is not a node of this cluster", b.node));
+    }
+    let method = b.method.clone().unwrap_or_else(|| "auto".into());
+    if !matches!(method.as_str(), "auto" | "rewind" | "basebackup") {
+        return bad_request(format!(
+            "`method` is auto, rewind or basebackup, not `{method}`"
+        ));
+    }
+    if b.node != s.config.local_node {
+        let query = if q.wait { "?wait=true" } else { "" };
+        let forwarded = serde_json::to_value(&b).expect("the body serializes");
+        return match s.ops.forward_rejoin(&b.node, query, &forwarded).await {
+            Ok((status, v)) => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                Json(v),
+            )
+                .into_response(),
+            Err(e) => op_error(e),
+        };
+    }
+    let view = s.published.borrow().view.clone();
+    if view.writable_primary().is_some_and(|p| p.name == b.node) {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{} is the current primary: a rejoin turns a former primary into a standby; switch over first", b.node),
+        );
+    }
+    let request = OpRequest {
+        target: b.node.clone(),
+        reason: b.reason,
+        force: b.force,
+    };
+    if b.dry_run {
+        return Json(s.ops.plan(OperationKind::Rejoin, &request)).into_response();
+    }
+    let mut facts = std::collections::BTreeMap::new();
+    facts.insert("method".to_owned(), method);
+    facts.insert("keep_old_data".to_owned(), b.keep_old_data.to_string());
+    match s
+        .ops
+        .start_with(OperationKind::Rejoin, request, facts)
+        .await
+    {
+        Ok(op) => answer(&s, op, q.wait).await,
+        Err(e) => op_error(e),
     }
 }
 

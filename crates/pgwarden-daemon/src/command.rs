@@ -43,6 +43,19 @@ impl Finished {
     }
 }
 
+/// `argv` run as `os_user`: through runuser when we are root, through
+/// `sudo -n` otherwise (which then needs a sudoers rule), or as is.
+pub fn as_user(os_user: Option<&str>, argv: Vec<String>) -> Vec<String> {
+    let Some(user) = os_user else { return argv };
+    // SAFETY: geteuid has no preconditions.
+    let prefix: Vec<&str> = if unsafe { libc::geteuid() } == 0 {
+        vec!["runuser", "-u", user, "--"]
+    } else {
+        vec!["sudo", "-n", "-u", user, "--"]
+    };
+    prefix.into_iter().map(str::to_owned).chain(argv).collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("the command is empty")]
@@ -72,10 +85,21 @@ fn display(argv: &[String]) -> String {
 
 /// Runs `argv` to completion or until `timeout`; any exit status is Ok.
 pub async fn run(argv: &[String], timeout: Duration) -> Result<Finished, CommandError> {
+    run_env(argv, &[], timeout).await
+}
+
+/// [`run`] with extra environment variables (how a password reaches
+/// pg_basebackup or pg_rewind: never on the command line, where `ps` shows it).
+pub async fn run_env(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Finished, CommandError> {
     let (program, args) = argv.split_first().ok_or(CommandError::Empty)?;
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -125,7 +149,16 @@ pub async fn run(argv: &[String], timeout: Duration) -> Result<Finished, Command
 
 /// Like [`run`], but a non-zero exit is an error quoting stderr.
 pub async fn run_checked(argv: &[String], timeout: Duration) -> Result<Finished, CommandError> {
-    let f = run(argv, timeout).await?;
+    run_checked_env(argv, &[], timeout).await
+}
+
+/// [`run_env`], a non-zero exit being an error quoting stderr.
+pub async fn run_checked_env(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Finished, CommandError> {
+    let f = run_env(argv, env, timeout).await?;
     if f.success() {
         Ok(f)
     } else {

@@ -86,6 +86,22 @@ impl Effects {
             .clone()
     }
 
+    /// Passwords for the tools run during a rejoin (handed over in
+    /// PGPASSWORD, never on a command line).
+    pub fn monitor_password(&self) -> Option<String> {
+        self.secrets
+            .monitor_password
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+    }
+
+    pub fn replication_password(&self) -> Option<String> {
+        self.secrets
+            .replication_password
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+    }
+
     /// The same with a short timeout: "does it answer at all?".
     pub fn node_quick(&self, name: &str) -> Node {
         self.node(name)
@@ -120,6 +136,26 @@ impl Effects {
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, PeerError> {
         self.send(self.http.post(url).json(body), url).await
+    }
+
+    /// Forwards a request to another daemon and returns its status and body
+    /// as they are (a rejoin runs on the rejoining node's own daemon).
+    pub async fn forward(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let mut req = self.http.post(url).json(body).timeout(timeout);
+        if let Some(t) = &self.secrets.api_token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {}", error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
     /// GETs JSON from another daemon.
@@ -256,7 +292,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Stops or starts this daemon's own PostgreSQL with the configured command,
-/// then reads `pg_controldata` to say what state it is really in.
+/// then says (from pg_control) what state it is really in.
 pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeState, String> {
     let me = config.local();
     let argv = match action {
@@ -270,24 +306,6 @@ pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeStat
             me.name
         )
     })?;
-    // Idempotent: a node already shut down is not stopped again (pg_ctl
-    // would fail on it, and a resumed step must succeed).
-    let already_down = action == "stop"
-        && match &me.data_dir {
-            Some(dir) => matches!(
-                controldata(me.bin_dir.as_deref(), dir).await,
-                Ok((Some(state), _)) if state.starts_with("shut down")
-            ),
-            None => false,
-        };
-    if !already_down {
-        command::run_checked(argv, NODE_ACTION_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    // Verified, not assumed: a stop command may return before the server is
-    // down (`pg_ctl -W`, a unit that does not wait), so read pg_control
-    // until it says so.
     let read = || async {
         match &me.data_dir {
             Some(dir) => controldata(me.bin_dir.as_deref(), dir)
@@ -296,30 +314,42 @@ pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeStat
             None => (None, None),
         }
     };
-    let mut state = read().await;
-    if action == "stop" && me.data_dir.is_some() {
-        let until = std::time::Instant::now() + NODE_ACTION_TIMEOUT;
-        while !state
+    let shut_down = |state: &(Option<String>, Option<Lsn>)| {
+        state
             .0
             .as_deref()
             .is_some_and(|s| s.starts_with("shut down"))
-            && std::time::Instant::now() < until
-        {
+    };
+    // Idempotent: a node that is shut down, or not running at all (crashed:
+    // pg_control still says "in production"), is not stopped again; pg_ctl
+    // would fail on it, and a resumed step must succeed.
+    let already_down = action == "stop"
+        && me.data_dir.is_some()
+        && (shut_down(&read().await) || !server_running(me).await);
+    if !already_down {
+        command::run_checked(argv, NODE_ACTION_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // Verified, not assumed: a stop command may return before the server is
+    // down (`pg_ctl -W`, a unit that does not wait), so read pg_control
+    // every 10 ms until it says so (or the server is gone).
+    let mut state = read().await;
+    if action == "stop" && me.data_dir.is_some() && !already_down {
+        let until = std::time::Instant::now() + NODE_ACTION_TIMEOUT;
+        while !shut_down(&state) && std::time::Instant::now() < until && server_running(me).await {
             tokio::time::sleep(Duration::from_millis(10)).await;
             state = read().await;
         }
-    }
-    let (cluster_state, checkpoint_lsn) = state;
-    if action == "stop" {
-        if let Some(state) = &cluster_state {
-            if state != "shut down" && state != "shut down in recovery" {
-                return Err(format!(
-                    "{} was told to stop but its cluster state is `{state}`",
-                    me.name
-                ));
-            }
+        if !shut_down(&state) && server_running(me).await {
+            return Err(format!(
+                "{} was told to stop but still runs (cluster state `{}`)",
+                me.name,
+                state.0.as_deref().unwrap_or("unknown")
+            ));
         }
     }
+    let (cluster_state, checkpoint_lsn) = state;
     Ok(NodeState {
         node: me.name.clone(),
         message: format!(
@@ -331,6 +361,29 @@ pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeStat
         cluster_state,
         checkpoint_lsn,
     })
+}
+
+/// Whether a postmaster runs on this node's data directory (`pg_ctl status`
+/// exits 0; run as the data directory's owner, since pg_ctl refuses root).
+async fn server_running(me: &pgwarden_core::config::NodeConfig) -> bool {
+    let Some(dir) = &me.data_dir else {
+        return false;
+    };
+    let pg_ctl = me
+        .bin_dir
+        .as_ref()
+        .map(|b| b.join("pg_ctl"))
+        .unwrap_or_else(|| "pg_ctl".into());
+    let argv = command::as_user(
+        me.os_user.as_deref(),
+        vec![
+            pg_ctl.display().to_string(),
+            "status".into(),
+            "-D".into(),
+            dir.display().to_string(),
+        ],
+    );
+    matches!(command::run(&argv, Duration::from_secs(10)).await, Ok(f) if f.success())
 }
 
 /// `pg_controldata`: the cluster state and the latest checkpoint location.

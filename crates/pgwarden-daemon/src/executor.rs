@@ -60,6 +60,9 @@ fn fail(msg: impl Into<String>) -> StepOutcome {
 
 /// Runs one step of `op` and says how it ended.
 pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
+    if op.kind == OperationKind::Rejoin {
+        return crate::rejoin::run_step(ctx, op, step).await;
+    }
     match step {
         StepName::Preflight => preflight_step(ctx, op),
         StepName::FenceApplication => fence_application(ctx, op).await,

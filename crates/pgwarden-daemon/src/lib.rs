@@ -17,6 +17,7 @@ mod load;
 mod metrics;
 mod operations;
 mod poller;
+mod rejoin;
 mod stale;
 
 use std::future::Future;

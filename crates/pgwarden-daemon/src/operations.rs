@@ -41,6 +41,8 @@ pub enum OpError {
         message: String,
         checks: Vec<Check>,
     },
+    /// Another daemon that must do the work does not answer.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -52,6 +54,41 @@ pub struct Plan {
     pub would_proceed: bool,
     pub checks: Vec<Check>,
     pub plan: Vec<StepName>,
+}
+
+/// Sets `synchronous_standby_names` on the primary `node` to the standby's
+/// application name, reloads, and waits until pg_stat_replication shows that
+/// standby with sync_state = sync.
+pub async fn require_synchronous(
+    node: &pgwarden_pg::Node,
+    app_name: &str,
+    deadline: std::time::Duration,
+) -> Result<(), String> {
+    // Quoted: application names may hold characters (`-`) that
+    // synchronous_standby_names would otherwise not parse.
+    let value = format!("\"{app_name}\"");
+    let e = |e: pgwarden_pg::AdminError| e.to_string();
+    node.alter_system("synchronous_standby_names", Some(&value))
+        .await
+        .map_err(e)?;
+    node.reload().await.map_err(e)?;
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming' AND application_name = {}",
+        pgwarden_pg::quote_literal(app_name)
+    );
+    let until = Instant::now() + deadline;
+    loop {
+        if node.value(&sql).await.map_err(e)? != "0" {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "synchronous_standby_names is set on {}, but no standby named {app_name} became synchronous within {deadline:?}: check its primary_conninfo",
+                node.name
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// The answer to `PUT /v1/sync`.
@@ -244,6 +281,17 @@ impl Operations {
         kind: OperationKind,
         request: Request,
     ) -> Result<Operation, OpError> {
+        self.start_with(kind, request, Default::default()).await
+    }
+
+    /// [`Operations::start`] with facts known from the request (a rejoin's
+    /// method, whether to keep the old data directory).
+    pub async fn start_with(
+        self: &Arc<Self>,
+        kind: OperationKind,
+        request: Request,
+        facts: std::collections::BTreeMap<String, String>,
+    ) -> Result<Operation, OpError> {
         let _gate = self.gate.lock().await;
         if let Some(open) = self.open_operation() {
             return Err(OpError::Conflict(format!(
@@ -292,7 +340,7 @@ impl Operations {
             }
             *starting = Some(id.clone());
         }
-        let result = self.journal_new(kind, request, id).await;
+        let result = self.journal_new(kind, request, id, facts).await;
         *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let op = result?;
         tokio::spawn(self.clone().run(op.clone()));
@@ -306,9 +354,11 @@ impl Operations {
         kind: OperationKind,
         request: Request,
         id: String,
+        facts: std::collections::BTreeMap<String, String>,
     ) -> Result<Operation, OpError> {
         let lock_note = self.lock_peers(&id).await?;
         let mut op = Operation::new(id, kind, request, &now());
+        op.facts.extend(facts);
         op.facts.insert("peer_lock".into(), lock_note);
         if let Err(e) = self.journal.save(&op) {
             self.unlock_peers(&op.id).await;
@@ -481,6 +531,34 @@ impl Operations {
         }
         tracing::warn!(mode = answer.mode, primary = %primary, "synchronous replication changed");
         Ok(answer)
+    }
+
+    /// Forwards a rejoin of `node` to the daemon beside it.
+    pub async fn forward_rejoin(
+        &self,
+        node: &str,
+        query: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), OpError> {
+        let api = self
+            .config
+            .node(node)
+            .and_then(|n| n.api.clone())
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "nodes[{node}].api is not configured: send the rejoin to {node}'s daemon"
+                ))
+            })?;
+        let url = format!("{}/v1/rejoin{query}", api.trim_end_matches('/'));
+        // A copy of a large database can take hours when the caller waits.
+        self.effects
+            .forward(&url, body, std::time::Duration::from_secs(6 * 3600))
+            .await
+            .map_err(|e| {
+                OpError::Unavailable(format!(
+                    "the rejoin runs on {node}'s own daemon, which does not answer: {e}"
+                ))
+            })
     }
 
     /// Waits until operation `id` is no longer running.

@@ -494,7 +494,7 @@ impl TestCluster {
              max_connections = 40\n\
              synchronous_commit = on\n\
              logging_collector = off\n\
-             wal_keep_size = 0\n\
+             wal_keep_size = 128MB\n\
              password_encryption = scram-sha-256\n\
              # Reconnect a standby quickly after its upstream restarts or changes (default 5s).\n\
              wal_retrieve_retry_interval = '500ms'\n",

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cluster::{Secret, TestCluster};
+use crate::util::is_root;
 
 /// The pieces of a pgwarden config that differ between tests.
 #[derive(Clone, Debug)]
@@ -74,9 +75,15 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
         // -W: pg_ctl returns at once; pgwarden verifies the stop itself by
         // reading pg_control every 10 ms (pg_ctl -w polls every 100 ms).
         let stop = as_server_user(&[&pg_ctl, "-D", &data, "-W", "-m", "fast", "stop"]);
-        let start = as_server_user(&[&pg_ctl, "-D", &data, "-w", "-t", "60", "-l", &log, "start"]);
+        // The node's identity (port, socket) on its command line, as a
+        // per-node unit would have it: a clone's postgresql.conf is the
+        // primary's and must not decide which port this node listens on.
+        let identity = format!("-p {} -k {}", n.port, n.socket_dir.display());
+        let start = as_server_user(&[
+            &pg_ctl, "-D", &data, "-o", &identity, "-w", "-t", "60", "-l", &log, "start",
+        ]);
         y.push_str(&format!(
-            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n",
+            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n{}",
             n.name,
             n.host,
             n.port,
@@ -85,6 +92,8 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
             cluster.bin_dir().display(),
             yaml_list(&stop),
             yaml_list(&start),
+            // The data directory belongs to postgres: the rebuild tools run as it.
+            if is_root() { "    os_user: postgres\n" } else { "" },
         ));
     }
     y.push_str(&layout.extra);
@@ -111,9 +120,7 @@ pub fn write_pgwarden_config(
 
 /// PostgreSQL refuses to run as root: as root, commands go through runuser.
 fn as_server_user(argv: &[&str]) -> Vec<String> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let prefix: &[&str] = if root {
+    let prefix: &[&str] = if is_root() {
         &["runuser", "-u", "postgres", "--"]
     } else {
         &[]

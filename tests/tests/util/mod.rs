@@ -364,7 +364,8 @@ pub fn http(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)
             }
         }
     };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Long: ?wait=true answers when an operation is done.
+    s.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
     let body = body.unwrap_or("");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",

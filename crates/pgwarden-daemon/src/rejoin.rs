@@ -1,0 +1,618 @@
+//! The steps of a rejoin: turn this daemon's own node (a former primary, or
+//! a node with an empty data directory) into the synchronous standby of the
+//! current primary. Run by the node's own daemon, since it rewrites the data
+//! directory; another daemon forwards the request.
+//!
+//! The data directory is rebuilt with pg_rewind when it allows it (wal_log_hints
+//! or checksums, and the source role may read files), else with a fresh
+//! pg_basebackup into a NEW directory: the old one is moved aside and only
+//! deleted once the new standby streams synchronously. The node's own
+//! configuration files (postgresql.conf, pg_hba.conf, pg_ident.conf) are kept
+//! across the rebuild, since both tools copy the primary's. Like the
+//! failover steps, each one checks the real state first, so resume is safe.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgwarden_core::operation::{Operation, StepName, StepOutcome};
+use pgwarden_core::preflight::{self, PreflightInput, Verdict};
+use pgwarden_core::Config;
+use pgwarden_pg::{quote_literal, Node};
+
+use crate::command::{self, as_user};
+use crate::effects::local_node_action;
+use crate::executor::StepContext;
+use crate::fsutil;
+
+/// A copy of 1 GB on this kind of machine takes well under a minute; a
+/// large production database may take hours.
+const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Configuration files that belong to the node, not to the primary.
+const OWN_FILES: [&str; 3] = ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"];
+
+fn ok(msg: impl Into<String>) -> StepOutcome {
+    StepOutcome::Succeeded(msg.into())
+}
+
+fn fail(msg: impl Into<String>) -> StepOutcome {
+    StepOutcome::Failed(msg.into())
+}
+
+pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
+    match step {
+        StepName::Preflight => preflight_step(ctx, op).await,
+        StepName::StopNode => stop_node(ctx).await,
+        StepName::RebuildDataDirectory => rebuild(ctx, op).await,
+        StepName::ConfigureStandby => configure(ctx, op),
+        StepName::StartStandby => start(ctx).await,
+        StepName::WaitStreaming => wait_streaming(ctx, op).await,
+        StepName::EnableSynchronous => enable_synchronous(ctx, op).await,
+        StepName::Done => ok(format!(
+            "{} is the synchronous standby of {}",
+            ctx.config.local_node,
+            op.facts
+                .get("primary")
+                .map(String::as_str)
+                .unwrap_or("the primary")
+        )),
+        other => fail(format!("step {other:?} is not a rejoin step")),
+    }
+}
+
+fn data_dir(config: &Config) -> Result<PathBuf, StepOutcome> {
+    config
+        .local()
+        .data_dir
+        .clone()
+        .ok_or_else(|| fail("nodes[].data_dir is not configured for this node"))
+}
+
+fn bin(config: &Config, name: &str) -> String {
+    match &config.local().bin_dir {
+        Some(b) => b.join(name).display().to_string(),
+        None => name.to_owned(),
+    }
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+/// `pg_controldata` fields of the local data directory.
+async fn controldata(config: &Config, dir: &Path) -> Result<String, String> {
+    let argv = vec![
+        bin(config, "pg_controldata"),
+        "-D".into(),
+        dir.display().to_string(),
+    ];
+    command::run_checked(&argv, Duration::from_secs(10))
+        .await
+        .map(|f| f.stdout)
+        .map_err(|e| e.to_string())
+}
+
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .map(|v| v.trim_start_matches(':').trim())
+    })
+}
+
+/// Free bytes on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let checks = preflight::preflight(&PreflightInput {
+        config: &ctx.config,
+        view: &ctx.view,
+        kind: op.kind,
+        request: &op.request,
+        open_operation: None,
+        shadows: &[],
+    });
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
+    if !failed.is_empty() {
+        return fail(format!("refused: {}", failed.join("; ")));
+    }
+    let primary = match ctx.view.writable_primary() {
+        Some(p) => p.name.clone(),
+        None => return fail("no primary to follow"),
+    };
+    op.facts.insert("primary".into(), primary.clone());
+    let dir = match data_dir(&ctx.config) {
+        Ok(d) => d,
+        Err(o) => return o,
+    };
+    let pnode = ctx.effects.node(&primary);
+    if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
+        return fail(format!("the replication slot on {primary}: {e}"));
+    }
+    let asked = op
+        .facts
+        .get("method")
+        .cloned()
+        .unwrap_or_else(|| "auto".into());
+    let (method, why) = if is_empty_dir(&dir) {
+        (
+            "basebackup",
+            "the data directory is empty or absent: a first clone".to_owned(),
+        )
+    } else if asked == "basebackup" {
+        ("basebackup", "asked for".to_owned())
+    } else {
+        match rewind_possible(ctx, &dir, &pnode).await {
+            Ok(why) => ("rewind", why),
+            Err(why) if asked == "rewind" => {
+                return fail(format!("pg_rewind was asked for but cannot work: {why}"))
+            }
+            Err(why) => ("basebackup", format!("pg_rewind cannot work here ({why})")),
+        }
+    };
+    if method == "basebackup" {
+        let needed = pnode
+            .value("SELECT sum(pg_database_size(oid)) FROM pg_database")
+            .await
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        if let Some(free) = free_bytes(parent) {
+            // The copy needs the databases plus room for WAL streamed meanwhile.
+            let want = needed + needed / 10 + 64 * 1024 * 1024;
+            if free < want {
+                return fail(format!(
+                    "not enough disk under {} for a copy of {primary}: {} free, {} needed (the old data directory is kept until the new one works)",
+                    parent.display(),
+                    pgwarden_core::health::human_bytes(free),
+                    pgwarden_core::health::human_bytes(want)
+                ));
+            }
+        }
+    }
+    op.facts.insert("method".into(), method.into());
+    op.facts.insert("method_reason".into(), why.clone());
+    ok(format!(
+        "will rebuild {} from {primary} with {method}: {why}",
+        ctx.config.local_node
+    ))
+}
+
+/// Why pg_rewind can work on `dir` from the primary, or why not.
+async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Result<String, String> {
+    let text = controldata(&ctx.config, dir).await?;
+    let hints = field(&text, "wal_log_hints setting") == Some("on");
+    let checksums = field(&text, "Data page checksum version").is_some_and(|v| v != "0");
+    if !hints && !checksums {
+        return Err(
+            "neither wal_log_hints nor data checksums are on in this data directory".into(),
+        );
+    }
+    let sql = "SELECT has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
+               AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
+               AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')";
+    match primary.value(sql).await {
+        Ok(v) if v == "t" => Ok(format!(
+            "{} on, and {} may read the primary's files",
+            if hints {
+                "wal_log_hints"
+            } else {
+                "data checksums"
+            },
+            ctx.config.monitor.user
+        )),
+        Ok(_) => Err(format!(
+            "{} lacks EXECUTE on pg_ls_dir, pg_stat_file or pg_read_binary_file on the primary",
+            ctx.config.monitor.user
+        )),
+        Err(e) => Err(format!("cannot check the rewind privileges: {e}")),
+    }
+}
+
+async fn stop_node(ctx: &StepContext) -> StepOutcome {
+    let dir = match data_dir(&ctx.config) {
+        Ok(d) => d,
+        Err(o) => return o,
+    };
+    if is_empty_dir(&dir) {
+        return StepOutcome::Skipped("no data directory yet: nothing to stop".into());
+    }
+    match local_node_action(&ctx.config, "stop").await {
+        Ok(s) => ok(s.message),
+        Err(e) => fail(e),
+    }
+}
+
+fn own_files_dir(ctx: &StepContext, op: &Operation) -> PathBuf {
+    ctx.config.state_dir.join(format!("rejoin-{}", op.id))
+}
+
+async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let dir = match data_dir(&ctx.config) {
+        Ok(d) => d,
+        Err(o) => return o,
+    };
+    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let Some(p) = ctx.config.node(&primary) else {
+        return fail("the journal lacks the primary");
+    };
+    // Keep this node's own configuration files before a tool overwrites them.
+    let keep = own_files_dir(ctx, op);
+    if !keep.exists() && !is_empty_dir(&dir) {
+        if let Err(e) = fsutil::private_dir(&keep) {
+            return fail(format!(
+                "cannot keep the configuration files in {}: {e}",
+                keep.display()
+            ));
+        }
+        for f in OWN_FILES {
+            if dir.join(f).exists() {
+                if let Err(e) = std::fs::copy(dir.join(f), keep.join(f)) {
+                    return fail(format!("cannot keep {f}: {e}"));
+                }
+            }
+        }
+    }
+    let os_user = ctx.config.local().os_user.clone();
+    let mut note = String::new();
+    // pg_rewind leaves a backup_label telling recovery where to start: its
+    // presence in a stopped directory means an earlier attempt of this step
+    // rewound it already (a resume), and a second rewind would break it.
+    let rewound_before = dir.join("backup_label").exists();
+    if op.facts.get("method").map(String::as_str) == Some("rewind") && rewound_before {
+        note = "already rewound by an earlier attempt of this step".into();
+    } else if op.facts.get("method").map(String::as_str) == Some("rewind") {
+        // pg_rewind reads the source's timeline from its control file, which
+        // shows the new timeline only after the first checkpoint following a
+        // promotion: without this it may decide "no rewind required" and
+        // leave a standby that cannot follow.
+        if let Err(e) = ctx.effects.node(&primary).checkpoint().await {
+            return fail(format!(
+                "CHECKPOINT on {primary} before pg_rewind failed: {e}"
+            ));
+        }
+        let source = format!(
+            "host={} port={} user={} dbname={}",
+            p.host, p.port, ctx.config.monitor.user, ctx.config.monitor.dbname
+        );
+        let argv = as_user(
+            os_user.as_deref(),
+            vec![
+                bin(&ctx.config, "pg_rewind"),
+                format!("--target-pgdata={}", dir.display()),
+                format!("--source-server={source}"),
+            ],
+        );
+        let pw = ctx.effects.monitor_password();
+        let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
+        match command::run_checked_env(&argv, &env, COPY_TIMEOUT).await {
+            Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
+            Err(e) => {
+                // Not fatal: a fresh copy always works (and keeps the old directory).
+                tracing::warn!("pg_rewind failed, falling back to pg_basebackup: {e}");
+                op.facts.insert("method".into(), "basebackup".into());
+                op.facts
+                    .insert("method_reason".into(), format!("pg_rewind failed: {e}"));
+                note = format!("pg_rewind failed ({e}); ");
+            }
+        }
+    }
+    if op.facts.get("method").map(String::as_str) == Some("basebackup") {
+        match basebackup(ctx, op, &dir, &primary, os_user.as_deref()).await {
+            Ok(m) => note.push_str(&m),
+            Err(e) => return fail(format!("{note}{e}")),
+        }
+    }
+    // The node's own configuration files go back over the primary's.
+    for f in OWN_FILES {
+        let saved = keep.join(f);
+        if saved.exists() {
+            if let Err(e) = copy_owned_like(&saved, &dir.join(f), &dir) {
+                return fail(format!("cannot restore {f}: {e}"));
+            }
+        }
+    }
+    ok(note)
+}
+
+/// Copies `from` to `to` with the owner of `dir` (the data directory's).
+fn copy_owned_like(from: &Path, to: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let bytes = std::fs::read(from)?;
+    fsutil::write_atomic(to, &bytes, 0o600)?;
+    let meta = std::fs::metadata(dir)?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+}
+
+/// A fresh copy into `<data_dir>.pgwarden-new-<op>`, then swapped in; the
+/// old directory is moved to `<data_dir>.pgwarden-old-<op>` (deleted only
+/// once the standby streams synchronously).
+async fn basebackup(
+    ctx: &StepContext,
+    op: &mut Operation,
+    dir: &Path,
+    primary: &str,
+    os_user: Option<&str>,
+) -> Result<String, String> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new = dir.with_file_name(format!("{name}.pgwarden-new-{}", op.id));
+    let old = dir.with_file_name(format!("{name}.pgwarden-old-{}", op.id));
+    if old.exists() && dir.exists() && !new.exists() {
+        // Resumed after the swap: the copy is in place.
+        op.facts
+            .insert("old_data_dir".into(), old.display().to_string());
+        return Ok(format!(
+            "fresh copy already in place (old directory at {})",
+            old.display()
+        ));
+    }
+    if new.exists() {
+        // An interrupted copy of ours: start it again.
+        std::fs::remove_dir_all(&new)
+            .map_err(|e| format!("cannot clear the unfinished copy {}: {e}", new.display()))?;
+    }
+    let p = ctx.config.node(primary).ok_or("unknown primary")?;
+    let r = &ctx.config.replication;
+    let argv = as_user(
+        os_user,
+        vec![
+            bin(&ctx.config, "pg_basebackup"),
+            "-h".into(),
+            p.host.clone(),
+            "-p".into(),
+            p.port.to_string(),
+            "-U".into(),
+            r.user.clone(),
+            "-D".into(),
+            new.display().to_string(),
+            "-X".into(),
+            "stream".into(),
+            "-S".into(),
+            r.slot.clone(),
+            "-c".into(),
+            "fast".into(),
+            "-w".into(),
+        ],
+    );
+    let pw = ctx.effects.replication_password();
+    let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
+    if let Err(e) = command::run_checked_env(&argv, &env, COPY_TIMEOUT).await {
+        // Nothing of the old directory was touched; the partial copy goes.
+        let _ = std::fs::remove_dir_all(&new);
+        return Err(format!(
+            "pg_basebackup from {primary} failed: {e}; the old data directory is untouched"
+        ));
+    }
+    // Swap: the old directory aside (kept), the copy in its place.
+    if dir.exists() {
+        if is_empty_dir(dir) {
+            std::fs::remove_dir(dir)
+                .map_err(|e| format!("cannot replace the empty {}: {e}", dir.display()))?;
+        } else {
+            std::fs::rename(dir, &old)
+                .map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
+            op.facts
+                .insert("old_data_dir".into(), old.display().to_string());
+        }
+    }
+    std::fs::rename(&new, dir)
+        .map_err(|e| format!("cannot move the copy into {}: {e}", dir.display()))?;
+    if let Some(parent) = dir.parent() {
+        let _ = fsutil::sync_dir(parent);
+    }
+    Ok(format!(
+        "fresh copy from {primary} with pg_basebackup{}",
+        if old.exists() {
+            format!(
+                "; the old data directory is kept at {} until the standby is synchronous",
+                old.display()
+            )
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// `key = 'value'` lines of postgresql.auto.conf set (or removed for None);
+/// every other line is kept.
+fn set_auto_conf(text: &str, settings: &[(&str, Option<String>)]) -> String {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !settings.iter().any(|(k, _)| *k == key)
+        })
+        .map(str::to_owned)
+        .collect();
+    for (k, v) in settings {
+        if let Some(v) = v {
+            out.push(format!("{k} = '{}'", v.replace('\'', "''")));
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
+    let dir = match data_dir(&ctx.config) {
+        Ok(d) => d,
+        Err(o) => return o,
+    };
+    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let Some(p) = ctx.config.node(&primary) else {
+        return fail("the journal lacks the primary");
+    };
+    let r = &ctx.config.replication;
+    let mut conninfo = format!(
+        "host={} port={} user={} application_name={}",
+        p.host, p.port, r.user, r.application_name
+    );
+    if let Some(pw) = ctx.effects.replication_password() {
+        // In postgresql.auto.conf (0600, the data directory owner's), as
+        // pg_basebackup -R writes it; pgwarden never reports it.
+        conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
+    }
+    let auto = dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).unwrap_or_default();
+    let updated = set_auto_conf(
+        &text,
+        &[
+            ("primary_conninfo", Some(conninfo)),
+            ("primary_slot_name", Some(r.slot.clone())),
+            // A standby must not wait for standbys of its own.
+            ("synchronous_standby_names", None),
+        ],
+    );
+    let write = copy_bytes_owned(&auto, updated.as_bytes(), &dir).and_then(|_| {
+        let signal = dir.join("standby.signal");
+        if signal.exists() {
+            Ok(())
+        } else {
+            copy_bytes_owned(&signal, b"", &dir)
+        }
+    });
+    match write {
+        Ok(()) => ok(format!(
+            "standby.signal written; primary_conninfo -> {}:{} as application_name {}, primary_slot_name {}",
+            p.host, p.port, r.application_name, r.slot
+        )),
+        Err(e) => fail(format!("cannot configure {}: {e}", dir.display())),
+    }
+}
+
+fn copy_bytes_owned(to: &Path, bytes: &[u8], dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    fsutil::write_atomic(to, bytes, 0o600)?;
+    let meta = std::fs::metadata(dir)?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+}
+
+async fn start(ctx: &StepContext) -> StepOutcome {
+    let me = &ctx.config.local_node;
+    if ctx.effects.node_quick(me).is_in_recovery().await.is_ok() {
+        return StepOutcome::Skipped(format!("{me} already runs"));
+    }
+    match local_node_action(&ctx.config, "start").await {
+        Ok(s) => ok(s.message),
+        Err(e) => fail(e),
+    }
+}
+
+async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
+    let me = ctx.config.local_node.clone();
+    let node = ctx.effects.node_quick(&me);
+    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen = String::from("no answer");
+    loop {
+        match node.is_in_recovery().await {
+            Ok(false) => {
+                // Never leave two writers: it came up as a primary.
+                let _ = local_node_action(&ctx.config, "stop").await;
+                return fail(format!(
+                    "{me} started as a primary instead of a standby and was stopped again"
+                ));
+            }
+            Ok(true) => {
+                // Streaming on the primary's current timeline: a rewound node
+                // first replays the old timeline up to the switch, then its
+                // receiver reconnects for the new one.
+                let receiving = node
+                    .value("SELECT coalesce((SELECT status || ' ' || received_tli FROM pg_stat_wal_receiver), 'none')")
+                    .await
+                    .unwrap_or_default();
+                let want = ctx
+                    .effects
+                    .node_quick(&primary)
+                    .timeline()
+                    .await
+                    .map(|t| format!("streaming {t}"));
+                seen = format!("receiver `{receiving}`, primary timeline {want:?}");
+                if want.as_ref().is_ok_and(|w| *w == receiving) {
+                    let lsn = node
+                        .value("SELECT pg_last_wal_replay_lsn()")
+                        .await
+                        .unwrap_or_default();
+                    return ok(format!(
+                        "{me} streams from {primary} on its timeline (replayed up to {lsn})"
+                    ));
+                }
+            }
+            Err(_) => {}
+        }
+        if std::time::Instant::now() > until {
+            return fail(format!(
+                "{me} does not stream from {primary} on its timeline after 120s ({seen}): see its server log"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let node = ctx.effects.node(&primary);
+    let app = &ctx.config.replication.application_name;
+    if let Err(e) =
+        crate::operations::require_synchronous(&node, app, Duration::from_secs(60)).await
+    {
+        return fail(e);
+    }
+    let mut msg = format!(
+        "{primary} waits for {} (sync_state = sync)",
+        ctx.config.local_node
+    );
+    // Only now is the replacement proven: the old directory may go.
+    if let Some(old) = op.facts.get("old_data_dir").map(PathBuf::from) {
+        if op.facts.get("keep_old_data").map(String::as_str) == Some("true") {
+            msg.push_str(&format!(
+                "; the old data directory is kept at {}",
+                old.display()
+            ));
+        } else if old.exists() {
+            match std::fs::remove_dir_all(&old) {
+                Ok(()) => msg.push_str(&format!(
+                    "; removed the old data directory {}",
+                    old.display()
+                )),
+                Err(e) => msg.push_str(&format!(
+                    "; could not remove the old data directory {}: {e}",
+                    old.display()
+                )),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(own_files_dir(ctx, op));
+    ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_conf_lines_are_replaced_and_others_kept() {
+        let text = "# Do not edit this file manually!\nprimary_conninfo = 'old'\nwork_mem = '8MB'\nsynchronous_standby_names = 'x'\n";
+        let out = set_auto_conf(
+            text,
+            &[
+                ("primary_conninfo", Some("host=b pw='q'".into())),
+                ("synchronous_standby_names", None),
+            ],
+        );
+        assert_eq!(out, "# Do not edit this file manually!\nwork_mem = '8MB'\nprimary_conninfo = 'host=b pw=''q'''\n");
+    }
+}
