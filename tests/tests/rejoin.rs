@@ -92,8 +92,31 @@ fn failover_rejoin_switchover_back_rejoin_again() {
     assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
     let acked = app.wait_acks(app.acks().len() + 3);
     assert_nothing_lost(&env, &acked, 0);
-    let r = env.daemons[0].post("/v1/rejoin?wait=true", r#"{"node": "pg-b"}"#, &env.token());
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    // This time through the CLI, asking pg-a's daemon: it forwards to
+    // pg-b's, and the CLI follows the steps there.
+    let out = std::process::Command::new(util::pgwarden_bin())
+        .args([
+            "rejoin",
+            "pg-b",
+            "--yes",
+            "--url",
+            &env.daemons[0].url,
+            "--token-file",
+        ])
+        .arg(env.cluster.secret_file(pgwarden_testkit::Secret::ApiToken))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.daemons[1].log_text()
+    );
+    assert!(
+        text.contains("enable_synchronous") && text.contains("succeeded"),
+        "{text}"
+    );
     assert_eq!(sync_state(&env, 0), "sync");
     for i in 0..2 {
         env.wait_health(i, "healthy again", env.within_polls(4), |c, _| c == 200);

@@ -262,8 +262,19 @@ async fn list_operations(State(s): Shared) -> Response {
     Json(json!({"operations": s.ops.list()})).into_response()
 }
 
-async fn get_operation(State(s): Shared, Path(id): Path<String>) -> Response {
-    match s.ops.get(&id) {
+async fn get_operation(
+    State(s): Shared,
+    Path(id): Path<String>,
+    Query(l): Query<Local>,
+) -> Response {
+    // `?local=true`: this journal only (what a peer asks, so two daemons
+    // never bounce a lookup between them).
+    let found = if l.local {
+        s.ops.get(&id).and_then(|op| serde_json::to_value(op).ok())
+    } else {
+        s.ops.find(&id).await
+    };
+    match found {
         Some(op) => Json(op).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -271,6 +282,12 @@ async fn get_operation(State(s): Shared, Path(id): Path<String>) -> Response {
             format!("no operation {id}"),
         ),
     }
+}
+
+#[derive(Deserialize, Default)]
+struct Local {
+    #[serde(default)]
+    local: bool,
 }
 
 #[derive(Deserialize)]

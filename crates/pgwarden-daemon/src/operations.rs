@@ -533,6 +533,30 @@ impl Operations {
         Ok(answer)
     }
 
+    /// An operation of this journal, else of a peer's (a rejoin runs on the
+    /// rejoining node's daemon, wherever it was asked for).
+    pub async fn find(&self, id: &str) -> Option<serde_json::Value> {
+        if let Some(op) = self.get(id) {
+            return serde_json::to_value(op).ok();
+        }
+        for n in self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.config.local_node)
+        {
+            let Some(api) = &n.api else { continue };
+            let url = format!(
+                "{}/v1/operations/{id}?local=true",
+                api.trim_end_matches('/')
+            );
+            if let Ok(v) = self.effects.get(&url).await {
+                return Some(v);
+            }
+        }
+        None
+    }
+
     /// Forwards a rejoin of `node` to the daemon beside it.
     pub async fn forward_rejoin(
         &self,

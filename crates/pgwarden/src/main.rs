@@ -94,6 +94,8 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Turn a former primary (or an empty node) into the synchronous standby of the current primary.
+    Rejoin(operate::RejoinArgs),
     /// Set (`sync`) or clear (`async`) synchronous replication on the primary, verified.
     /// `async` releases writes blocked on a lost standby, at the price of durability.
     Sync {
@@ -239,6 +241,7 @@ fn main() -> ExitCode {
         } => {
             operate::report(runtime().block_on(operate::run_operations(connect, id, json, follow)))
         }
+        Command::Rejoin(args) => operate::report(runtime().block_on(operate::run_rejoin(args))),
         Command::Sync {
             mode,
             force,

@@ -619,6 +619,71 @@ pub struct OperateArgs {
     pub connect: Connect,
 }
 
+/// `pgwarden rejoin NODE`.
+#[derive(Args, Debug)]
+pub struct RejoinArgs {
+    /// The node to turn into the standby of the current primary (a former
+    /// primary, or a node with an empty data directory).
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// auto: pg_rewind when the data directory allows it, else pg_basebackup.
+    #[arg(long, value_parser = ["auto", "rewind", "basebackup"], default_value = "auto")]
+    pub method: String,
+    /// Keep the old data directory after a pg_basebackup (default: removed
+    /// once the new standby is synchronous).
+    #[arg(long)]
+    pub keep_old_data: bool,
+    /// Only run the preflight checks and show the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why, for the journal and the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, short)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+/// `pgwarden rejoin NODE`: dry run, confirmation, then the steps live.
+pub async fn run_rejoin(args: RejoinArgs) -> anyhow::Result<u8> {
+    let client = args.connect.resolve(true)?.client;
+    let flags = hint_flags(&args.connect);
+    let mut body = json!({
+        "node": args.node,
+        "reason": args.reason.clone().unwrap_or_else(default_reason),
+        "dry_run": true,
+        "method": args.method,
+        "keep_old_data": args.keep_old_data,
+    });
+    let (_, answer) = client.post("/v1/rejoin", &body).await?;
+    let mut dry: DryRun = parse(answer, "dry run")?;
+    dry.kind = "rejoin".into();
+    dry.target = args.node.clone();
+    out!("{}", render_dry_run(&dry));
+    if !dry.would_proceed {
+        outln!("Refused: {} check(s) failed", failed_checks(&dry.checks));
+        return Ok(EXIT_REFUSED);
+    }
+    if args.dry_run {
+        outln!("Dry run: nothing was changed; run again without --dry-run to proceed.");
+        return Ok(0);
+    }
+    confirm(
+        &format!(
+            "Rejoin {}? Its PostgreSQL is stopped and its data directory rebuilt from the primary (a replaced directory is kept until the new standby is synchronous). [y/N] ",
+            args.node
+        ),
+        args.yes,
+    )?;
+    body["dry_run"] = json!(false);
+    let (_, answer) = client.post("/v1/rejoin", &body).await?;
+    let op: Operation = parse(answer, "operation")?;
+    outln!("Rejoin started (operation {})", op.id);
+    follow(&client, op, Follower::new(), &flags).await
+}
+
 /// The connection flags to repeat in a hint, so it works as printed.
 fn hint_flags(c: &Connect) -> String {
     let mut out = String::new();
