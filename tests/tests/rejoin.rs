@@ -225,3 +225,61 @@ fn an_interrupted_rejoin_is_resumed() {
     let acked = app.wait_acks(app.acks().len() + 3);
     assert_nothing_lost(&env, &acked, 1);
 }
+
+#[test]
+fn a_failing_pg_rewind_falls_back_to_a_fresh_copy_and_says_so() {
+    let (env, app) = Env::start_with_app(Options::default());
+    failover_to_b(&env);
+    // Lose the old primary's older WAL segments: its crash recovery, and so
+    // pg_rewind, cannot work on this directory any more.
+    let wal = env.cluster.node(0).data_dir.join("pg_wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.starts_with("00000001"))
+        .collect();
+    segments.sort();
+    segments.pop();
+    assert!(!segments.is_empty(), "the old primary has older WAL segments");
+    for seg in &segments {
+        std::fs::remove_file(wal.join(seg)).unwrap();
+    }
+    let r = env.daemons[1].post("/v1/rejoin?wait=true", r#"{"node": "pg-a"}"#, &env.token());
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    let op = r.json();
+    assert_eq!(op["facts"]["method"], "basebackup", "{op}");
+    assert!(
+        op["facts"]["method_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("pg_rewind failed"),
+        "{op}"
+    );
+    let rebuild = &op["steps"][2]["message"];
+    assert!(
+        rebuild.as_str().unwrap().contains("pg_rewind failed")
+            && rebuild.as_str().unwrap().contains("pg_basebackup"),
+        "{rebuild}"
+    );
+    assert_eq!(sync_state(&env, 1), "sync");
+    let acked = app.wait_acks(app.acks().len() + 3);
+    assert_nothing_lost(&env, &acked, 1);
+}
+
+#[test]
+fn a_rejoin_whose_node_daemon_does_not_answer_is_refused_clearly() {
+    let mut env = Env::start();
+    env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
+    env.daemons[1].kill();
+    let r = env.daemons[0].post("/v1/rejoin", r#"{"node": "pg-b"}"#, &env.token());
+    assert_eq!(r.status, 503, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"], "unavailable");
+    assert!(
+        v["message"].as_str().unwrap().contains("pg-b's own daemon"),
+        "{v}"
+    );
+    // Nothing changed: pg-b still streams synchronously.
+    assert_eq!(sync_state(&env, 0), "sync");
+}
