@@ -74,18 +74,30 @@ impl Run {
 
 fn main() -> anyhow::Result<()> {
     let mut runs = 5;
+    let mut rejoin_scale: Option<u32> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs needs a number")?.parse()?,
+            "--rejoin" => {
+                rejoin_scale = Some(
+                    args.next()
+                        .context("--rejoin needs a pgbench scale (64 is about 1 GB)")?
+                        .parse()?,
+                )
+            }
             "--help" | "-h" => {
                 println!("pgwarden-failover-bench [--runs N]: N failovers and N switchovers on fresh clusters; prints medians");
+                println!("pgwarden-failover-bench --rejoin SCALE: rejoin times by pg_rewind and by pg_basebackup, empty and with pgbench -i -s SCALE (64 is about 1 GB)");
                 return Ok(());
             }
             other => bail!("unknown argument {other}; see --help"),
         }
     }
     let exe = pgwarden_exe()?;
+    if let Some(scale) = rejoin_scale {
+        return rejoin_bench(&exe, scale);
+    }
     let mut results = Vec::new();
     for kind in [Kind::Failover, Kind::Switchover] {
         let mut measured = Vec::new();
@@ -401,4 +413,139 @@ fn get(base: &str, path: &str) -> (u16, String) {
 
 fn post(base: &str, path: &str, body: &str, token: &str) -> (u16, String) {
     request(base, "POST", path, Some(body), Some(token))
+}
+
+/// Rejoin of the old primary after a failover, by pg_rewind and by
+/// pg_basebackup, on a near-empty database and on one of pgbench scale
+/// `scale`. One run each: the copy dominates and varies little.
+fn rejoin_bench(exe: &Path, scale: u32) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (label, s) in [
+        ("small (empty pgbench tables)", 0),
+        ("pgbench scale", scale),
+    ] {
+        for method in ["rewind", "basebackup"] {
+            let (size, total, rebuild) = rejoin_once(exe, s, method)?;
+            eprintln!("{label} {s} {method}: database {size} MiB, rejoin {total:.0} ms (rebuild {rebuild:.0} ms)");
+            rows.push((
+                format!(
+                    "{label}{}",
+                    if s > 0 {
+                        format!(" {s}")
+                    } else {
+                        String::new()
+                    }
+                ),
+                method,
+                size,
+                total,
+                rebuild,
+            ));
+        }
+    }
+    println!("\nrejoin of the old primary after a failover (one run each), ms:");
+    println!(
+        "  {:<32} {:<11} {:>8} {:>12} {:>12}",
+        "database", "method", "size MiB", "rejoin", "rebuild step"
+    );
+    for (label, method, size, total, rebuild) in &rows {
+        println!("  {label:<32} {method:<11} {size:>8} {total:>12.0} {rebuild:>12.0}");
+    }
+    Ok(())
+}
+
+fn rejoin_once(exe: &Path, scale: u32, method: &str) -> anyhow::Result<(u64, f64, f64)> {
+    let cluster = TestCluster::start(ClusterOptions::default())?;
+    let pgbench = cluster.bin_dir().join("pgbench");
+    let a = cluster.node(0).clone();
+    if scale > 0 {
+        let status = std::process::Command::new(&pgbench)
+            .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+            .arg(&a.socket_dir)
+            .args(["-p", &a.port.to_string(), "-U", "postgres", "postgres"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("pgbench -i failed");
+        }
+    }
+    let size_mib: u64 = cluster
+        .psql(
+            0,
+            "SELECT sum(pg_database_size(oid)) / 1048576 FROM pg_database",
+        )?
+        .parse()
+        .unwrap_or(0);
+    let mut layout = DaemonLayout::for_tests(&cluster);
+    layout.poll_interval = Duration::from_millis(200);
+    let mut daemons = Vec::new();
+    for i in 0..2 {
+        let path = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout)?;
+        let log = std::fs::File::create(path.with_extension("log"))?;
+        let child = std::process::Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        daemons.push(Daemon(child));
+    }
+    let api = |i: usize| layout.api_url(i);
+    poll_until(Duration::from_secs(60), "a healthy cluster", || {
+        (get(&api(1), "/health").0 == 200).then_some(())
+    })?;
+    cluster.stop_node(0, StopMode::Immediate)?;
+    poll_until(Duration::from_secs(30), "pg-a to count as down", || {
+        get(&api(1), "/health")
+            .1
+            .contains("\"code\":\"node_down\"")
+            .then_some(())
+    })?;
+    let token = std::fs::read_to_string(cluster.secret_file(Secret::ApiToken))?;
+    // The failover needs an application section; without one it is refused,
+    // so promote through the kit and let pgwarden only do the rejoin.
+    cluster.promote(1)?;
+    cluster
+        .psql(
+            1,
+            "SELECT pg_create_physical_replication_slot('replication')",
+        )
+        .ok();
+    poll_until(Duration::from_secs(30), "pg-b as the primary", || {
+        get(&api(1), "/v1/status")
+            .1
+            .contains("\"primary\":\"pg-b\"")
+            .then_some(())
+    })?;
+    let body = format!(r#"{{"node": "pg-a", "method": "{method}"}}"#);
+    let sent = Instant::now();
+    let (status, answer) = post(&api(1), "/v1/rejoin?wait=true", &body, token.trim());
+    let total = sent.elapsed().as_secs_f64() * 1e3;
+    if status != 200 {
+        bail!("the rejoin answered {status}: {answer}");
+    }
+    let op: serde_json::Value = serde_json::from_str(&answer)?;
+    if op["facts"]["method"] != method {
+        bail!("asked for {method}, got {}", op["facts"]["method"]);
+    }
+    let ts = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+    };
+    let rebuild = op["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "rebuild_data_directory"))
+        .and_then(|s| {
+            Some(
+                ts(&s["finished_at"])?
+                    .duration_since(ts(&s["started_at"])?)
+                    .ok()?
+                    .as_secs_f64()
+                    * 1e3,
+            )
+        })
+        .unwrap_or(0.0);
+    drop(daemons);
+    Ok((size_mib, total, rebuild))
 }
