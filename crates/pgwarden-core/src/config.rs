@@ -187,8 +187,10 @@ pub struct NodeConfig {
     #[serde(default)]
     pub stop: Option<Vec<String>>,
     /// The OS user that owns `data_dir` (e.g. postgres): pg_rewind,
-    /// pg_basebackup and pg_controldata run as it (runuser when pgwarden runs
-    /// as root, sudo -n otherwise). Unset: they run as pgwarden's own user.
+    /// pg_basebackup and `pg_ctl status` run as it (runuser when pgwarden
+    /// runs as root, sudo -n otherwise). Unset: as pgwarden's own user. A
+    /// rejoin also writes into the data directory and renames it, so
+    /// pgwarden must run as root or as that owner.
     #[serde(default)]
     pub os_user: Option<String>,
 }

@@ -308,6 +308,15 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
                 Ok(s) => s,
                 Err(e) => return fail(format!("stopping {old} failed: {e}")),
             };
+            // Zero loss is verified against the shutdown checkpoint, the
+            // last record a cleanly stopped primary wrote. A primary that
+            // died instead (no clean shutdown) has no such final position.
+            if state.cluster_state.as_deref() != Some("shut down") {
+                return fail(format!(
+                    "{old} did not shut down cleanly (cluster state {}): its final LSN cannot be verified, so {target} is not promoted; use a failover",
+                    state.cluster_state.as_deref().unwrap_or("unknown")
+                ));
+            }
             let Some(final_lsn) = state.checkpoint_lsn.or(before) else {
                 return fail(format!("cannot tell the final LSN of {old}: refusing to promote without verifying"));
             };

@@ -427,6 +427,12 @@ impl Operations {
                 open.id
             )));
         }
+        if let Some(lock) = self.peer_lock() {
+            return Err(OpError::Conflict(format!(
+                "the daemon beside {} runs operation {}: change synchronous replication after it",
+                lock.holder, lock.operation_id
+            )));
+        }
         let view = self.view();
         let primary = view.primary.clone().ok_or_else(|| {
             OpError::Conflict("there is no single reachable primary to configure".into())
@@ -447,13 +453,6 @@ impl Operations {
             )));
         }
         let app_name = &self.config.replication.application_name;
-        // Quoted: application names may hold characters (`-`) that
-        // synchronous_standby_names would otherwise not parse.
-        let value = if on {
-            format!("\"{app_name}\"")
-        } else {
-            String::new()
-        };
         let node = self.effects.node(&primary);
         let failed = |e: pgwarden_pg::AdminError| OpError::Internal(format!("{primary}: {e}"));
         let waiting = |n: &pgwarden_pg::Node| {
@@ -467,59 +466,53 @@ impl Operations {
             }
         };
         let blocked_before = waiting(&node).await;
-        node.alter_system("synchronous_standby_names", Some(&value))
-            .await
-            .map_err(failed)?;
-        node.reload().await.map_err(failed)?;
-        let until = Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if node
-                .setting("synchronous_standby_names")
-                .await
-                .map_err(failed)?
-                == value
-            {
-                break;
-            }
-            if Instant::now() > until {
-                return Err(OpError::Internal(format!(
-                    "{primary} did not take the new synchronous_standby_names after a reload"
-                )));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
         let mut answer = SyncAnswer {
             mode: if on { "sync" } else { "async" },
             primary: primary.clone(),
-            synchronous_standby_names: value.clone(),
+            synchronous_standby_names: String::new(),
             sync_standbys: Vec::new(),
             released_writes: 0,
             warning: None,
         };
-        if on {
-            let sql = format!(
-                "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name = {}",
-                pgwarden_pg::quote_literal(app_name)
-            );
-            let until = Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let rows = node.query(&sql).await.map_err(failed)?;
-                if !rows.is_empty() || streaming.is_empty() {
-                    answer.sync_standbys = streaming.clone();
-                    break;
-                }
+        if on && !streaming.is_empty() {
+            require_synchronous(&node, app_name, std::time::Duration::from_secs(30))
+                .await
+                .map_err(OpError::Conflict)?;
+            answer.sync_standbys = streaming.clone();
+        } else {
+            // async, or sync forced with no standby: set the value, verify it took.
+            let value = if on {
+                format!("\"{app_name}\"")
+            } else {
+                String::new()
+            };
+            node.alter_system("synchronous_standby_names", Some(&value))
+                .await
+                .map_err(failed)?;
+            node.reload().await.map_err(failed)?;
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            while node
+                .setting("synchronous_standby_names")
+                .await
+                .map_err(failed)?
+                != value
+            {
                 if Instant::now() > until {
-                    return Err(OpError::Conflict(format!(
-                        "synchronous_standby_names is set on {primary}, but no standby became synchronous within 30s: check that its primary_conninfo has application_name={app_name}"
+                    return Err(OpError::Internal(format!(
+                        "{primary} did not take the new synchronous_standby_names after a reload"
                     )));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            if streaming.is_empty() {
-                answer.warning =
-                    Some("no standby streams: every commit waits until one connects".into());
-            }
-        } else {
+        }
+        answer.synchronous_standby_names = node
+            .setting("synchronous_standby_names")
+            .await
+            .map_err(failed)?;
+        if on && streaming.is_empty() {
+            answer.warning =
+                Some("no standby streams: every commit waits until one connects".into());
+        } else if !on {
             let until = Instant::now() + std::time::Duration::from_secs(10);
             while waiting(&node).await > 0 && Instant::now() < until {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -139,11 +139,15 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
         return fail(format!("the replication slot on {primary}: {e}"));
     }
+    // What the operator asked for (kept across resumes: `method` becomes
+    // the method chosen).
     let asked = op
         .facts
-        .get("method")
+        .get("method_asked")
+        .or(op.facts.get("method"))
         .cloned()
         .unwrap_or_else(|| "auto".into());
+    op.facts.insert("method_asked".into(), asked.clone());
     let (method, why) = if is_empty_dir(&dir) {
         (
             "basebackup",
@@ -298,6 +302,11 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
         match command::run_checked_env(&argv, &env, COPY_TIMEOUT).await {
             Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
+            Err(e) if op.facts.get("method_asked").map(String::as_str) == Some("rewind") => {
+                return fail(format!(
+                    "pg_rewind was asked for and failed: {e}; ask for basebackup (or auto) instead"
+                ));
+            }
             Err(e) => {
                 // Not fatal: a fresh copy always works (and keeps the old directory).
                 tracing::warn!("pg_rewind failed, falling back to pg_basebackup: {e}");

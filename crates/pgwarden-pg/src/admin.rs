@@ -74,17 +74,7 @@ impl Node {
     }
 
     async fn connect(&self) -> Result<Client, AdminError> {
-        let t = &self.target;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&t.host)
-            .port(t.port)
-            .user(&t.user)
-            .dbname(&t.dbname)
-            .application_name("pgwarden")
-            .connect_timeout(self.timeout);
-        if let Some(p) = &t.password {
-            cfg.password(p.expose());
-        }
+        let cfg = self.target.config(self.timeout);
         let (client, connection) = cfg.connect(NoTls).await.map_err(|e| AdminError::Connect {
             node: self.name.clone(),
             detail: crate::probe::chain(&e),

@@ -23,6 +23,24 @@ pub struct Target {
     pub dbname: String,
 }
 
+impl Target {
+    /// A libpq-style configuration for this target, named `pgwarden` in
+    /// pg_stat_activity, connect bounded by `timeout`.
+    pub(crate) fn config(&self, timeout: Duration) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("pgwarden")
+            .connect_timeout(timeout);
+        if let Some(p) = &self.password {
+            cfg.password(p.expose());
+        }
+        cfg
+    }
+}
+
 /// Why a poll failed. Messages never contain the password.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -90,22 +108,12 @@ impl Prober {
     }
 
     async fn connect(&self) -> Result<Client, ProbeError> {
-        let t = &self.target;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&t.host)
-            .port(t.port)
-            .user(&t.user)
-            .dbname(&t.dbname)
-            .application_name("pgwarden")
-            .connect_timeout(self.timeout)
-            // The server gives up on a probe we stopped waiting for.
-            .options(format!(
-                "-c statement_timeout={}",
-                self.timeout.as_millis().max(1)
-            ));
-        if let Some(p) = &t.password {
-            cfg.password(p.expose());
-        }
+        let mut cfg = self.target.config(self.timeout);
+        // The server gives up on a probe we stopped waiting for.
+        cfg.options(format!(
+            "-c statement_timeout={}",
+            self.timeout.as_millis().max(1)
+        ));
         let (client, connection) = cfg
             .connect(NoTls)
             .await
