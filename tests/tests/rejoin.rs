@@ -241,7 +241,10 @@ fn a_failing_pg_rewind_falls_back_to_a_fresh_copy_and_says_so() {
         .collect();
     segments.sort();
     segments.pop();
-    assert!(!segments.is_empty(), "the old primary has older WAL segments");
+    assert!(
+        !segments.is_empty(),
+        "the old primary has older WAL segments"
+    );
     for seg in &segments {
         std::fs::remove_file(wal.join(seg)).unwrap();
     }
