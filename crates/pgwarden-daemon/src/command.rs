@@ -97,7 +97,11 @@ pub async fn run_env(
 ) -> Result<Finished, CommandError> {
     let (program, args) = argv.split_first().ok_or(CommandError::Empty)?;
     let started = Instant::now();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    for var in crate::notify::ENV_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -203,6 +207,25 @@ mod tests {
 
     fn argv(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn commands_do_not_inherit_the_systemd_notify_socket() {
+        // Each nextest test is its own process: setting the variable here
+        // races with nothing.
+        std::env::set_var("NOTIFY_SOCKET", "/run/systemd/notify");
+        std::env::set_var("WATCHDOG_USEC", "30000000");
+        let f = run_checked(
+            &argv(&[
+                "sh",
+                "-c",
+                "echo ${NOTIFY_SOCKET-unset} ${WATCHDOG_USEC-unset}",
+            ]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(f.stdout, "unset unset\n");
     }
 
     #[tokio::test]

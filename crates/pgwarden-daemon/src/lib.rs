@@ -15,6 +15,7 @@ mod http;
 mod journal;
 mod load;
 mod metrics;
+mod notify;
 mod operations;
 mod poller;
 mod rejoin;
@@ -119,6 +120,12 @@ async fn run_daemon(
         }
     })?);
 
+    let notifier = Arc::new(notify::Notifier::from_env());
+    if let Some(every) = notifier.watchdog_every() {
+        if config.poll.interval >= every {
+            tracing::warn!(poll_interval = ?config.poll.interval, "WatchdogSec should be more than twice poll.interval, or systemd may restart a healthy pgwarden");
+        }
+    }
     let stale_guard = stale::StaleGuard::new(config.clone(), audit.clone());
     let poller = poller::spawn(
         tracing::Span::current(),
@@ -129,6 +136,7 @@ async fn run_daemon(
             published: published_tx,
             operation: op_rx,
             stale_guard,
+            notifier: notifier.clone(),
             stop: stop_rx.clone(),
         },
     );
@@ -152,6 +160,7 @@ async fn run_daemon(
 
     shutdown.await;
     tracing::info!("shutting down");
+    notifier.stopping();
     let _ = stop_tx.send(true);
     let served = server.await;
     let _ = poller.await;

@@ -38,6 +38,8 @@ pub(crate) struct Wiring {
     pub operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     /// Stops this node's PostgreSQL when it turns out to be a stale primary.
     pub stale_guard: crate::stale::StaleGuard,
+    /// Tells systemd when the daemon is ready and that its loop still runs.
+    pub notifier: Arc<crate::notify::Notifier>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -51,6 +53,7 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
         published,
         operation,
         stale_guard,
+        notifier,
         stop,
     } = wiring;
     let (tx, rx) = mpsc::channel(config.nodes.len() * 2);
@@ -75,7 +78,17 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
     drop(tx);
     tokio::spawn(
         async move {
-            build_views(config, metrics, rx, published, operation, stale_guard, stop).await;
+            build_views(
+                config,
+                metrics,
+                rx,
+                published,
+                operation,
+                stale_guard,
+                notifier,
+                stop,
+            )
+            .await;
             for p in pollers {
                 let _ = p.await;
             }
@@ -119,8 +132,10 @@ async fn build_views(
     published: watch::Sender<Arc<Published>>,
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     stale_guard: crate::stale::StaleGuard,
+    notifier: Arc<crate::notify::Notifier>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut ready = false;
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
     let mut ticker = tokio::time::interval(config.poll.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -151,6 +166,16 @@ async fn build_views(
                     .with_operation(operation.borrow().as_ref());
                 log_problem_changes(&published.borrow().view, &view);
                 stale_guard.check(&view);
+                // Ready once every node has been polled (answered or not):
+                // from then on /metrics and /health tell the truth.
+                let line = status_line(&view);
+                if ready {
+                    notifier.status(&line);
+                } else if observations.iter().all(|o| o.polled_at.is_some()) {
+                    notifier.ready(&line);
+                    ready = true;
+                }
+                notifier.watchdog(Instant::now());
                 metrics.update(&config, &view);
                 let text = metrics.render();
                 published.send_replace(Arc::new(Published {
@@ -167,10 +192,29 @@ async fn build_views(
                     metrics: last.metrics.clone(),
                     loop_at: Instant::now(),
                 }));
+                notifier.watchdog(Instant::now());
             }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// One line for `systemctl status`: health, the primary, the problems.
+fn status_line(view: &ClusterView) -> String {
+    let primary = view.primary.as_deref().unwrap_or("none");
+    if view.healthy && view.problems.is_empty() {
+        return format!("healthy, primary {primary}");
+    }
+    let codes: Vec<String> = view
+        .problems
+        .iter()
+        .map(|p| match &p.node {
+            Some(n) => format!("{}({n})", p.code),
+            None => p.code.to_string(),
+        })
+        .collect();
+    let health = if view.healthy { "healthy" } else { "unhealthy" };
+    format!("{health}, primary {primary}: {}", codes.join(" "))
 }
 
 fn log_transition(node: &str, before: &NodeObservation, now: &Result<NodeSnapshot, String>) {
