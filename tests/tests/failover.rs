@@ -414,7 +414,7 @@ fn a_lingering_backend_is_terminated_then_the_fence_verified() {
 
 #[test]
 fn refusals_say_why() {
-    let (env, _app) = Env::start_with_app(Options::default());
+    let (env, app) = Env::start_with_app(Options::default());
     env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
     let d = &env.daemons[0];
     // Not a standby: 422 with the failed check.
@@ -478,6 +478,39 @@ fn refusals_say_why() {
     assert_eq!(statuses, [422, 422, 401, 403, 400, 400]);
     assert!(!d.get("/v1/audit").body.contains(&env.token()));
     assert_eq!(in_recovery(&env, 1), Some(true));
+
+    // database.cfg without its [database] section: refused before the
+    // fence, not found out after the promotion.
+    let original = std::fs::read_to_string(&app.config_file).unwrap();
+    let broken = original.replace("[database]", "[db]");
+    std::fs::write(&app.config_file, &broken).unwrap();
+    let r = d.post("/v1/switchover", r#"{"target": "pg-b"}"#, &env.token());
+    assert_eq!(r.status, 422, "{}", r.body);
+    let check = r.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "application_config_writable")
+        .cloned()
+        .unwrap_or_else(|| panic!("no application_config_writable check: {}", r.body));
+    assert_eq!(check["verdict"], "fail");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .contains("section [database] is not in the file"),
+        "{check}"
+    );
+    assert_eq!(std::fs::read_to_string(&app.config_file).unwrap(), broken);
+    assert_eq!(app.ctl("is-running").0, 0, "the application still runs");
+    assert_eq!(in_recovery(&env, 1), Some(true));
+    std::fs::write(&app.config_file, &original).unwrap();
+    let dry = d.post(
+        "/v1/switchover",
+        r#"{"target": "pg-b", "dry_run": true}"#,
+        &env.token(),
+    );
+    assert_eq!(dry.json()["would_proceed"], true, "{}", dry.body);
 }
 
 #[test]

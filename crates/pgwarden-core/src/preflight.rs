@@ -49,6 +49,10 @@ pub struct PreflightInput<'a> {
     pub open_operation: Option<&'a str>,
     /// Settings elsewhere that would override the rewritten config file.
     pub shadows: &'a [Shadow],
+    /// Why the application's config file could not be rewritten (missing,
+    /// no such section, directory not writable, owner not keepable), if so.
+    /// Found before the fence: after promotion it would be too late.
+    pub config_file_blocker: Option<&'a str>,
 }
 
 fn pass(name: &'static str, message: impl Into<String>) -> Check {
@@ -89,6 +93,7 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         request,
         open_operation,
         shadows,
+        config_file_blocker,
     } = *input;
     let force = request.force;
     let target = request.target.as_str();
@@ -283,6 +288,20 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         OperationKind::Rejoin => {}
     }
 
+    if let (Some(app), OperationKind::Failover | OperationKind::Switchover) =
+        (&config.application, kind)
+    {
+        out.push(match config_file_blocker {
+            None => pass(
+                "application_config_writable",
+                format!(
+                    "{} can be rewritten, keeping its owner and mode",
+                    app.config_file.display()
+                ),
+            ),
+            Some(why) => fail("application_config_writable", why.to_owned()),
+        });
+    }
     if let Some(app) = &config.application {
         out.push(if shadows.is_empty() {
             pass(
@@ -421,6 +440,7 @@ application:
             request: &request,
             open_operation: None,
             shadows: &[],
+            config_file_blocker: None,
         })
     }
 
@@ -585,6 +605,7 @@ application:
             request: &request,
             open_operation: Some("op-7"),
             shadows: &[],
+            config_file_blocker: None,
         });
         assert_eq!(verdict(&checks, "no_other_operation"), Verdict::Fail);
         assert_eq!(verdict(&checks, "application_configured"), Verdict::Fail);
@@ -611,6 +632,7 @@ application:
             request: &request,
             open_operation: None,
             shadows: &shadows,
+            config_file_blocker: None,
         });
         let check = checks
             .iter()

@@ -272,10 +272,99 @@ impl Effects {
     }
 }
 
+/// Why the application's config file could not be rewritten the way the
+/// switch does it (atomically, keeping owner and mode), or None. Preflight
+/// asks before the fence: after the promotion it would be too late.
+pub fn config_file_blocker(app: &pgwarden_core::config::ApplicationConfig) -> Option<String> {
+    let path = &app.config_file;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("cannot read {}: {e}", path.display())),
+    };
+    if let Err(e) = ini::set(
+        &text,
+        &app.config_section,
+        &[(&app.host_key, "check"), (&app.port_key, "1")],
+    ) {
+        return Some(format!("{}: {e}", path.display()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !writable_dir(dir) {
+        return Some(format!(
+            "pgwarden cannot create files in {} (the rewrite is a new file renamed over the old one): \
+             give its user write access to the directory (and ReadWritePaths= in the unit)",
+            dir.display()
+        ));
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    owner_keepable(&meta).err()
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string; access(2) reads it only. AT_EACCESS checks
+    // the effective ids, the ones the rewrite runs with.
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        ) == 0
+    }
+}
+
+/// A process that is not root may give a file only its own uid and one of
+/// its own groups: the rewritten file would otherwise change hands, and the
+/// application might no longer read it.
+fn owner_keepable(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: these calls have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        return Ok(());
+    }
+    let in_group = meta.gid() == egid || supplementary_groups().contains(&meta.gid());
+    if meta.uid() == euid && in_group {
+        return Ok(());
+    }
+    Err(format!(
+        "the file belongs to uid {} gid {}, and pgwarden (uid {euid}) could not give the rewritten file \
+         that owner: make it owned by pgwarden's user with a group the application reads \
+         through (e.g. chown postgres:inmanta, chmod 0640, and add postgres to that group), or run pgwarden as root",
+        meta.uid(),
+        meta.gid()
+    ))
+}
+
+fn supplementary_groups() -> Vec<libc::gid_t> {
+    // SAFETY: getgroups(0, NULL) returns the count; the second call fills a
+    // buffer of that size.
+    unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n <= 0 {
+            return Vec::new();
+        }
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let got = libc::getgroups(n, groups.as_mut_ptr());
+        groups.truncate(got.max(0) as usize);
+        groups
+    }
+}
+
 /// Writes `bytes` atomically over `path`, keeping its mode and owner: the
 /// application (not root) must still be able to read its config file.
 fn write_like(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Refuse before writing rather than leave a file the application may
+    // no longer read.
+    owner_keepable(meta).map_err(std::io::Error::other)?;
     fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)?;
     std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
 }

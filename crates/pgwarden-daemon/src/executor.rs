@@ -119,6 +119,11 @@ pub fn shadows(config: &Config) -> Vec<Shadow> {
 
 fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let shadows = shadows(&ctx.config);
+    let blocker = ctx
+        .config
+        .application
+        .as_ref()
+        .and_then(crate::effects::config_file_blocker);
     let checks = preflight::preflight(&PreflightInput {
         config: &ctx.config,
         view: &ctx.view,
@@ -126,6 +131,7 @@ fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         request: &op.request,
         open_operation: None,
         shadows: &shadows,
+        config_file_blocker: blocker.as_deref(),
     });
     let failed: Vec<String> = checks
         .iter()

@@ -252,6 +252,11 @@ impl Operations {
             .peer_lock()
             .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
         let shadows = executor::shadows(&self.config);
+        let blocker = self
+            .config
+            .application
+            .as_ref()
+            .and_then(crate::effects::config_file_blocker);
         preflight::preflight(&PreflightInput {
             config: &self.config,
             view: &self.view(),
@@ -259,6 +264,7 @@ impl Operations {
             request,
             open_operation: open.as_deref().or(lock.as_deref()),
             shadows: &shadows,
+            config_file_blocker: blocker.as_deref(),
         })
     }
 

@@ -117,6 +117,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         request: &op.request,
         open_operation: None,
         shadows: &[],
+        config_file_blocker: None,
     });
     let failed: Vec<String> = checks
         .iter()
