@@ -426,16 +426,23 @@ pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeStat
     let mut state = read().await;
     if action == "stop" && me.data_dir.is_some() && !already_down {
         let until = std::time::Instant::now() + NODE_ACTION_TIMEOUT;
-        while !shut_down(&state) && std::time::Instant::now() < until && server_running(me).await {
+        while !shut_down(&state) {
+            if !server_running(me).await {
+                // Gone between two reads: pg_control now holds its last
+                // word ("shut down", or "in production" after a crash).
+                // The read before may have caught "shutting down".
+                state = read().await;
+                break;
+            }
+            if std::time::Instant::now() >= until {
+                return Err(format!(
+                    "{} was told to stop but still runs (cluster state `{}`)",
+                    me.name,
+                    state.0.as_deref().unwrap_or("unknown")
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
             state = read().await;
-        }
-        if !shut_down(&state) && server_running(me).await {
-            return Err(format!(
-                "{} was told to stop but still runs (cluster state `{}`)",
-                me.name,
-                state.0.as_deref().unwrap_or("unknown")
-            ));
         }
     }
     let (cluster_state, checkpoint_lsn) = state;
