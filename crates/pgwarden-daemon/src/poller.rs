@@ -79,14 +79,16 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
     tokio::spawn(
         async move {
             build_views(
-                config,
-                metrics,
+                ViewLoop {
+                    config,
+                    metrics,
+                    published,
+                    operation,
+                    stale_guard,
+                    notifier,
+                    stop,
+                },
                 rx,
-                published,
-                operation,
-                stale_guard,
-                notifier,
-                stop,
             )
             .await;
             for p in pollers {
@@ -125,16 +127,27 @@ async fn poll_node(
     }
 }
 
-async fn build_views(
+/// What the view builder reads and writes: the [`Wiring`] minus the pollers' part.
+struct ViewLoop {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    mut results: mpsc::Receiver<PollResult>,
     published: watch::Sender<Arc<Published>>,
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     stale_guard: crate::stale::StaleGuard,
     notifier: Arc<crate::notify::Notifier>,
-    mut stop: watch::Receiver<bool>,
-) {
+    stop: watch::Receiver<bool>,
+}
+
+async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) {
+    let ViewLoop {
+        config,
+        metrics,
+        published,
+        operation,
+        stale_guard,
+        notifier,
+        mut stop,
+    } = wiring;
     let mut ready = false;
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
     let mut ticker = tokio::time::interval(config.poll.interval);
