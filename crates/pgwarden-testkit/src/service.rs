@@ -37,6 +37,8 @@
 //! - the environment variable `STANDIN_FAIL_STOP=1` ([`FAIL_STOP_ENV`]) makes `stop` print
 //!   `refusing to stop (STANDIN_FAIL_STOP)` and exit 1 without touching the app: a stop
 //!   command that fails;
+//! - `STANDIN_HANG_STOP=1` ([`HANG_STOP_ENV`]) makes `stop` hang without touching the
+//!   app, as a `systemctl stop` stuck on a unit would: the caller's timeout must end it;
 //! - the flag file `DIR/ignore-sigterm` ([`IGNORE_SIGTERM_FLAG`]): if it exists when the
 //!   app receives SIGTERM, the app ignores the signal and keeps its session (an application
 //!   that refuses to stop), so `stop` has to fall back to SIGKILL. `start` passes the
@@ -74,6 +76,8 @@ const LOCK_FILE: &str = "standin.lock";
 pub const FAIL_STOP_ENV: &str = "STANDIN_FAIL_STOP";
 /// `is-running`'s exit status when the app is not running (as `systemctl is-active`).
 pub const EXIT_NOT_RUNNING: i32 = 3;
+/// Set to a non-empty value other than "0", `stop` hangs (until killed).
+pub const HANG_STOP_ENV: &str = "STANDIN_HANG_STOP";
 /// How long `stop` waits after SIGTERM before it sends SIGKILL, unless told otherwise.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `stop` waits for the app to vanish after SIGKILL.
@@ -337,6 +341,12 @@ fn start(opts: &CtlOptions) -> i32 {
 }
 
 fn stop(opts: &CtlOptions) -> i32 {
+    if std::env::var_os(HANG_STOP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        eprintln!("standin: hanging instead of stopping ({HANG_STOP_ENV})");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if fail_stop_requested() {
         eprintln!("standin: refusing to stop ({FAIL_STOP_ENV})");
         return 1;
