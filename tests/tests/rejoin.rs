@@ -183,12 +183,10 @@ fn an_empty_node_is_cloned_as_the_first_standby() {
     }
 }
 
-#[test]
-fn an_interrupted_rejoin_is_resumed() {
-    let fault = vec![(
-        "PGWARDEN_FAULT_PAUSE".to_owned(),
-        "rebuild_data_directory:after".to_owned(),
-    )];
+/// The node's daemon SIGKILLed after `step` acted and before its outcome
+/// was journaled; restarted, the rejoin resumes and ends synchronous.
+fn rejoin_killed_after(step: &str) {
+    let fault = vec![("PGWARDEN_FAULT_PAUSE".to_owned(), format!("{step}:after"))];
     let (mut env, app) = Env::start_with_app(Options {
         daemon_env: vec![fault],
         ..Default::default()
@@ -224,6 +222,26 @@ fn an_interrupted_rejoin_is_resumed() {
     env.wait_health(1, "healthy", env.within_polls(4), |c, _| c == 200);
     let acked = app.wait_acks(app.acks().len() + 3);
     assert_nothing_lost(&env, &acked, 1);
+}
+
+macro_rules! rejoin_crash_tests {
+    ($($name:ident: $step:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                rejoin_killed_after($step);
+            }
+        )*
+    };
+}
+
+rejoin_crash_tests! {
+    rejoin_killed_after_stopping_the_node: "stop_node";
+    an_interrupted_rejoin_is_resumed: "rebuild_data_directory";
+    rejoin_killed_after_configuring_the_standby: "configure_standby";
+    rejoin_killed_after_starting_the_standby: "start_standby";
+    rejoin_killed_after_it_streams: "wait_streaming";
+    rejoin_killed_after_enabling_synchronous: "enable_synchronous";
 }
 
 #[test]
