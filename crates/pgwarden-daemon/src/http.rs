@@ -38,6 +38,7 @@ type Shared = State<Arc<AppState>>;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/health", get(health))
@@ -151,6 +152,49 @@ async fn replica(State(s): Shared) -> Response {
     let mut body = node_summary(me);
     body["streaming"] = json!(streaming);
     (ok_or_unavailable(streaming), Json(body)).into_response()
+}
+
+/// The status page for a browser (see [`crate::page`]).
+async fn page(State(s): Shared) -> Response {
+    let view = s.latest().view.clone();
+    // The journal and the audit log are files: read them off the async
+    // threads. The current operation is in memory; the journal is read only
+    // when there is none, for the newest finished one.
+    let (ops, audit) = (s.ops.clone(), s.audit.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let op = ops.current().or_else(|| ops.list().into_iter().next());
+        let entries = audit
+            .tail(crate::page::AUDIT_ENTRIES)
+            .map_err(|e| e.to_string());
+        (op, entries)
+    })
+    .await;
+    let (op, entries) = match read {
+        Ok(r) => r,
+        Err(e) => (None, Err(format!("the reader failed: {e}"))),
+    };
+    let generated_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let html = crate::page::render(&crate::page::Page {
+        config: &s.config,
+        view: &view,
+        operation: op.as_ref(),
+        audit: entries.as_deref().map_err(Clone::clone),
+        generated_at: &generated_at,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // The page is self-contained: inline CSS, no script, nothing to load.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn status(State(s): Shared) -> Response {

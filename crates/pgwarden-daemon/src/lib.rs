@@ -17,6 +17,7 @@ mod load;
 mod metrics;
 mod notify;
 mod operations;
+mod page;
 mod poller;
 mod rejoin;
 mod stale;
