@@ -50,6 +50,25 @@ pub struct Config {
     /// coexist. Default true; false only reports `stale_primary`.
     #[serde(default = "default_true")]
     pub stop_stale_primary: bool,
+    /// HTTPS on the listener (an extension of DESIGN.md). Then every
+    /// `nodes[].api` must be an https:// URL.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's certificate and key, and whom to trust when calling the
+/// other daemon.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate (keep it 0600).
+    pub key_file: PathBuf,
+    /// PEM certificates trusted for the other daemon's API; default
+    /// `cert_file` (one certificate shared by both daemons).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How often and how patiently nodes are polled.
@@ -489,6 +508,13 @@ impl Config {
                         at("api"),
                         format!(
                             "nodes[{i}].api `{api}` must be a URL such as http://10.0.0.1:8008"
+                        ),
+                    );
+                } else if self.tls.is_some() && !api.starts_with("https://") {
+                    bad(
+                        at("api"),
+                        format!(
+                            "nodes[{i}].api `{api}` must be an https:// URL: with `tls`, the daemons speak only HTTPS"
                         ),
                     );
                 }

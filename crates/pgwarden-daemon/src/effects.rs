@@ -50,11 +50,21 @@ pub struct Effects {
 
 impl Effects {
     pub fn new(config: Arc<Config>, secrets: Secrets) -> Effects {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(NODE_ACTION_TIMEOUT + Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .expect("a plain HTTP client builds");
+            .connect_timeout(Duration::from_secs(3));
+        // With tls, the other daemon is trusted through the configured CA
+        // file only (read and checked when the config was loaded).
+        let builder = match &config.tls {
+            Some(tls) => {
+                crate::tls::trusting(builder, crate::tls::trust_file(tls)).unwrap_or_else(|e| {
+                    tracing::error!("{e}: calls to the other daemon will fail");
+                    reqwest::Client::builder()
+                })
+            }
+            None => builder,
+        };
+        let http = builder.build().expect("the HTTP client builds");
         Effects {
             config,
             secrets,

@@ -21,6 +21,7 @@ mod page;
 mod poller;
 mod rejoin;
 mod stale;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +63,29 @@ pub(crate) struct Published {
     pub metrics: axum::body::Bytes,
     /// When the poll loop last ran (liveness).
     pub loop_at: Instant,
+}
+
+/// Serves `router` on `listener` until `stop` flips, then drains.
+async fn serve<L>(
+    listener: L,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    // tap_io gives any listener the SocketAddr connect info the audit log
+    // records (axum implements it for a TapIo of any listener).
+    let listener = listener.tap_io(|_io: &mut L::Io| {});
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    })
+    .await
 }
 
 /// Runs the daemon until `shutdown` completes: binds `listen`, polls every
@@ -149,15 +173,15 @@ async fn run_daemon(
         audit,
         token: loaded.secrets.api_token.clone(),
     });
-    let mut server_stop = stop_rx.clone();
-    let server = axum::serve(
-        listener,
-        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = server_stop.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let router = http::router(state);
+    let server = match loaded.tls {
+        None => tokio::spawn(serve(listener, router, stop_rx.clone())),
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).map_err(DaemonError::Serve)?;
+            tracing::info!("serving HTTPS only (tls)");
+            tokio::spawn(serve(listener, router, stop_rx.clone()))
+        }
+    };
 
     shutdown.await;
     tracing::info!("shutting down");

@@ -13,6 +13,8 @@ pub struct Loaded {
     pub config: Config,
     pub path: PathBuf,
     pub secrets: Secrets,
+    /// The listener's TLS setup, when `tls` is configured.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Secrets read from the files the config names. `Debug` shows `***`.
@@ -85,6 +87,19 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             });
         }
     }
+    let tls = config
+        .tls
+        .as_ref()
+        .and_then(|t| match crate::tls::server_config(t) {
+            Ok(s) => Some(s),
+            Err((field, message)) => {
+                invalid.push(Invalid {
+                    path: vec![key("tls"), key(field)],
+                    message,
+                });
+                None
+            }
+        });
     if !invalid.is_empty() {
         return Err(ConfigError::from_invalid(&origin, &text, &invalid));
     }
@@ -96,5 +111,6 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             monitor_password,
             replication_password,
         },
+        tls,
     })
 }

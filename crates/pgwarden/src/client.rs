@@ -28,6 +28,10 @@ pub struct Connect {
     /// File holding the API token (a token is never taken from the command line).
     #[arg(long, env = "PGWARDEN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// daemon [default: the config's
+    /// tls.ca_file, else its tls.cert_file].
+    #[arg(long, env = "PGWARDEN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8008";
@@ -51,7 +55,13 @@ impl Connect {
             None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
             None => None,
         };
-        let missing = self.url.is_none() || (need_token && self.token_file.is_none());
+        let missing = self.url.is_none()
+            || (need_token && self.token_file.is_none())
+            || (self.ca_file.is_none()
+                && self
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")));
         // An explicit --config is always read (its errors are the user's to
         // see); the default one only when it supplies something.
         let config = match &config_path {
@@ -60,9 +70,15 @@ impl Connect {
         };
         let base = match (&self.url, &config) {
             (Some(u), _) => u.trim_end_matches('/').to_owned(),
-            (None, Some(c)) => url_of_listen(c.listen),
+            (None, Some(c)) => url_of_config(c),
             (None, None) => DEFAULT_URL.to_owned(),
         };
+        let ca_file = self.ca_file.clone().or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.tls.as_ref())
+                .map(|t| pgwarden_daemon::tls::trust_file(t).to_owned())
+        });
         let token = if need_token {
             let file = match (&self.token_file, &config) {
                 (Some(f), _) => f.clone(),
@@ -74,7 +90,7 @@ impl Connect {
             None
         };
         Ok(Resolved {
-            client: Client::new(base, token),
+            client: Client::new(base, token, ca_file.as_deref())?,
             application: config
                 .as_ref()
                 .and_then(|c| c.application.as_ref())
@@ -91,6 +107,31 @@ fn read_config(path: &Path) -> Result<pgwarden_core::Config, ApiError> {
         ApiError::Local {
             message: e.to_string(),
         }
+    })
+}
+
+/// The daemon's URL from its config: `url_of_listen`, https:// with `tls`.
+pub fn url_of_config(c: &pgwarden_core::Config) -> String {
+    let url = url_of_listen(c.listen);
+    match c.tls {
+        Some(_) => url.replacen("http://", "https://", 1),
+        None => url,
+    }
+}
+
+/// An HTTP client for a daemon; with `ca_file`, it trusts exactly those
+/// certificates for https:// (no system roots).
+pub fn http_client(
+    builder: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, ApiError> {
+    let builder = match ca_file {
+        Some(f) => pgwarden_daemon::tls::trusting(builder, f)
+            .map_err(|message| ApiError::Local { message })?,
+        None => builder,
+    };
+    builder.build().map_err(|e| ApiError::Local {
+        message: format!("cannot set up the HTTP client: {e}"),
     })
 }
 
@@ -211,13 +252,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Client {
-    pub fn new(base: String, token: Option<Secret>) -> Client {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        base: String,
+        token: Option<Secret>,
+        ca_file: Option<&Path>,
+    ) -> Result<Client, ApiError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .user_agent(concat!("pgwarden-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client builds with static settings");
-        Client { base, token, http }
+            .user_agent(concat!("pgwarden-cli/", env!("CARGO_PKG_VERSION")));
+        let http = http_client(builder, ca_file)?;
+        Ok(Client { base, token, http })
     }
 
     fn url(&self, path: &str) -> String {
@@ -392,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_token_never_shows_in_debug_output() {
-        let c = Client::new("http://x".into(), Some(Secret::new("hunter2")));
+        let c = Client::new("http://x".into(), Some(Secret::new("hunter2")), None).unwrap();
         let shown = format!("{:?}", c.token);
         assert!(!shown.contains("hunter2"));
     }

@@ -61,6 +61,9 @@ enum Command {
         /// Print the raw /v1/status JSON.
         #[arg(long)]
         json: bool,
+        /// PEM certificates to trust for an https:// daemon [default: the config's tls.ca_file or tls.cert_file].
+        #[arg(long, env = "PGWARDEN_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Build a local two-node demo cluster, run a daemon beside each node and a stand-in application; Ctrl-C cleans up.
     Demo {
@@ -223,9 +226,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { url, config, json } => {
-            report(runtime().block_on(status::run(url, config, json)))
-        }
+        Command::Status {
+            url,
+            config,
+            json,
+            ca_file,
+        } => report(runtime().block_on(status::run(url, config, ca_file, json))),
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
         Command::Failover(args) => {
             operate::report(runtime().block_on(operate::run_operate("failover", args)))

@@ -6,22 +6,40 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::Value;
 
-pub async fn run(url: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let base = match (url, config) {
-        (Some(u), _) => u,
-        (None, Some(path)) => {
-            // Only `listen` is needed: no secret file is read, so an
-            // operator without access to them can still ask.
-            let text = std::fs::read_to_string(&path)
+pub async fn run(
+    url: Option<String>,
+    config: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    // Only `listen` and `tls` are needed: no secret file is read, so an
+    // operator without access to them can still ask.
+    let config = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            let config = pgwarden_core::Config::parse_str(&path.display().to_string(), &text)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            format!("http://{}", config.listen)
+            Some(
+                pgwarden_core::Config::parse_str(&path.display().to_string(), &text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
         }
-        (None, None) => "http://127.0.0.1:8008".to_owned(),
+        None => None,
     };
+    let base = match (url, &config) {
+        (Some(u), _) => u,
+        (None, Some(c)) => crate::client::url_of_config(c),
+        (None, None) => crate::client::DEFAULT_URL.to_owned(),
+    };
+    let ca_file = ca_file.or_else(|| {
+        config
+            .as_ref()
+            .and_then(|c| c.tls.as_ref())
+            .map(|t| pgwarden_daemon::tls::trust_file(t).to_owned())
+    });
+    let http = crate::client::http_client(reqwest::Client::builder(), ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let url = format!("{}/v1/status", base.trim_end_matches('/'));
-    let status: Value = reqwest::Client::new()
+    let status: Value = http
         .get(&url)
         .timeout(std::time::Duration::from_secs(5))
         .send()

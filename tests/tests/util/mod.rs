@@ -45,6 +45,19 @@ impl Daemon {
     }
 
     pub fn start_with_env(config: &Path, url: String, env: &[(&str, &str)]) -> Daemon {
+        let d = Daemon::spawn(config, url, env);
+        poll_until(
+            Duration::from_secs(20),
+            "the daemon to answer /livez",
+            || (d.get("/livez").status == 200).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n--- daemon log ---\n{}", d.log_text()));
+        d
+    }
+
+    /// Starts `pgwarden run` without waiting for it to answer (an HTTPS
+    /// daemon, which this module's plain HTTP client cannot ask).
+    pub fn spawn(config: &Path, url: String, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_extension("log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -61,19 +74,12 @@ impl Daemon {
             .stderr(out)
             .spawn()
             .expect("start pgwarden");
-        let d = Daemon {
+        Daemon {
             child: Some(child),
             url,
             log,
             config: config.to_owned(),
-        };
-        poll_until(
-            Duration::from_secs(20),
-            "the daemon to answer /livez",
-            || (d.get("/livez").status == 200).then_some(()),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n--- daemon log ---\n{}", d.log_text()));
-        d
+        }
     }
 
     pub fn get(&self, path: &str) -> Response {
