@@ -146,6 +146,7 @@ fn print_guide(cluster: &TestCluster, configs: &[PathBuf], layout: &DaemonLayout
         app = cluster.dir().join("app").display()
     );
     println!("Try:");
+    println!("  {a}/            (the status page, in a browser)");
     println!("  {me} status --url {a}");
     println!("  curl -s {a}/health");
     println!("  curl -s {a}/v1/status");
