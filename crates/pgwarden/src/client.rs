@@ -397,6 +397,7 @@ mod tests {
             url: Some("http://127.0.0.1:1".into()),
             config: None,
             token_file: Some("/nonexistent/pgwarden/token".into()),
+            ca_file: None,
         };
         let e = c.resolve(true).err().expect("no token file");
         assert_eq!(e.exit_code(), EXIT_AUTH);
