@@ -11,6 +11,31 @@
 pub enum IniError {
     #[error("section [{section}] is not in the file: add it, or fix application.config_section")]
     MissingSection { section: String },
+    /// The entry would not read back as written (a key configparser would
+    /// split or take for a comment, a value on several lines or with
+    /// surrounding spaces), so nothing is written rather than a wrong file.
+    #[error("cannot write `{key} = {value}` on one line of an INI file: {why}")]
+    Unwritable {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Why `key = value` cannot be written as one line that reads back as
+/// exactly that key and value, or None.
+fn unwritable(key: &str, value: &str) -> Option<&'static str> {
+    if key.is_empty()
+        || key.trim() != key
+        || key.contains(['=', ':', '\n', '\r'])
+        || key.starts_with(['#', ';', '['])
+    {
+        Some("a key must be a name without `=`, `:`, line breaks or surrounding spaces, not starting with `#`, `;` or `[`")
+    } else if value.trim() != value || value.contains(['\n', '\r']) {
+        Some("a value must be one line without surrounding spaces")
+    } else {
+        None
+    }
 }
 
 /// One line split into its parts, for lines that hold a `key = value`.
@@ -88,7 +113,24 @@ pub fn get(text: &str, section: &str, key: &str) -> Option<String> {
 /// Sets each `(key, value)` in `section`: replaces the value on every line
 /// that sets the key (dropping continuation lines of the old value), or adds
 /// `key = value` after the section's last entry. Every other byte is kept.
+/// A key given twice (in any case) takes its last value, as if the updates
+/// were applied one after the other.
 pub fn set(text: &str, section: &str, updates: &[(&str, &str)]) -> Result<String, IniError> {
+    let mut wanted: Vec<(&str, &str)> = Vec::with_capacity(updates.len());
+    for &(key, value) in updates {
+        if let Some(why) = unwritable(key, value) {
+            return Err(IniError::Unwritable {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                why,
+            });
+        }
+        match wanted.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            Some(w) => w.1 = value,
+            None => wanted.push((key, value)),
+        }
+    }
+    let updates = &wanted[..];
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut in_section = false;
     let mut section_seen = false;
@@ -270,6 +312,41 @@ level = info
             }
         );
         assert!(e.to_string().contains("[database] is not in the file"));
+    }
+
+    #[test]
+    fn a_key_given_twice_takes_its_last_value_and_stays_put() {
+        // Found by the property test (crate::fuzzing): the first value went
+        // on the existing line and the last was appended below it, once
+        // more on every rewrite.
+        let updates = [("host", "a"), ("HOST", "b")];
+        let out = set("[database]\nhost = x\n", "database", &updates).unwrap();
+        assert_eq!(out, "[database]\nhost = b\n");
+        assert_eq!(set(&out, "database", &updates).unwrap(), out);
+        let out = set("[database]\n", "database", &updates).unwrap();
+        assert_eq!(out, "[database]\nhost = b\n");
+    }
+
+    #[test]
+    fn an_entry_that_would_not_read_back_is_refused() {
+        for (key, value) in [
+            ("host", "a\n[other]"),
+            ("host", " a"),
+            ("host", "a\r"),
+            ("", "a"),
+            ("a = b", "c"),
+            ("db:host", "c"),
+            ("#host", "c"),
+            ("[host", "c]"),
+            (" host", "c"),
+        ] {
+            let e = set("[database]\nhost = x\n", "database", &[(key, value)]).unwrap_err();
+            assert!(
+                matches!(&e, IniError::Unwritable { key: k, value: v, .. } if k == key && v == value),
+                "{key:?} = {value:?}: {e}"
+            );
+        }
+        assert!(set("[database]\n", "database", &[("host", "")]).is_ok());
     }
 
     #[test]
