@@ -2,12 +2,14 @@
 //! peer lock) and the operation journal and audit log reads.
 //!
 //! Every mutating route passes through [`guard`]: a Bearer token is required
-//! (401 without, 403 wrong, compared in constant time), the body is capped,
-//! and the request is appended to the audit log, with its result, before the
-//! answer leaves.
+//! (401 without, 403 wrong, compared in constant time), the body is capped
+//! in size and in time, a request that carries a secret outside its
+//! Authorization header is refused, and the request is appended to the audit
+//! log (secrets masked), with its result, before the answer leaves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -20,12 +22,25 @@ use pgwarden_core::operation::{Operation, OperationKind, OperationState, Request
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::audit::{caller_id, token_matches, AuditEntry};
+use crate::audit::{caller_id, token_matches, AuditEntry, Redactor};
 use crate::http::{error, AppState};
 use crate::operations::{now, OpError};
 
 /// Request bodies are small JSON documents; anything larger is refused.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long a client may take to send a body once its headers are in: a
+/// client that announces a body and stalls must not hold a task forever.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An audit entry stays small whatever the client sends (anyone can send a
+/// request, authenticated or not, and each one is written down): the
+/// endpoint and the result are cut at this many bytes...
+const AUDIT_TEXT_MAX: usize = 1024;
+/// ...a JSON body is kept whole up to this size...
+const AUDIT_BODY_MAX: usize = 4096;
+/// ...and anything else as its first bytes, as text.
+const AUDIT_PREVIEW: usize = 512;
 
 type Shared = State<Arc<AppState>>;
 
@@ -100,18 +115,9 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
         .as_deref()
         .map(caller_id)
         .unwrap_or_else(|| "anonymous".into());
-    let (bytes, response) = match axum::body::to_bytes(body, MAX_BODY).await {
-        Err(_) => (
-            Bytes::new(),
-            Some(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request bodies are limited to {MAX_BODY} bytes"),
-            )),
-        ),
-        Ok(b) => (b, None),
-    };
-    let response = match (response, presented.as_deref(), &s.token) {
+    let secrets = redactor(&s);
+    let (bytes, refused) = read_body(&parts.headers, body).await;
+    let response = match (refused, presented.as_deref(), &s.token) {
         (Some(r), _, _) => r,
         (None, None, _) => error(
             StatusCode::UNAUTHORIZED,
@@ -119,7 +125,17 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
             "send `Authorization: Bearer <token>`; the token is in the file named by api_token_file",
         ),
         (None, Some(t), Some(expected)) if token_matches(t, expected.expose()) => {
-            next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await
+            // No request needs a secret outside the Authorization header;
+            // one that carries it (pasted by mistake) is not processed, so
+            // no answer, journal entry or log line can echo it.
+            if carries_secret(&secrets, &endpoint, &bytes) {
+                bad_request(
+                    "the request carries the API token or a configured password outside the Authorization header; it was not processed".into(),
+                )
+            } else {
+                next.run(Request::from_parts(parts, Body::from(bytes.clone())))
+                    .await
+            }
         }
         (None, Some(_), _) => error(StatusCode::FORBIDDEN, "forbidden", "the token is not the one in api_token_file"),
     };
@@ -138,25 +154,111 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
                 .map(|id| format!("operation {id} {}", answer["state"].as_str().unwrap_or("")))
         })
         .unwrap_or_else(|| "ok".into());
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        serde_json::Value::String(
-            String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-        )
-    });
     let entry = AuditEntry {
         time: now(),
         remote: remote.to_string(),
         caller,
         method,
-        endpoint,
-        body,
+        endpoint: truncate(secrets.redact(&endpoint), AUDIT_TEXT_MAX),
+        body: audit_body(&secrets, &bytes),
         status: rparts.status.as_u16(),
-        result,
+        result: truncate(secrets.redact(&result), AUDIT_TEXT_MAX),
     };
     if let Err(e) = s.audit.append(&entry) {
         tracing::error!("cannot append to the audit log: {e}");
     }
     Response::from_parts(rparts, Body::from(rbytes))
+}
+
+/// Masks the API token and the configured passwords.
+fn redactor(s: &AppState) -> Redactor {
+    Redactor::new(
+        s.token
+            .iter()
+            .map(|t| t.expose().to_owned())
+            .chain(s.ops.passwords()),
+    )
+}
+
+/// The body, or the answer that refuses it: over [`MAX_BODY`] (413), not
+/// all there within [`BODY_TIMEOUT`] (408), cut off by the client (400).
+async fn read_body(headers: &header::HeaderMap, body: Body) -> (Bytes, Option<Response>) {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return (Bytes::new(), Some(too_large()));
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => (b, None),
+        Err(_) => (
+            Bytes::new(),
+            Some(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )),
+        ),
+        // Without a Content-Length (chunked) the limit is found while
+        // reading; http-body-util's LengthLimitError says so.
+        Ok(Err(e)) if declared.is_none() && e.to_string().contains("length limit") => {
+            (Bytes::new(), Some(too_large()))
+        }
+        Ok(Err(e)) => (
+            Bytes::new(),
+            Some(bad_request(format!(
+                "the request body could not be read (the client sent less than it announced?): {e}"
+            ))),
+        ),
+    }
+}
+
+/// Whether the path, the query or the body of a request holds a secret.
+fn carries_secret(secrets: &Redactor, endpoint: &str, body: &[u8]) -> bool {
+    secrets.found_in(endpoint.as_bytes())
+        || secrets.found_in(body)
+        || serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|v| secrets.found_in_json(&v))
+}
+
+/// What the audit log keeps of a body: the JSON when it is small JSON, else
+/// the start of it as text; secrets masked either way.
+fn audit_body(secrets: &Redactor, bytes: &[u8]) -> serde_json::Value {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) if bytes.len() <= AUDIT_BODY_MAX => secrets.redact_json(v),
+        _ => {
+            // Masked before it is cut, so no part of a secret stays.
+            let text = secrets.redact(&String::from_utf8_lossy(bytes));
+            let mut kept = truncate(text, AUDIT_PREVIEW);
+            if bytes.len() > AUDIT_PREVIEW {
+                kept.push_str(&format!("... ({} bytes)", bytes.len()));
+            }
+            serde_json::Value::String(kept)
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
 }
 
 #[derive(Deserialize)]
@@ -279,7 +381,8 @@ async fn get_operation(
         None => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no operation {id}"),
+            // Not echoed as it came: a token pasted here by mistake.
+            format!("no operation {}", redactor(&s).redact(&id)),
         ),
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! The caller is identified by a short hash of the token it presented: enough
 //! to tell two tokens apart, useless to someone reading the log. Bodies of
-//! mutating requests carry no secrets by design (target, reason, flags).
+//! mutating requests carry no secrets by design (target, reason, flags); one
+//! that does anyway (a token pasted into the body or the path by mistake) is
+//! refused, and [`Redactor`] masks it in the entry.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -45,6 +47,9 @@ impl AuditLog {
             .append(true)
             .mode(0o600)
             .open(&path)?;
+        // `mode` applies only to a new file: one left readable by others
+        // (copied in, restored from a backup) is made private too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(AuditLog {
             path,
             file: Mutex::new(file),
@@ -78,6 +83,119 @@ impl AuditLog {
         }
         Ok(out.into())
     }
+}
+
+/// Masks the API token and the configured passwords in text that is kept or
+/// shown: the audit entry of a request, an error that echoes its input.
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    /// Each secret as it is, and as it appears inside a JSON string when
+    /// that differs (a password with `"` or `\\`), longest first.
+    needles: Vec<String>,
+}
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "***";
+
+/// Shorter secrets are not looked for: masking every "ab" of a text would
+/// destroy it, and a secret that short protects nothing anyway.
+const MIN_SECRET_LEN: usize = 4;
+
+impl Redactor {
+    pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Redactor {
+        let mut needles = Vec::new();
+        for s in secrets.into_iter() {
+            let s = s.as_ref();
+            if s.len() < MIN_SECRET_LEN {
+                continue;
+            }
+            let quoted = serde_json::to_string(s).expect("a string serializes");
+            let escaped = &quoted[1..quoted.len() - 1];
+            if escaped != s {
+                needles.push(escaped.to_owned());
+            }
+            needles.push(s.to_owned());
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Redactor { needles }
+    }
+
+    /// Whether `text` holds a secret, as it is or percent-encoded (a path).
+    pub fn found_in(&self, text: &[u8]) -> bool {
+        let decoded = percent_decode(text);
+        self.needles.iter().any(|n| {
+            let n = n.as_bytes();
+            contains(text, n) || contains(&decoded, n)
+        })
+    }
+
+    /// Whether a JSON value holds a secret in a string or a key, however it
+    /// was escaped in the text it was parsed from.
+    pub fn found_in_json(&self, v: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => self.found_in(s.as_bytes()),
+            Value::Array(a) => a.iter().any(|v| self.found_in_json(v)),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, v)| self.found_in(k.as_bytes()) || self.found_in_json(v)),
+            _ => false,
+        }
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// The same for every string and key of a JSON value.
+    pub fn redact_json(&self, v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Value::String(self.redact(&s)),
+            Value::Array(a) => Value::Array(a.into_iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(o) => Value::Object(
+                o.into_iter()
+                    .map(|(k, v)| (self.redact(&k), self.redact_json(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `%41` -> `A`; anything that is not a valid escape stays as it is.
+fn percent_decode(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let escaped = (text[i] == b'%')
+            .then(|| Some(hex(*text.get(i + 1)?)? << 4 | hex(*text.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(text[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `token:` and the first 12 hex digits of SHA-256 of the token.
@@ -130,6 +248,17 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_private_even_when_it_was_not() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("audit.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        AuditLog::open(d.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
     fn a_torn_line_is_skipped_and_the_token_never_written() {
         let d = tempfile::tempdir().unwrap();
         let log = AuditLog::open(d.path()).unwrap();
@@ -144,6 +273,26 @@ mod tests {
         let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
         assert!(!text.contains("s3cret-token"));
         assert!(text.contains("\"caller\":\"token:"));
+    }
+
+    #[test]
+    fn secrets_are_found_and_masked_however_they_are_spelled() {
+        let r = Redactor::new(["0123456789abcdef", "pa\"ss\\word", "ab"]);
+        assert!(r.found_in(b"/v1/operations/0123456789abcdef/abort"));
+        assert!(r.found_in(b"/v1/operations/%30123456789abcdef/abort"));
+        assert!(r.found_in(br#"{"reason": "pa\"ss\\word"}"#));
+        assert!(!r.found_in(b"/v1/operations/0123456789abcde/abort"));
+        assert!(!r.found_in(b"ab ab ab"), "too short to look for");
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"x": ["\u0030123456789abcdef"], "pa\"ss\\word": 1}"#).unwrap();
+        assert!(r.found_in_json(&v));
+        let masked = r.redact_json(v);
+        assert_eq!(masked, serde_json::json!({"x": ["***"], "***": 1}));
+        assert_eq!(
+            r.redact("token 0123456789abcdef and pa\"ss\\word, escaped pa\\\"ss\\\\word"),
+            "token *** and ***, escaped ***"
+        );
+        assert!(!Redactor::default().found_in(b"anything"));
     }
 
     #[test]
