@@ -17,15 +17,14 @@
 //! For switchovers it also counts acknowledged heartbeats missing on the new
 //! primary (must be 0). Prints medians, then one JSON line.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pgwarden_testkit::{
-    poll_until, service, ClusterOptions, DaemonLayout, Secret, StopMode, TestCluster,
-};
+use pgwarden_bench::http::{get, post};
+use pgwarden_bench::median;
+use pgwarden_bench::rig::{pgwarden_exe, start_daemons, wait_node_down, Rig};
+use pgwarden_testkit::{poll_until, ClusterOptions, DaemonLayout, Secret, StopMode, TestCluster};
 
 const STEPS: [&str; 8] = [
     "preflight",
@@ -121,109 +120,22 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// target/release/pgwarden next to this binary (bench/failover.sh builds it).
-fn pgwarden_exe() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let exe = me.with_file_name("pgwarden");
-    if !exe.exists() {
-        bail!(
-            "{} not found: run bench/failover.sh, which builds it",
-            exe.display()
-        );
-    }
-    Ok(exe)
-}
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `pgwarden run` beside each node of `cluster`, killed on drop.
-fn start_daemons(
-    exe: &Path,
-    cluster: &TestCluster,
-    layout: &DaemonLayout,
-) -> anyhow::Result<Vec<Daemon>> {
-    let mut daemons = Vec::new();
-    for i in 0..cluster.nodes().len() {
-        let path = pgwarden_testkit::write_pgwarden_config(cluster, i, layout)?;
-        let log = std::fs::File::create(path.with_extension("log"))?;
-        let child = std::process::Command::new(exe)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        daemons.push(Daemon(child));
-    }
-    Ok(daemons)
-}
-
-struct App {
-    opts: service::CtlOptions,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        service::ctl(service::CtlAction::Stop, &self.opts);
-    }
-}
-
 fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
-    let cluster = TestCluster::start(ClusterOptions::default())?;
-    let c = cluster.credentials().clone();
-    let app_dir = cluster.dir().join("app");
-    std::fs::create_dir_all(&app_dir)?;
-    let cfg = app_dir.join("database.cfg");
-    let a = cluster.node(0);
-    pgwarden_testkit::standin::write_database_cfg(
-        &cfg,
-        &a.host,
-        a.port,
-        &c.app_db,
-        &c.app_user,
-        &c.app_password,
-    )?;
-    let mut opts = service::CtlOptions::new(exe, &app_dir);
-    opts.config_file = Some(cfg.clone());
-    if service::ctl(service::CtlAction::Start, &opts) != 0 {
-        bail!("the stand-in did not start");
-    }
-    let app = App { opts };
-    let mut layout = DaemonLayout::for_tests(&cluster);
-    layout.poll_interval = Duration::from_millis(200);
-    layout.extra = service::standin_application_yaml(exe, &app_dir, &c.app_user, &cfg)
-        + "  session_grace: 1s\n";
-    let daemons = start_daemons(exe, &cluster, &layout)?;
-    let api = |i: usize| layout.api_url(i);
-    for i in 0..2 {
-        poll_until(Duration::from_secs(30), "a healthy cluster", || {
-            (get(&api(i), "/health").0 == 200).then_some(())
-        })?;
-    }
-    poll_until(Duration::from_secs(30), "heartbeats", || {
-        (pgwarden_testkit::standin::read_acks(&app.opts.ack_path()).len() >= 5).then_some(())
-    })?;
+    let rig = Rig::start(exe, Duration::from_millis(200))?;
+    let (cluster, c) = (&rig.cluster, rig.cluster.credentials().clone());
+    let api = |i: usize| rig.api(i);
 
     // The daemon that will run the operation: the standby's for a failover
     // (the primary's host is "gone"), the primary's for a switchover.
     let (runner, body) = match kind {
         Kind::Failover => {
             cluster.stop_node(0, StopMode::Immediate)?;
-            poll_until(Duration::from_secs(30), "pg-a to count as down", || {
-                let (_, h) = get(&api(1), "/health");
-                h.contains("\"code\":\"node_down\"").then_some(())
-            })?;
+            wait_node_down(&api(1), "pg-a to count as down")?;
             (1, r#"{"target": "pg-b", "reason": "bench"}"#)
         }
         Kind::Switchover => (0, r#"{"target": "pg-b", "reason": "bench"}"#),
     };
-    let acked_before = pgwarden_testkit::standin::read_acks(&app.opts.ack_path()).len();
+    let acked_before = rig.app.acks().len();
 
     // Watch pg-b from outside for the moment it accepts writes.
     let b = cluster.node(1).clone();
@@ -255,13 +167,12 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         .recv_timeout(Duration::from_secs(10))
         .context("the watcher did not connect")?;
 
-    let token = std::fs::read_to_string(cluster.secret_file(Secret::ApiToken))?;
     let sent = Instant::now();
     let (status, answer) = post(
         &api(runner),
         &format!("/v1/{}?wait=true", kind.name()),
         body,
-        token.trim(),
+        &rig.token,
     );
     let done = sent.elapsed();
     if status != 200 {
@@ -297,7 +208,7 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         .collect();
 
     let (lost, acked) = if kind == Kind::Switchover {
-        let acks = pgwarden_testkit::standin::read_acks(&app.opts.ack_path());
+        let acks = rig.app.acks();
         let ids: std::collections::HashSet<i64> = cluster
             .psql_db(1, &c.app_db, "SELECT id FROM heartbeat")?
             .lines()
@@ -307,8 +218,7 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
     } else {
         (0, acked_before)
     };
-    drop(app);
-    drop(daemons);
+    drop(rig);
     Ok(Run {
         writable: writable.duration_since(sent).as_secs_f64() * 1e3,
         done: done.as_secs_f64() * 1e3,
@@ -319,15 +229,6 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         lost,
         acked,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn report(results: &[(Kind, Vec<Run>)]) {
@@ -380,49 +281,6 @@ fn report(results: &[(Kind, Vec<Run>)]) {
         );
     }
     println!("\n{}", serde_json::Value::Object(json));
-}
-
-/// Minimal HTTP/1.1 over one connection, enough for the daemon's API.
-fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> (u16, String) {
-    let host = base.trim_start_matches("http://");
-    let Ok(mut s) = TcpStream::connect(host) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-    let body = body.unwrap_or("");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, rest.to_owned())
-}
-
-fn get(base: &str, path: &str) -> (u16, String) {
-    request(base, "GET", path, None, None)
-}
-
-fn post(base: &str, path: &str, body: &str, token: &str) -> (u16, String) {
-    request(base, "POST", path, Some(body), Some(token))
 }
 
 /// Rejoin of the old primary after a failover, by pg_rewind and by
@@ -490,12 +348,7 @@ fn rejoin_once(exe: &Path, scale: u32, method: &str) -> anyhow::Result<(f64, f64
         (get(&api(1), "/health").0 == 200).then_some(())
     })?;
     cluster.stop_node(0, StopMode::Immediate)?;
-    poll_until(Duration::from_secs(30), "pg-a to count as down", || {
-        get(&api(1), "/health")
-            .1
-            .contains("\"code\":\"node_down\"")
-            .then_some(())
-    })?;
+    wait_node_down(&api(1), "pg-a to count as down")?;
     let token = std::fs::read_to_string(cluster.secret_file(Secret::ApiToken))?;
     // The failover needs an application section; without one it is refused,
     // so promote through the kit and let pgwarden only do the rejoin.
