@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_testkit::{free_port, poll_until, StopMode};
 use serde_json::Value;
-use util::{http, metric, Env};
+use util::{http, metric, tool, Env};
 
 const ALERTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -270,22 +270,6 @@ fn prometheus_config(daemons: &[String], alertmanager: &str) -> String {
         rules = rules.display(),
         targets = targets.join(", ")
     )
-}
-
-/// `name` on the PATH, else in /usr/bin; a missing tool fails the test.
-fn tool(name: &str, debian_package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed (looked on PATH and in /usr/bin). This test needs \
-                 Prometheus and Alertmanager: `apt-get install -y prometheus prometheus-alertmanager` \
-                 (Debian package `{debian_package}`)"
-            )
-        })
 }
 
 /// Prometheus or Alertmanager as a child process in its own process group,

@@ -6,9 +6,13 @@
 //! (crates/pgwarden-daemon/src/metrics.rs) and the problem codes of
 //! crates/pgwarden-core/src/health.rs.
 
+mod util;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use util::tool;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const ALERTS: &str = concat!(
@@ -44,25 +48,6 @@ const RUNBOOK_URL: &str = "https://github.com/pgwarden/pgwarden/blob/main/docs/r
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
-/// `name` on the PATH, else in /usr/bin. Panics with what to install: CI
-/// must install the tools, a missing one is a failure, not a skip.
-fn tool(name: &str, debian_package: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed (looked on PATH and in /usr/bin). These tests need it: \
-                 `apt-get install -y {debian_package}` (Debian package `{debian_package}`)"
-            )
-        })
 }
 
 fn promtool() -> PathBuf {

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | the fence command hangs | killed at `stop_timeout`; fence failed; nothing promoted; cfg untouched |
 //! | the old primary's daemon is gone with its node | failover proceeds; the lost lock is recorded |
-//! | the primary hangs (every process SIGSTOPped) | node_down; failover; once it wakes, its own daemon stops it |
+//! | the primary hangs (every process SIGSTOPped) | node_down; failover (its daemon is asked to stop it; the stop waits on the frozen node); once it wakes, it is stopped |
+//! | the primary's port stops answering (packets dropped) | node_down; failover; its daemon, still reachable, stops it BEFORE the promotion |
+//! | the primary's host cut off the network (PostgreSQL and daemon ports dropped) | node_down; failover with the lock unshared; once the network is back, its own daemon stops it as a stale primary |
 //! | state_dir's disk is full | 500 "nothing was done"; nothing changed; works once space is freed |
 //! | a corrupt or truncated journal file at start | set aside as `*.corrupt`, daemon starts and serves |
 //!
@@ -21,7 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgwarden_testkit::{poll_until, StopMode};
-use util::{has_problem, Env, Options};
+use util::{has_problem, tool, Env, Options};
 
 fn in_recovery(env: &Env, node: usize) -> Option<bool> {
     env.cluster
@@ -210,7 +212,13 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
     assert_eq!(in_recovery(&env, 1), Some(false));
     assert_nothing_lost(&env, &acked, 1);
 
-    // It wakes up as a primary of the old timeline: its own daemon stops it.
+    // The failover asked pg-a's daemon to stop it; the stop waits on the
+    // frozen node, so the failover went on without its confirmation.
+    let stop = step_message(&r.json(), "stop_old_primary");
+    assert!(stop.contains("not confirmed within 10s"), "{stop}\n--- pg-a ---\n{}", env.daemons[0].log_text());
+
+    // It wakes up with the stop pending (or as a primary of the old
+    // timeline, which its own daemon stops): either way it stops.
     drop(thaw);
     poll_until(
         Duration::from_secs(30),
@@ -218,7 +226,166 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
         || (!env.cluster.is_running(0)).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", env.daemons[0].log_text()));
-    // The audit entry is written right after the stop.
+    // One writable node: pg-b.
+    assert_eq!(in_recovery(&env, 1), Some(false));
+    env.wait_health(
+        1,
+        "pg-a reported down, no split brain",
+        env.within_polls(5),
+        |_, h| !has_problem(h, "split_brain", None) && h["primary"] == "pg-b",
+    );
+}
+
+/// The message of step `name` of an operation.
+fn step_message(op: &serde_json::Value, name: &str) -> String {
+    op["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["message"].as_str())
+        .unwrap_or_else(|| panic!("no step {name} with a message in {op}"))
+        .to_owned()
+}
+
+/// TCP packets to and from some loopback ports dropped by an nftables
+/// table of the test's own, removed on drop. Dropped, not refused: a cut
+/// link or a silent firewall makes connections hang until a timeout, which
+/// is the hard case; a refused connection fails fast. Loopback cannot tell
+/// a local client from a remote one, so the node's own daemon loses it too.
+struct NetworkCut {
+    table: String,
+}
+
+impl NetworkCut {
+    fn drop_ports(ports: &[u16]) -> NetworkCut {
+        let nft = tool("nft", "nftables");
+        let table = format!("pgwarden_test_{}", ports[0]);
+        let set = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+             tcp dport {{ {set} }} drop\n    tcp sport {{ {set} }} drop\n  }}\n}}\n"
+        );
+        let rules_file = std::env::temp_dir().join(format!("{table}.nft"));
+        std::fs::write(&rules_file, rules).unwrap();
+        let out = Command::new(&nft)
+            .arg("-f")
+            .arg(&rules_file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&rules_file);
+        assert!(
+            out.status.success(),
+            "nft -f: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetworkCut { table }
+    }
+}
+
+impl Drop for NetworkCut {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("nft", "nftables"))
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+/// Every id the application acknowledged is on `node`: the acks are read
+/// first, so a heartbeat acknowledged in between is not a false loss.
+fn assert_all_acks_on(env: &Env, app: &util::App, node: usize) {
+    let acked = app.acks();
+    assert!(!acked.is_empty());
+    assert_nothing_lost(env, &acked, node);
+}
+
+#[test]
+fn a_primary_whose_port_stops_answering_is_stopped_by_its_daemon_before_the_promotion() {
+    let (env, app) = Env::start_with_app(Options::default());
+    env.wait_health(1, "healthy first", env.within_polls(3), |c, _| c == 200);
+    // A primary that loses its standby finishes a shutdown only once its
+    // walsender gives up on the standby, after wal_sender_timeout (60 s by
+    // default): shorter here, so the stop completes within the failover.
+    env.cluster
+        .psql(0, "ALTER SYSTEM SET wal_sender_timeout = '3s'")
+        .unwrap();
+    env.cluster.psql(0, "SELECT pg_reload_conf()").unwrap();
+
+    let cut = NetworkCut::drop_ports(&[env.cluster.node(0).port]);
+    env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
+        has_problem(h, "node_down", Some("pg-a"))
+    });
+    let r = env.daemons[1].post(
+        "/v1/failover?wait=true",
+        r#"{"target": "pg-b", "reason": "pg-a's port does not answer"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded");
+    // Unreachable over SQL, yet running: stopped through its daemon, and
+    // verified stopped, before pg-b was promoted.
+    let stop = step_message(&op, "stop_old_primary");
+    assert!(stop.contains("the daemon beside it stopped it"), "{stop}");
+    assert!(!env.cluster.is_running(0), "pg-a still runs: {stop}");
+    let lock = op["facts"]["peer_lock"].as_str().unwrap();
+    assert!(lock.contains("held by the daemon beside pg-a"), "{lock}");
+    assert_eq!(in_recovery(&env, 1), Some(false));
+    assert_all_acks_on(&env, &app, 1);
+
+    // The network back: pg-a stays down, pg-b is the one primary, and the
+    // application writes there.
+    drop(cut);
+    let before = app.acks().len();
+    app.wait_acks(before + 3);
+    env.wait_health(1, "pg-b the one primary", env.within_polls(5), |_, h| {
+        h["primary"] == "pg-b" && !has_problem(h, "split_brain", None)
+    });
+    assert!(!env.cluster.is_running(0));
+    assert_all_acks_on(&env, &app, 1);
+}
+
+#[test]
+fn a_primary_host_cut_off_the_network_is_failed_over_and_stopped_by_its_own_daemon_once_back() {
+    let (env, app) = Env::start_with_app(Options::default());
+    env.wait_health(1, "healthy first", env.within_polls(3), |c, _| c == 200);
+    // The host of pg-a drops off the network: its PostgreSQL and its daemon.
+    let cut = NetworkCut::drop_ports(&[env.cluster.node(0).port, env.layout.api_ports[0]]);
+    env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
+        has_problem(h, "node_down", Some("pg-a"))
+    });
+    let r = env.daemons[1].post(
+        "/v1/failover?wait=true",
+        r#"{"target": "pg-b", "reason": "host A cut off"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded");
+    let lock = op["facts"]["peer_lock"].as_str().unwrap();
+    assert!(
+        lock.contains("the daemon beside pg-a is unreachable, lock not shared"),
+        "{lock}"
+    );
+    let stop = step_message(&op, "stop_old_primary");
+    assert!(stop.contains("did not confirm a stop"), "{stop}");
+    // Nothing could reach it: the isolated primary still runs (its commits
+    // wait for the synchronous standby it lost).
+    assert!(env.cluster.is_running(0));
+    assert_eq!(in_recovery(&env, 1), Some(false));
+    assert_all_acks_on(&env, &app, 1);
+
+    // The network back: pg-a is a primary of the old timeline, a second
+    // writer; the daemon beside it stops it and audits why.
+    drop(cut);
+    poll_until(
+        Duration::from_secs(30),
+        "the former primary to be stopped once back",
+        || (!env.cluster.is_running(0)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- daemon pg-a ---\n{}", env.daemons[0].log_text()));
     poll_until(Duration::from_secs(10), "the stop to be audited", || {
         let audit = env.daemons[0].get("/v1/audit?limit=20").body;
         audit.contains("stale").then_some(())
@@ -230,14 +397,12 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
             env.daemons[0].log_text()
         )
     });
-    // One writable node: pg-b.
-    assert_eq!(in_recovery(&env, 1), Some(false));
-    env.wait_health(
-        1,
-        "pg-a reported down, no split brain",
-        env.within_polls(5),
-        |_, h| !has_problem(h, "split_brain", None) && h["primary"] == "pg-b",
-    );
+    env.wait_health(1, "pg-b the one primary", env.within_polls(5), |_, h| {
+        h["primary"] == "pg-b" && !has_problem(h, "split_brain", None)
+    });
+    let before = app.acks().len();
+    app.wait_acks(before + 3);
+    assert_all_acks_on(&env, &app, 1);
 }
 
 /// A small tmpfs mounted over a directory for the test's lifetime.

@@ -139,6 +139,46 @@ impl Effects {
         serde_json::from_value(v).map_err(|e| format!("{url} answered unexpectedly: {e}"))
     }
 
+    /// Asks for `node`'s PostgreSQL to be stopped, locally or through the
+    /// daemon beside it, giving up after `budget`. A failover uses it on an
+    /// old primary it cannot reach over SQL: "unreachable" is not "stopped"
+    /// (a firewall, a cut link, a full connection table), and the daemon
+    /// beside the node reaches it without the network. An error with a
+    /// status means that daemon answered and could not stop it.
+    pub async fn stop_within(&self, node: &str, budget: Duration) -> Result<NodeState, PeerError> {
+        let timed_out = || PeerError {
+            status: None,
+            message: format!("the stop was not confirmed within {}s", budget.as_secs()),
+        };
+        if node == self.config.local_node {
+            return match tokio::time::timeout(budget, local_node_action(&self.config, "stop")).await
+            {
+                Ok(r) => r.map_err(|message| PeerError {
+                    status: Some(503),
+                    message,
+                }),
+                Err(_) => Err(timed_out()),
+            };
+        }
+        let api = self
+            .config
+            .node(node)
+            .and_then(|n| n.api.as_deref())
+            .ok_or_else(|| PeerError {
+                status: None,
+                message: format!("nodes[{node}].api is not configured"),
+            })?;
+        let url = format!("{}/v1/node/stop", api.trim_end_matches('/'));
+        let request = self.http.post(&url).json(&serde_json::json!({}));
+        let v = tokio::time::timeout(budget, self.send(request, &url))
+            .await
+            .map_err(|_| timed_out())??;
+        serde_json::from_value(v).map_err(|e| PeerError {
+            status: None,
+            message: format!("{url} answered unexpectedly: {e}"),
+        })
+    }
+
     /// POSTs JSON to another daemon with the API token.
     pub async fn post(
         &self,

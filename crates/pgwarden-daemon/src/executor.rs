@@ -347,8 +347,42 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
                 )),
             },
             Ok(true) => ok(format!("{old} answers but is in recovery: not writable, left alone")),
-            Err(e) => ok(format!("{old} does not answer ({e}): nothing to stop")),
+            Err(e) => stop_unreachable_old_primary(ctx, &old, &e.to_string()).await,
         },
+    }
+}
+
+/// How long a failover waits for the daemon beside an old primary it cannot
+/// reach to stop it. A dead host refuses or times out the connection in
+/// seconds; a hung one (SIGSTOP, a stuck disk) would hold the failover as
+/// long as it hangs, and its stop is already under way when it wakes.
+const STOP_UNREACHABLE_BUDGET: Duration = Duration::from_secs(10);
+
+/// Failover, old primary silent over SQL: ask the daemon beside it to stop
+/// it anyway, since it reaches PostgreSQL without the network. Stopped, or
+/// that daemon silent too (the host is down or cut off): go on; a host cut
+/// off and back later is stopped by its own daemon as a stale primary, and
+/// meanwhile its commits wait for the synchronous standby it lost. That
+/// daemon answering that it could NOT stop it: the node runs, so fail here
+/// rather than make a second writable node; resume once it is stopped.
+async fn stop_unreachable_old_primary(
+    ctx: &StepContext,
+    old: &str,
+    sql_error: &str,
+) -> StepOutcome {
+    match ctx.effects.stop_within(old, STOP_UNREACHABLE_BUDGET).await {
+        Ok(state) => ok(format!(
+            "{old} does not answer over SQL ({sql_error}); the daemon beside it stopped it ({})",
+            state.message
+        )),
+        Err(e) if e.status.is_some() => fail(format!(
+            "{old} does not answer over SQL ({sql_error}), but the daemon beside it could not stop it: {}; it may still be writable, so nothing is promoted. Stop {old} by hand (or power its host off), then resume",
+            e.message
+        )),
+        Err(e) => ok(format!(
+            "{old} does not answer over SQL ({sql_error}) and the daemon beside it did not confirm a stop ({}): going on; if {old} comes back as a primary, its own daemon stops it",
+            e.message
+        )),
     }
 }
 

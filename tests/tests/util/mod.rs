@@ -31,6 +31,24 @@ pub fn pgwarden_bin() -> PathBuf {
     bin
 }
 
+/// `name` on the PATH, else in /usr/sbin or /usr/bin. A missing tool fails
+/// the test with what to install: CI installs the tools, so a missing one
+/// is a failure, never a skip.
+pub fn tool(name: &str, debian_package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed (looked on PATH, in /usr/sbin and /usr/bin). This \
+                 test needs it: `apt-get install -y {debian_package}` (Debian package \
+                 `{debian_package}`; .ci/run installs it)"
+            )
+        })
+}
+
 /// A `pgwarden run` process; killed on drop.
 pub struct Daemon {
     child: Option<Child>,
