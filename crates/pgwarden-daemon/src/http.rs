@@ -47,6 +47,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status", get(status))
         .merge(crate::api::routes(state.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -65,6 +66,14 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint; see docs/api.md",
+    )
+}
+
+pub(crate) async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (the Allow header lists those it takes); see docs/api.md",
     )
 }
 

@@ -20,6 +20,7 @@ mod operations;
 mod page;
 mod poller;
 mod rejoin;
+mod server;
 mod stale;
 pub mod tls;
 
@@ -63,29 +64,6 @@ pub(crate) struct Published {
     pub metrics: axum::body::Bytes,
     /// When the poll loop last ran (liveness).
     pub loop_at: Instant,
-}
-
-/// Serves `router` on `listener` until `stop` flips, then drains.
-async fn serve<L>(
-    listener: L,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    use axum::serve::ListenerExt;
-    // tap_io gives any listener the SocketAddr connect info the audit log
-    // records (axum implements it for a TapIo of any listener).
-    let listener = listener.tap_io(|_io: &mut L::Io| {});
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    })
-    .await
 }
 
 /// Runs the daemon until `shutdown` completes: binds `listen`, polls every
@@ -175,11 +153,11 @@ async fn run_daemon(
     });
     let router = http::router(state);
     let server = match loaded.tls {
-        None => tokio::spawn(serve(listener, router, stop_rx.clone())),
+        None => tokio::spawn(server::serve(listener, router, stop_rx.clone())),
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls).map_err(DaemonError::Serve)?;
             tracing::info!("serving HTTPS only (tls)");
-            tokio::spawn(serve(listener, router, stop_rx.clone()))
+            tokio::spawn(server::serve(listener, router, stop_rx.clone()))
         }
     };
 
