@@ -55,6 +55,8 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/rejoin", post(rejoin))
         .route("/v1/internal/lock", post(lock))
         .route("/v1/internal/unlock", post(unlock))
+        // Inside the guard: a wrong method is authenticated and audited too.
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/v1/operations", get(list_operations))
@@ -153,16 +155,21 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
                 .as_str()
                 .map(|id| format!("operation {id} {}", answer["state"].as_str().unwrap_or("")))
         })
-        .unwrap_or_else(|| "ok".into());
+        // An answer without a JSON body (the router's 405, an extractor's
+        // rejection) is not an "ok" unless its status says so.
+        .unwrap_or_else(|| match rparts.status {
+            st if st.is_success() => "ok".into(),
+            st => st.canonical_reason().unwrap_or("refused").to_owned(),
+        });
     let entry = AuditEntry {
         time: now(),
         remote: remote.to_string(),
         caller,
         method,
-        endpoint: truncate(secrets.redact(&endpoint), AUDIT_TEXT_MAX),
+        endpoint: truncate(secrets.mask(&endpoint), AUDIT_TEXT_MAX),
         body: audit_body(&secrets, &bytes),
         status: rparts.status.as_u16(),
-        result: truncate(secrets.redact(&result), AUDIT_TEXT_MAX),
+        result: truncate(secrets.mask(&result), AUDIT_TEXT_MAX),
     };
     if let Err(e) = s.audit.append(&entry) {
         tracing::error!("cannot append to the audit log: {e}");
@@ -235,18 +242,21 @@ fn carries_secret(secrets: &Redactor, endpoint: &str, body: &[u8]) -> bool {
 /// What the audit log keeps of a body: the JSON when it is small JSON, else
 /// the start of it as text; secrets masked either way.
 fn audit_body(secrets: &Redactor, bytes: &[u8]) -> serde_json::Value {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) if bytes.len() <= AUDIT_BODY_MAX => secrets.redact_json(v),
-        _ => {
-            // Masked before it is cut, so no part of a secret stays.
-            let text = secrets.redact(&String::from_utf8_lossy(bytes));
-            let mut kept = truncate(text, AUDIT_PREVIEW);
-            if bytes.len() > AUDIT_PREVIEW {
-                kept.push_str(&format!("... ({} bytes)", bytes.len()));
-            }
-            serde_json::Value::String(kept)
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        let masked = secrets.redact_json(v);
+        // A string that still hides a secret (percent-encoded) is kept as
+        // masked text below instead.
+        if bytes.len() <= AUDIT_BODY_MAX && !secrets.found_in_json(&masked) {
+            return masked;
         }
     }
+    // Masked before it is cut, so no part of a secret stays.
+    let text = secrets.mask(&String::from_utf8_lossy(bytes));
+    let mut kept = truncate(text, AUDIT_PREVIEW);
+    if bytes.len() > AUDIT_PREVIEW {
+        kept.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    serde_json::Value::String(kept)
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
@@ -382,7 +392,7 @@ async fn get_operation(
             StatusCode::NOT_FOUND,
             "not_found",
             // Not echoed as it came: a token pasted here by mistake.
-            format!("no operation {}", redactor(&s).redact(&id)),
+            format!("no operation {}", redactor(&s).mask(&id)),
         ),
     }
 }
@@ -554,4 +564,35 @@ async fn unlock(State(s): Shared, body: Bytes) -> Response {
     };
     s.ops.release_for_peer(&b.operation_id);
     Json(json!({"held": false})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percent_encoded_secret_is_masked_in_what_the_audit_keeps() {
+        let token = "473f66f1801975819bc616b252892f80";
+        let secrets = Redactor::new([token]);
+        let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+        let endpoint = format!("/v1/operations/{encoded}/abort?x=%25{}", &token[..4]);
+        assert!(secrets.found_in(endpoint.as_bytes()));
+        assert_eq!(secrets.mask(&endpoint), "/v1/operations/***/abort?x=%473f");
+        assert_eq!(
+            secrets.mask("/v1/failover?wait=true"),
+            "/v1/failover?wait=true"
+        );
+        assert_eq!(secrets.mask("100%"), "100%");
+
+        let body = format!(r#"{{"target": "pg-b", "reason": "{encoded}"}}"#);
+        let kept = audit_body(&secrets, body.as_bytes()).to_string();
+        assert!(!kept.contains(&encoded) && !kept.contains(token), "{kept}");
+        assert!(kept.contains("***"), "{kept}");
+        let form = format!("target=pg-b&reason={encoded}");
+        let kept = audit_body(&secrets, form.as_bytes()).to_string();
+        assert_eq!(kept, r#""target=pg-b&reason=***""#);
+        // A body without secrets is kept as JSON, as before.
+        let plain = audit_body(&secrets, br#"{"target": "pg-b"}"#);
+        assert_eq!(plain, serde_json::json!({"target": "pg-b"}));
+    }
 }

@@ -121,13 +121,36 @@ impl Redactor {
         Redactor { needles }
     }
 
-    /// Whether `text` holds a secret, as it is or percent-encoded (a path).
+    /// Whether `text` holds a secret, as it is or percent-encoded (a path),
+    /// however many times.
     pub fn found_in(&self, text: &[u8]) -> bool {
-        let decoded = percent_decode(text);
-        self.needles.iter().any(|n| {
-            let n = n.as_bytes();
-            contains(text, n) || contains(&decoded, n)
-        })
+        let holds = |t: &[u8]| self.needles.iter().any(|n| contains(t, n.as_bytes()));
+        let mut text = text.to_vec();
+        loop {
+            if holds(&text) {
+                return true;
+            }
+            let decoded = percent_decode(&text);
+            if decoded == text {
+                return false;
+            }
+            text = decoded;
+        }
+    }
+
+    /// [`Redactor::redact`], also for a secret that is there only
+    /// percent-encoded (`/v1/operations/%34%37.../abort`): such a text is
+    /// kept decoded as far as needed, then masked.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = self.redact(text);
+        while self.found_in(out.as_bytes()) {
+            let decoded = self.redact(&String::from_utf8_lossy(&percent_decode(out.as_bytes())));
+            if decoded == out {
+                break;
+            }
+            out = decoded;
+        }
+        out
     }
 
     /// Whether a JSON value holds a secret in a string or a key, however it
@@ -293,6 +316,14 @@ mod tests {
             "token *** and ***, escaped ***"
         );
         assert!(!Redactor::default().found_in(b"anything"));
+        // Every byte percent-encoded, twice (`0` is %30, then %2530).
+        let twice: String = "0123456789abcdef"
+            .bytes()
+            .map(|b| format!("%25{b:02X}"))
+            .collect();
+        let path = format!("/v1/operations/{twice}/abort");
+        assert!(r.found_in(path.as_bytes()));
+        assert_eq!(r.mask(&path), "/v1/operations/***/abort");
     }
 
     #[test]
