@@ -56,9 +56,12 @@ fn split_line_ending(line: &str) -> (&str, &str) {
     }
 }
 
+/// A `[section]` header's name. As configparser (`\[(?P<header>.+)\]` matched
+/// at the start of the stripped line), anything after the last `]` is
+/// ignored: `[server] ; web` is the section `server`.
 fn section_name(body: &str) -> Option<&str> {
-    let t = body.trim();
-    t.strip_prefix('[')?.strip_suffix(']').map(str::trim)
+    let inner = body.trim().strip_prefix('[')?;
+    inner.rfind(']').map(|end| inner[..end].trim())
 }
 
 fn is_comment(body: &str) -> bool {
@@ -85,9 +88,14 @@ fn key_line(body: &str) -> Option<KeyLine<'_>> {
     })
 }
 
-/// A continuation line of the previous value (configparser: indented, not blank).
+/// A continuation line of the previous value (configparser: indented, not
+/// blank). A line that looks like a `[section]` header is read as one here
+/// as everywhere else in this file, so it is never dropped with an old value.
 fn is_continuation(body: &str) -> bool {
-    body.starts_with([' ', '\t']) && !body.trim().is_empty() && !is_comment(body)
+    body.starts_with([' ', '\t'])
+        && !body.trim().is_empty()
+        && !is_comment(body)
+        && section_name(body).is_none()
 }
 
 /// The value of `key` in `section` (keys are case-insensitive), the last one
@@ -293,6 +301,37 @@ level = info
             set(text, "database", &[("host", "c")]).unwrap(),
             "[database]\nhost = c\nport = 1\n"
         );
+    }
+
+    #[test]
+    fn an_indented_section_header_is_never_dropped_with_an_old_value() {
+        // Found by the fuzz property (crate::fuzzing): `set` dropped `  [b]`
+        // as a continuation line of the value it replaced, while `get` and
+        // `set` itself read it as a header, so `port` moved from [b] to [a].
+        let text = "[a]\nhost = x\n  [b]\nport = 1\n";
+        let out = set(text, "a", &[("host", "y")]).unwrap();
+        assert_eq!(out, "[a]\nhost = y\n  [b]\nport = 1\n");
+        assert_eq!(get(&out, "b", "port").as_deref(), Some("1"));
+        assert_eq!(get(&out, "a", "port"), None);
+        // The same through an added key: the second rewrite ate the header.
+        let text = "[a]\nname = x\n  [b]\nuser = u\n";
+        let out = set(text, "a", &[("port", "1")]).unwrap();
+        assert_eq!(out, "[a]\nname = x\nport = 1\n  [b]\nuser = u\n");
+        assert_eq!(set(&out, "a", &[("port", "1")]).unwrap(), out);
+    }
+
+    #[test]
+    fn a_header_followed_by_a_comment_starts_its_section() {
+        // configparser reads `[server] ; web` as the header of [server];
+        // read as a plain line, the server's host was rewritten as well.
+        let text = "[database]\nhost = a\n[server] ; web\nhost = 0.0.0.0\n";
+        let out = set(text, "database", &[("host", "b")]).unwrap();
+        assert_eq!(
+            out,
+            "[database]\nhost = b\n[server] ; web\nhost = 0.0.0.0\n"
+        );
+        assert_eq!(get(&out, "server", "host").as_deref(), Some("0.0.0.0"));
+        assert_eq!(get(&out, "database", "host").as_deref(), Some("b"));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 
 pub mod config;
 pub mod conninfo;
+// The fuzz targets' properties; public so `fuzz/` (cargo-fuzz) can call them.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod ini;
 pub mod operation;
