@@ -30,6 +30,58 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// What a bench's run says at the end: `()` (an error is the only failure) or a
+/// verdict (`false`: the figures broke a promise).
+pub trait Verdict {
+    fn passed(&self) -> bool;
+}
+
+impl Verdict for () {
+    fn passed(&self) -> bool {
+        true
+    }
+}
+
+impl Verdict for bool {
+    fn passed(&self) -> bool {
+        *self
+    }
+}
+
+/// The `main` of every bench binary: parses the arguments (`Ok(None)`: print `usage`),
+/// installs the Ctrl-C handlers and runs. Exit status 0 when the run passed, 1 when it
+/// failed or its verdict is negative, 2 for bad arguments.
+pub fn bench_main<O, V: Verdict>(
+    name: &str,
+    usage: &str,
+    parse: impl FnOnce(std::env::Args) -> anyhow::Result<Option<O>>,
+    run: impl FnOnce(&O) -> anyhow::Result<V>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut args = std::env::args();
+    args.next();
+    let opts = match parse(args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    install_signal_handlers();
+    match run(&opts) {
+        Ok(v) if v.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The median (mean of the two middle values for an even count); 0 when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 
-use crate::interrupted;
+use pgwarden_bench::interrupted;
 
 pub const OPEN_LOOP_CONNECTIONS: usize = 8;
 pub const CLOSED_LOOP_CONNECTIONS: usize = 4;

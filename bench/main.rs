@@ -28,10 +28,10 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pgwarden_bench::interrupted;
 use pgwarden_testkit::{write_pgwarden_config, ClusterOptions, DaemonLayout, TestCluster};
 use tokio::runtime::Runtime;
 
@@ -55,25 +55,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let opts = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("pgwarden-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    install_signal_handlers();
-    match run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pgwarden_bench::bench_main("pgwarden-bench", USAGE, parse_args, run)
 }
 
 // ---- arguments ----------------------------------------------------------------------
@@ -119,26 +101,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>>
 }
 
 // ---- Ctrl-C / SIGTERM ---------------------------------------------------------------
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// A signal only sets a flag; the phases check it and return an error, so the daemon
-/// and the cluster are cleaned up by their destructors instead of left running.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
 
 fn check_interrupted() -> Result<()> {
     if interrupted() {

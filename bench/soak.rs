@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgwarden_bench::http::get;
+use pgwarden_bench::interrupted;
 use pgwarden_bench::rig::{pgwarden_exe, Rig};
-use pgwarden_bench::{install_signal_handlers, interrupted};
 use pgwarden_testkit::StopMode;
 
 const USAGE: &str = "\
@@ -111,26 +111,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<O
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("pgwarden-soak: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    install_signal_handlers();
-    match run(&opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("pgwarden-soak: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pgwarden_bench::bench_main("pgwarden-soak", USAGE, parse_args, run)
 }
 
 fn progress(msg: &str) {

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use pgwarden_bench::http::post;
 use pgwarden_bench::rig::{pgwarden_exe, wait_node_down, Rig};
-use pgwarden_bench::{install_signal_handlers, interrupted, median};
+use pgwarden_bench::{interrupted, median};
 use pgwarden_testkit::{poll_until, StopMode, TestCluster};
 
 const USAGE: &str = "\
@@ -129,26 +129,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<O
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("pgwarden-zero-loss: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    install_signal_handlers();
-    match run(&opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("pgwarden-zero-loss: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pgwarden_bench::bench_main("pgwarden-zero-loss", USAGE, parse_args, run)
 }
 
 /// Runs every mode; Ok(true) when nothing was missing, vacuous or failed.

@@ -136,14 +136,7 @@ fn failover_proceeds_when_the_old_primarys_daemon_is_gone_with_its_node() {
     env.wait_health(1, "pg-a down", env.within_polls(5), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let r = env.daemons[1].post(
-        "/v1/failover?wait=true",
-        r#"{"target": "pg-b", "reason": "host A lost"}"#,
-        &env.token(),
-    );
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
-    let op = r.json();
-    assert_eq!(op["state"], "succeeded");
+    let op = failover_to_b(&env, "host A lost");
     let lock = op["facts"]["peer_lock"].as_str().unwrap();
     assert!(
         lock.contains("the daemon beside pg-a is unreachable, lock not shared"),
@@ -203,19 +196,18 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
     env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let r = env.daemons[1].post(
-        "/v1/failover?wait=true",
-        r#"{"target": "pg-b", "reason": "pg-a hangs"}"#,
-        &env.token(),
-    );
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let op = failover_to_b(&env, "pg-a hangs");
     assert_eq!(in_recovery(&env, 1), Some(false));
     assert_nothing_lost(&env, &acked, 1);
 
     // The failover asked pg-a's daemon to stop it; the stop waits on the
     // frozen node, so the failover went on without its confirmation.
-    let stop = step_message(&r.json(), "stop_old_primary");
-    assert!(stop.contains("not confirmed within 10s"), "{stop}\n--- pg-a ---\n{}", env.daemons[0].log_text());
+    let stop = step_message(&op, "stop_old_primary");
+    assert!(
+        stop.contains("not confirmed within 10s"),
+        "{stop}\n--- pg-a ---\n{}",
+        env.daemons[0].log_text()
+    );
 
     // It wakes up with the stop pending (or as a primary of the old
     // timeline, which its own daemon stops): either way it stops.
@@ -234,6 +226,16 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
         env.within_polls(5),
         |_, h| !has_problem(h, "split_brain", None) && h["primary"] == "pg-b",
     );
+}
+
+/// `POST /v1/failover?wait=true` to pg-b's daemon, asserted to succeed; the operation.
+fn failover_to_b(env: &Env, reason: &str) -> serde_json::Value {
+    let body = serde_json::json!({"target": "pg-b", "reason": reason}).to_string();
+    let r = env.daemons[1].post("/v1/failover?wait=true", &body, &env.token());
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    op
 }
 
 /// The message of step `name` of an operation.
@@ -317,16 +319,8 @@ fn a_primary_whose_port_stops_answering_is_stopped_by_its_daemon_before_the_prom
     env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let r = env.daemons[1].post(
-        "/v1/failover?wait=true",
-        r#"{"target": "pg-b", "reason": "pg-a's port does not answer"}"#,
-        &env.token(),
-    );
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
-    let op = r.json();
-    assert_eq!(op["state"], "succeeded");
-    // Unreachable over SQL, yet running: stopped through its daemon, and
-    // verified stopped, before pg-b was promoted.
+    let op = failover_to_b(&env, "pg-a's port does not answer"); // Unreachable over SQL, yet running: stopped through its daemon, and
+                                                                 // verified stopped, before pg-b was promoted.
     let stop = step_message(&op, "stop_old_primary");
     assert!(stop.contains("the daemon beside it stopped it"), "{stop}");
     assert!(!env.cluster.is_running(0), "pg-a still runs: {stop}");
@@ -356,14 +350,7 @@ fn a_primary_host_cut_off_the_network_is_failed_over_and_stopped_by_its_own_daem
     env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let r = env.daemons[1].post(
-        "/v1/failover?wait=true",
-        r#"{"target": "pg-b", "reason": "host A cut off"}"#,
-        &env.token(),
-    );
-    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
-    let op = r.json();
-    assert_eq!(op["state"], "succeeded");
+    let op = failover_to_b(&env, "host A cut off");
     let lock = op["facts"]["peer_lock"].as_str().unwrap();
     assert!(
         lock.contains("the daemon beside pg-a is unreachable, lock not shared"),

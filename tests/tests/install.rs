@@ -4,9 +4,11 @@
 
 mod util;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
+
+use util::mode;
 
 const INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/install.sh");
 
@@ -26,14 +28,6 @@ fn install(root: &Path) -> String {
     );
     assert!(out.status.success(), "install.sh failed:\n{text}");
     text
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
 }
 
 fn uid_of(user: &str) -> Option<u32> {

@@ -37,7 +37,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pgwarden_testkit::{poll_until, state_dir, Secret};
-use util::{http, pgwarden_bin, Daemon, Env, Options, Response};
+use util::{http, mode, pgwarden_bin, Daemon, Env, Options, Response};
 
 /// The daemon's MAX_BODY (crates/pgwarden-daemon/src/api.rs).
 const MAX_BODY: usize = 64 * 1024;
@@ -133,14 +133,6 @@ fn audited(d: &Daemon, method: &str, endpoint: &str, status: u16) -> bool {
     audit_tail(d, 200)
         .iter()
         .any(|e| e["method"] == method && e["endpoint"] == endpoint && e["status"] == status)
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
 }
 
 fn chmod(p: &Path, m: u32) {

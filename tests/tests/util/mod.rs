@@ -49,6 +49,16 @@ pub fn tool(name: &str, debian_package: &str) -> PathBuf {
         })
 }
 
+/// The permission bits of a file (with setuid/setgid/sticky).
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
 /// A `pgwarden run` process; killed on drop.
 pub struct Daemon {
     child: Option<Child>,
