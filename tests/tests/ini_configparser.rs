@@ -18,6 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use pgwarden_core::fuzzing::Rng;
 use pgwarden_core::ini;
 use serde_json::Value;
 
@@ -86,24 +87,9 @@ const WRITTEN: &[&str] = &[
     "[DEFAULT]\nhost = d\n[database]\nname = n\n[DEFAULT]\nport = 1\n",
 ];
 
-/// xorshift64: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
+/// One of `from`, at random.
+fn pick<'a>(rng: &mut Rng, from: &[&'a str]) -> &'a str {
+    from[rng.below(from.len())]
 }
 
 /// A file as lines, each `(body, ending)`, split where Python splits.
@@ -170,7 +156,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
         let ending = || "\n".to_owned();
         match rng.below(12) {
             0 | 1 if n > 0 => {
-                let indent = rng.pick(INDENTS);
+                let indent = pick(rng, INDENTS);
                 lines[at].0.insert_str(0, indent);
             }
             2 if n > 0 => {
@@ -178,7 +164,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                 *body = body.trim_start().to_owned();
             }
             3 | 4 => {
-                let line = rng.pick(LINES).to_owned();
+                let line = pick(rng, LINES).to_owned();
                 let ending = ENDINGS[rng.below(ENDINGS.len())].to_owned();
                 lines.insert(rng.below(n + 1), (line, ending));
             }
@@ -190,11 +176,11 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                     body.replace_range(d..d + 1, spaced);
                 }
             }
-            6 if n > 0 => lines[at].1 = rng.pick(ENDINGS).to_owned(),
+            6 if n > 0 => lines[at].1 = pick(rng, ENDINGS).to_owned(),
             7 => {
                 // One ending for the whole file, the last line without one
                 // now and then.
-                let e = rng.pick(ENDINGS);
+                let e = pick(rng, ENDINGS);
                 for l in &mut lines {
                     l.1 = e.to_owned();
                 }
@@ -206,7 +192,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
             }
             8 => {
                 if let Some(l) = lines.iter_mut().find(|l| l.0.trim() == "[database]") {
-                    l.0 = rng.pick(HEADERS).to_owned();
+                    l.0 = pick(rng, HEADERS).to_owned();
                 }
             }
             9 if n > 0 => {
@@ -222,7 +208,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                     *body = body.replacen(from, to, 1);
                 }
             }
-            _ => lines.push((rng.pick(LINES).to_owned(), ending())),
+            _ => lines.push((pick(rng, LINES).to_owned(), ending())),
         }
     }
     lines.into_iter().map(|(b, e)| b + &e).collect()

@@ -504,6 +504,24 @@ fn mask<'t>(
     (out, found, seams)
 }
 
+/// xorshift64: a deterministic source of mutations for the property tests
+/// (here and in `tests/tests/ini_configparser.rs`), without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,22 +611,6 @@ mod tests {
         "\0Host\0x\0host\0",
     ];
 
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     /// One to four random edits: splice a token, delete or duplicate a
     /// range, replace a byte, or cross over with another seed.
     fn mutate(rng: &mut Rng, seed: &[u8], tokens: &[&str], others: &[&str]) -> Vec<u8> {
@@ -630,7 +632,7 @@ mod tests {
                     let to = rng.below(d.len() + 1);
                     d.splice(to..to, copy);
                 }
-                3 if at < d.len() => d[at] = rng.next() as u8,
+                3 if at < d.len() => d[at] = rng.next_u64() as u8,
                 _ => {
                     let other = others[rng.below(others.len())].as_bytes();
                     let from = rng.below(other.len() + 1);
