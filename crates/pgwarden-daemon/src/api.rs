@@ -117,7 +117,7 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
         .as_deref()
         .map(caller_id)
         .unwrap_or_else(|| "anonymous".into());
-    let secrets = redactor(&s);
+    let secrets = &s.secrets;
     let (bytes, refused) = read_body(&parts.headers, body).await;
     let response = match (refused, presented.as_deref(), &s.token) {
         (Some(r), _, _) => r,
@@ -130,7 +130,7 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
             // No request needs a secret outside the Authorization header;
             // one that carries it (pasted by mistake) is not processed, so
             // no answer, journal entry or log line can echo it.
-            if carries_secret(&secrets, &endpoint, &bytes) {
+            if carries_secret(secrets, &endpoint, &bytes) {
                 bad_request(
                     "the request carries the API token or a configured password outside the Authorization header; it was not processed".into(),
                 )
@@ -167,7 +167,7 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
         caller,
         method,
         endpoint: truncate(secrets.mask(&endpoint), AUDIT_TEXT_MAX),
-        body: audit_body(&secrets, &bytes),
+        body: audit_body(secrets, &bytes),
         status: rparts.status.as_u16(),
         result: truncate(secrets.mask(&result), AUDIT_TEXT_MAX),
     };
@@ -175,16 +175,6 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
         tracing::error!("cannot append to the audit log: {e}");
     }
     Response::from_parts(rparts, Body::from(rbytes))
-}
-
-/// Masks the API token and the configured passwords.
-fn redactor(s: &AppState) -> Redactor {
-    Redactor::new(
-        s.token
-            .iter()
-            .map(|t| t.expose().to_owned())
-            .chain(s.ops.passwords()),
-    )
 }
 
 /// The body, or the answer that refuses it: over [`MAX_BODY`] (413), not
@@ -392,7 +382,7 @@ async fn get_operation(
             StatusCode::NOT_FOUND,
             "not_found",
             // Not echoed as it came: a token pasted here by mistake.
-            format!("no operation {}", redactor(&s).mask(&id)),
+            format!("no operation {}", s.secrets.mask(&id)),
         ),
     }
 }

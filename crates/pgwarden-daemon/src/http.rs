@@ -26,6 +26,9 @@ pub(crate) struct AppState {
     pub audit: Arc<crate::audit::AuditLog>,
     /// The API token mutating requests must present.
     pub token: Option<pgwarden_core::Secret>,
+    /// Masks the token and the configured passwords wherever a request's
+    /// text is kept or echoed (built once: the secrets are read at start).
+    pub secrets: crate::audit::Redactor,
 }
 
 impl AppState {

@@ -150,6 +150,16 @@ async fn run_daemon(
         ops,
         audit,
         token: loaded.secrets.api_token.clone(),
+        secrets: audit::Redactor::new(
+            [
+                &loaded.secrets.api_token,
+                &loaded.secrets.monitor_password,
+                &loaded.secrets.replication_password,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose()),
+        ),
     });
     let router = http::router(state);
     let server = match loaded.tls {

@@ -211,18 +211,6 @@ impl Operations {
         self.current.borrow().clone()
     }
 
-    /// The configured passwords, for the API to mask them (see
-    /// [`crate::audit::Redactor`]); the API token is in the API's state.
-    pub fn passwords(&self) -> Vec<String> {
-        [
-            self.effects.monitor_password(),
-            self.effects.replication_password(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
     fn open_operation(&self) -> Option<Operation> {
         self.current().filter(Operation::is_open)
     }
