@@ -53,6 +53,9 @@ pub enum ProblemCode {
     OperationFailed,
     /// An operation was cut off (daemon killed): resume or abort it.
     OperationInterrupted,
+    /// This node is a stale primary and its own daemon tried to stop it and
+    /// could not (or could not verify the stop): two writers may coexist.
+    StalePrimaryNotStopped,
 }
 
 impl ProblemCode {
@@ -75,6 +78,7 @@ impl ProblemCode {
             ProblemCode::SettingUnsafe => "setting_unsafe",
             ProblemCode::OperationFailed => "operation_failed",
             ProblemCode::OperationInterrupted => "operation_interrupted",
+            ProblemCode::StalePrimaryNotStopped => "stale_primary_not_stopped",
         }
     }
 }
@@ -386,6 +390,16 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
 /// The problem an operation stopped half-way is: the cluster may be between
 /// two states (application fenced, standby not yet promoted) until an
 /// operator resumes or aborts it.
+/// The stale-primary guard of `node` could not stop it: `why` says what
+/// failed. Critical until the node is stopped by hand or the guard succeeds.
+pub fn stale_primary_not_stopped(node: &str, why: &str) -> Problem {
+    critical(
+        ProblemCode::StalePrimaryNotStopped,
+        Some(node),
+        format!("{node} is a stale primary and its daemon could not stop it: {why}; stop it by hand (it is a second writer), then rejoin it"),
+    )
+}
+
 pub fn operation_problems(op: &crate::operation::Operation) -> Vec<Problem> {
     use crate::operation::{OperationState, StepState};
     let stopped_at = op

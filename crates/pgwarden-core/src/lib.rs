@@ -7,6 +7,7 @@
 //! and a list of problems come out. That is what lets every rule be tested
 //! exhaustively without PostgreSQL (see the unit tests in each module).
 
+pub mod answer;
 pub mod config;
 pub mod conninfo;
 // The fuzz targets' properties; public so `fuzz/` (cargo-fuzz) can call them.
@@ -14,12 +15,14 @@ pub mod conninfo;
 pub mod fuzzing;
 pub mod health;
 pub mod ini;
+pub mod last_primary;
 pub mod operation;
 pub mod preflight;
 pub mod secret;
 pub mod snapshot;
 pub mod view;
 
+pub use answer::Answer;
 pub use config::{Config, ConfigError};
 pub use health::{Problem, ProblemCode};
 pub use secret::Secret;

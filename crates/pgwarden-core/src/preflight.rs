@@ -231,6 +231,7 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
                     "not yet replayed",
                 ));
             }
+            out.push(primary_wal_check(force, config, view, target));
         }
         OperationKind::Switchover => {
             match primary {
@@ -364,6 +365,96 @@ fn rejoin_checks(config: &Config, view: &ClusterView, target: &str, out: &mut Ve
     });
 }
 
+/// How far the target is behind what the primary had at its last sight,
+/// in bytes, when both positions are known (what a forced failover may lose).
+pub fn bytes_possibly_lost(view: &ClusterView, target: &str) -> Option<u64> {
+    let last = view.last_primary.as_ref()?;
+    let had = last.current_lsn?;
+    let t = view.node(target)?.snapshot.as_ref()?;
+    let got = t.receive_lsn.max(t.replay_lsn)?;
+    Some(got.bytes_until(had))
+}
+
+/// `target_has_primary_wal`: the target holds what the primary acknowledged.
+/// Refused (unless forced) when the target was not the synchronous standby
+/// while `synchronous_standby_names` was set at the primary's last sight (a
+/// commit acknowledged then may exist on the primary only), when the target
+/// is behind the primary's last known LSN by more than
+/// `max_lag_on_failover`, or when either position is unknown.
+fn primary_wal_check(force: bool, config: &Config, view: &ClusterView, target: &str) -> Check {
+    const NAME: &str = "target_has_primary_wal";
+    let human = crate::health::human_bytes;
+    let Some(last) = &view.last_primary else {
+        return forceable(
+            force,
+            NAME,
+            "pgwarden has no record of the primary (never seen answering by this daemon): what the target lacks cannot be told".into(),
+        );
+    };
+    if last.node == target {
+        return pass(
+            NAME,
+            format!("{target} was itself the primary at its last sight"),
+        );
+    }
+    let sync_required = !last.synchronous_standby_names.trim().is_empty();
+    let link = last.standbys.iter().find(|s| s.name == target);
+    let was_sync = link.is_some_and(|l| l.sync_state.as_deref() == Some("sync"));
+    if sync_required && !was_sync {
+        return forceable(
+            force,
+            NAME,
+            format!(
+                "when {} was last seen ({}), synchronous_standby_names was set and {target} was not its synchronous standby ({}): commits acknowledged then may exist on {} only",
+                last.node,
+                last.seen_at,
+                link.and_then(|l| l.sync_state.clone()).map(|s| format!("sync_state {s}")).unwrap_or_else(|| "not connected".into()),
+                last.node
+            ),
+        );
+    }
+    let Some(gap) = bytes_possibly_lost(view, target) else {
+        return forceable(
+            force,
+            NAME,
+            format!(
+                "the primary's last LSN or {target}'s received LSN is unknown: what {target} lacks cannot be told"
+            ),
+        );
+    };
+    let limit = config.replication.max_lag_on_failover;
+    let how = format!(
+        "{target} is {} behind what {} had at its last sight ({}, {})",
+        human(gap),
+        last.node,
+        last.current_lsn.map(|l| l.to_string()).unwrap_or_default(),
+        last.seen_at
+    );
+    if gap > limit {
+        forceable(
+            force,
+            NAME,
+            format!(
+                "{how}, more than max_lag_on_failover ({}): those commits would be lost",
+                human(limit)
+            ),
+        )
+    } else {
+        pass(
+            NAME,
+            format!(
+                "{how}, within max_lag_on_failover ({}){}",
+                human(limit),
+                if was_sync {
+                    "; it was the synchronous standby"
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
+}
+
 fn lag_check(force: bool, config: &Config, target: &str, bytes: u64, what: &str) -> Check {
     let limit = config.replication.max_lag_on_failover;
     let human = crate::health::human_bytes;
@@ -397,10 +488,74 @@ pub fn passed(checks: &[Check]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::last_primary::LastPrimary;
     use crate::snapshot::tests::{primary, standby};
     use crate::snapshot::Lsn;
     use crate::view::tests::{failed, ok};
     use crate::view::NodeObservation;
+
+    fn check_of(c: &Config, view: &ClusterView, force: bool) -> Check {
+        let request = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force,
+        };
+        let checks = preflight(&PreflightInput {
+            config: c,
+            view,
+            kind: OperationKind::Failover,
+            request: &request,
+            open_operation: None,
+            shadows: &[],
+            config_file_blocker: None,
+        });
+        checks
+            .into_iter()
+            .find(|c| c.name == "target_has_primary_wal")
+            .expect("a failover checks what the target lacks")
+    }
+
+    #[test]
+    fn a_failover_compares_the_target_with_the_primary_last_seen() {
+        let c = config();
+        // Seen healthy (pg-b sync, 0x48 behind), then pg-a gone: passes.
+        let view = seen(&c, &[failed(3), ok(standby())]);
+        let ok_check = check_of(&c, &view, false);
+        assert_eq!(ok_check.verdict, Verdict::Pass, "{ok_check:?}");
+        assert!(
+            ok_check.message.contains("synchronous standby"),
+            "{ok_check:?}"
+        );
+        assert_eq!(bytes_possibly_lost(&view, "pg-b"), Some(0));
+
+        // Never seen: unknown is not "nothing lost".
+        let mut unseen = view.clone();
+        unseen.last_primary = None;
+        assert_eq!(check_of(&c, &unseen, false).verdict, Verdict::Fail);
+        assert_eq!(check_of(&c, &unseen, true).verdict, Verdict::Warn);
+
+        // Not the sync standby while synchronous_standby_names was set.
+        let mut not_sync = view.clone();
+        not_sync.last_primary.as_mut().unwrap().standbys[0].sync_state = Some("async".into());
+        let refused = check_of(&c, &not_sync, false);
+        assert_eq!(refused.verdict, Verdict::Fail);
+        assert!(
+            refused.message.contains("was not its synchronous standby"),
+            "{refused:?}"
+        );
+
+        // `sync async` was run, the standby fell behind, the primary went on.
+        let mut behind = view.clone();
+        let last = behind.last_primary.as_mut().unwrap();
+        last.synchronous_standby_names.clear();
+        last.standbys.clear();
+        last.current_lsn = Some(Lsn(Lsn::parse("0/3000148").unwrap().0 + 32 * 1024 * 1024));
+        let refused = check_of(&c, &behind, false);
+        assert_eq!(refused.verdict, Verdict::Fail, "{refused:?}");
+        assert!(refused.message.contains("32.0 MiB behind"), "{refused:?}");
+        assert_eq!(check_of(&c, &behind, true).verdict, Verdict::Warn);
+        assert_eq!(bytes_possibly_lost(&behind, "pg-b"), Some(32 * 1024 * 1024));
+    }
 
     fn config() -> Config {
         let text = r#"
@@ -425,9 +580,17 @@ application:
         Config::parse_str("t.yaml", text).unwrap()
     }
 
+    /// The view a daemon has after it saw the healthy pair, then `obs`.
+    fn seen(c: &Config, obs: &[NodeObservation]) -> ClusterView {
+        let before = ClusterView::build(c, &[ok(primary()), ok(standby())]);
+        let mut view = ClusterView::build(c, obs);
+        view.last_primary = LastPrimary::from_view(&before, "t0");
+        view
+    }
+
     fn run(kind: OperationKind, obs: &[NodeObservation], target: &str, force: bool) -> Vec<Check> {
         let c = config();
-        let view = ClusterView::build(&c, obs);
+        let view = seen(&c, obs);
         let request = Request {
             target: target.into(),
             reason: String::new(),
@@ -615,7 +778,7 @@ application:
     #[test]
     fn a_shadowing_setting_is_a_warning() {
         let c = config();
-        let view = ClusterView::build(&c, &[failed(3), ok(standby())]);
+        let view = seen(&c, &[failed(3), ok(standby())]);
         let request = Request {
             target: "pg-b".into(),
             reason: String::new(),

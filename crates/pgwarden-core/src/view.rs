@@ -99,6 +99,9 @@ pub struct ClusterView {
     pub healthy: bool,
     pub problems: Vec<Problem>,
     pub nodes: Vec<NodeView>,
+    /// The primary as last seen answering, kept after it goes silent (set
+    /// by the daemon, which persists it; see [`crate::last_primary`]).
+    pub last_primary: Option<crate::last_primary::LastPrimary>,
 }
 
 impl ClusterView {
@@ -169,6 +172,7 @@ impl ClusterView {
             healthy: false,
             problems: Vec::new(),
             nodes,
+            last_primary: None,
         };
         view.problems = health::evaluate(config, &view);
         view.healthy = !view
@@ -188,6 +192,16 @@ impl ClusterView {
                 .iter()
                 .any(|p| p.severity == Severity::Critical);
         }
+        self
+    }
+
+    /// Adds problems found outside the poll (the stale-primary guard's).
+    pub fn with_problems(mut self, extra: impl IntoIterator<Item = Problem>) -> ClusterView {
+        self.problems.extend(extra);
+        self.healthy = !self
+            .problems
+            .iter()
+            .any(|p| p.severity == Severity::Critical);
         self
     }
 

@@ -151,9 +151,14 @@ async fn guarded(s: Arc<AppState>, remote: SocketAddr, req: Request, next: Next)
         .as_str()
         .map(|e| format!("{e}: {}", answer["message"].as_str().unwrap_or("")))
         .or_else(|| {
-            answer["id"]
-                .as_str()
-                .map(|id| format!("operation {id} {}", answer["state"].as_str().unwrap_or("")))
+            answer["id"].as_str().map(|id| {
+                let mut r = format!("operation {id} {}", answer["state"].as_str().unwrap_or(""));
+                // What a forced failover may have cost stays in the audit log.
+                if let Some(lost) = answer["facts"]["bytes_possibly_lost"].as_str() {
+                    r.push_str(&format!("; bytes_possibly_lost={lost}"));
+                }
+                r
+            })
         })
         // An answer without a JSON body (the router's 405, an extractor's
         // rejection) is not an "ok" unless its status says so.
@@ -529,6 +534,9 @@ async fn sync(State(s): Shared, body: Bytes) -> Response {
 struct LockBody {
     holder: String,
     operation_id: String,
+    /// The lease's length; a holder of a version without leases sends none.
+    #[serde(default)]
+    ttl_ms: Option<u64>,
 }
 
 async fn lock(State(s): Shared, body: Bytes) -> Response {
@@ -536,7 +544,11 @@ async fn lock(State(s): Shared, body: Bytes) -> Response {
         Ok(b) => b,
         Err(m) => return bad_request(m),
     };
-    match s.ops.hold_for_peer(&b.holder, &b.operation_id) {
+    let ttl = b
+        .ttl_ms
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(crate::lock::LEASE_TTL);
+    match s.ops.hold_for_peer(&b.holder, &b.operation_id, ttl) {
         Ok(()) => Json(json!({"held": true, "operation_id": b.operation_id})).into_response(),
         Err(e) => op_error(e),
     }

@@ -117,6 +117,79 @@ pub fn shadows(config: &Config) -> Vec<Shadow> {
     out
 }
 
+/// What a resumed failover or switchover re-checks before it acts again:
+/// the guards of the completed steps that protect the next side effect. A
+/// fence verified an hour ago is not trusted: the application may have been
+/// started by hand, the old primary restarted, the target rebuilt.
+pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, String> {
+    if op.kind == OperationKind::Rejoin {
+        return Ok(Vec::new());
+    }
+    let mut held = Vec::new();
+    let promoted = op.completed(StepName::Promote);
+    // The fence guards the promotion. After it, the application running
+    // again is what start_application does (perhaps before a crash).
+    if op.completed(StepName::FenceApplication) && !promoted {
+        let app = application(ctx).map_err(|_| "no application configured".to_owned())?;
+        match is_running(ctx, app).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(format!(
+                    "{} runs again although the fence was verified earlier: stop it, then resume",
+                    app.name
+                ))
+            }
+            Err(e) => return Err(format!("cannot tell whether {} runs: {e}", app.name)),
+        }
+        let (count, seen) = sessions(ctx, &app.db_user).await;
+        if count > 0 {
+            return Err(format!(
+                "sessions of {} are back ({}): the fence no longer holds",
+                app.db_user,
+                seen.join(", ")
+            ));
+        }
+        held.push(format!("{} still fenced", app.name));
+    }
+    if op.completed(StepName::StopOldPrimary) && !promoted {
+        if let Some(old) = op.facts.get("old_primary") {
+            match ctx.effects.node_quick(old).is_in_recovery().await {
+                Ok(false) => {
+                    return Err(format!(
+                    "{old} answers as a primary again since it was stopped: stop it, then resume"
+                ))
+                }
+                Ok(true) => held.push(format!("{old} is a standby")),
+                Err(_) => held.push(format!("{old} does not answer")),
+            }
+        }
+    }
+    if !promoted {
+        let target = &op.request.target;
+        // Asked directly: a daemon restarted after a crash has no view yet.
+        // Already a primary is what a crash between pg_promote and its
+        // journal entry leaves; the promote step then says so and skips.
+        if let Err(e) = ctx.effects.node_quick(target).is_in_recovery().await {
+            return Err(format!("{target} does not answer: {e}"));
+        }
+        let id = |n: &str| {
+            ctx.view
+                .node(n)
+                .and_then(|n| n.snapshot.as_ref())
+                .map(|s| s.system_identifier)
+        };
+        if let (Some(old), Some(tid)) = (op.facts.get("old_primary"), id(target)) {
+            if id(old).is_some_and(|o| o != tid) {
+                return Err(format!(
+                    "{target} is no longer a copy of {old}'s cluster (system identifier {tid})"
+                ));
+            }
+        }
+        held.push(format!("{target} is still a standby of the same cluster"));
+    }
+    Ok(held)
+}
+
 fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let shadows = shadows(&ctx.config);
     let blocker = ctx
@@ -153,6 +226,13 @@ fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         .map(|n| n.name.clone());
     if let Some(old) = old {
         op.facts.insert("old_primary".into(), old);
+    }
+    // A forced failover says what it may cost (journal, answer and audit).
+    if op.kind == OperationKind::Failover && op.request.force {
+        if let Some(lost) = preflight::bytes_possibly_lost(&ctx.view, target) {
+            op.facts
+                .insert("bytes_possibly_lost".into(), lost.to_string());
+        }
     }
     let warnings: Vec<&str> = checks
         .iter()

@@ -220,6 +220,9 @@ async fn status(State(s): Shared) -> Response {
         "problems": view.problems,
         "nodes": view.nodes,
         "operation": s.ops.current(),
+        // The primary at its last sight: for a down primary, when it was
+        // last seen and what it had then.
+        "last_primary": view.last_primary,
     }))
     .into_response()
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use pgwarden_core::operation::Operation;
 
-use crate::fsutil;
+use crate::effects::fsutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

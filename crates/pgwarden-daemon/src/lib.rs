@@ -7,13 +7,12 @@
 
 mod api;
 mod audit;
-mod command;
 mod effects;
 mod executor;
-mod fsutil;
 mod http;
 mod journal;
 mod load;
+mod lock;
 mod metrics;
 mod notify;
 mod operations;
@@ -35,6 +34,12 @@ use tracing::Instrument;
 
 pub use executor::shadows;
 pub use load::{load, Loaded, Secrets};
+
+/// `pg_ctl status` of this daemon's own node: running, not running, or
+/// unknown and why (what `check-config` reports).
+pub async fn local_pg_status(config: &pgwarden_core::Config) -> pgwarden_core::Answer {
+    effects::node::pg_status(config.local()).await
+}
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,10 @@ pub(crate) struct Published {
     pub metrics: axum::body::Bytes,
     /// When the poll loop last ran (liveness).
     pub loop_at: Instant,
+    /// When the poll behind each node's latest result started (in the
+    /// order of `nodes`): an operation waits for polls started after its
+    /// last step, so its answer and the view agree.
+    pub polls_started: Vec<Option<Instant>>,
 }
 
 /// Runs the daemon until `shutdown` completes: binds `listen`, polls every
@@ -81,6 +90,9 @@ async fn run_daemon(
     loaded: Loaded,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    for note in &loaded.notes {
+        tracing::info!("{note}");
+    }
     let config = Arc::new(loaded.config);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -99,7 +111,10 @@ async fn run_daemon(
         view: Arc::new(initial),
         metrics: metrics.render().into(),
         loop_at: Instant::now(),
+        polls_started: vec![None; config.nodes.len()],
     }));
+    // Rung by the operation manager after each step: poll every node now.
+    let poll_now = Arc::new(tokio::sync::Notify::new());
 
     let (op_tx, op_rx) = watch::channel(None);
     let effects = Arc::new(effects::Effects::new(
@@ -112,10 +127,12 @@ async fn run_daemon(
         published_rx.clone(),
         metrics.clone(),
         op_tx,
+        poll_now.clone(),
     )?;
     for e in corrupt {
         tracing::error!("{e}");
     }
+    let lease_keeper = tokio::spawn(ops.clone().keep_lease(stop_rx.clone()).in_current_span());
     let audit = Arc::new(audit::AuditLog::open(&config.state_dir).map_err(|source| {
         DaemonError::Audit {
             dir: config.state_dir.clone(),
@@ -129,7 +146,17 @@ async fn run_daemon(
             tracing::warn!(poll_interval = ?config.poll.interval, "WatchdogSec should be more than twice poll.interval, or systemd may restart a healthy pgwarden");
         }
     }
-    let stale_guard = stale::StaleGuard::new(config.clone(), audit.clone());
+    let (guard_tx, guard_rx) = watch::channel(None);
+    let stale_guard = tokio::spawn(
+        stale::run(
+            config.clone(),
+            audit.clone(),
+            published_rx.clone(),
+            guard_tx,
+            stop_rx.clone(),
+        )
+        .in_current_span(),
+    );
     let poller = poller::spawn(
         tracing::Span::current(),
         poller::Wiring {
@@ -138,8 +165,9 @@ async fn run_daemon(
             metrics: metrics.clone(),
             published: published_tx,
             operation: op_rx,
-            stale_guard,
+            guard_failure: guard_rx,
             notifier: notifier.clone(),
+            poll_now,
             stop: stop_rx.clone(),
         },
     );
@@ -177,6 +205,8 @@ async fn run_daemon(
     let _ = stop_tx.send(true);
     let served = server.await;
     let _ = poller.await;
+    let _ = stale_guard.await;
+    let _ = lease_keeper.await;
     tracing::info!("stopped");
     match served {
         Ok(Ok(())) => Ok(()),

@@ -15,6 +15,8 @@ pub struct Loaded {
     pub secrets: Secrets,
     /// The listener's TLS setup, when `tls` is configured.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Defaults filled in from the file system, for the log and check-config.
+    pub notes: Vec<String>,
 }
 
 /// Secrets read from the files the config names. `Debug` shows `***`.
@@ -30,7 +32,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::at(&origin, 1, 1, format!("cannot read the config file: {e}")))?;
-    let config = Config::parse_str(&origin, &text)?;
+    let mut config = Config::parse_str(&origin, &text)?;
+    let notes = default_os_user(&mut config).into_iter().collect();
 
     let key = |k: &str| PathSeg::Key(k.to_owned());
     let mut invalid = Vec::new();
@@ -112,5 +115,55 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             replication_password,
         },
         tls,
+        notes,
     })
+}
+
+/// Running as root with `nodes[local].os_user` unset, every `pg_ctl status`
+/// would fail (pg_ctl refuses root) and no stop could be verified: default
+/// it to the owner of the data directory (or of its parent, before a first
+/// clone), the user PostgreSQL runs as. Returns what was chosen.
+fn default_os_user(config: &mut Config) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let local = config.local_node.clone();
+    let node = config.nodes.iter_mut().find(|n| n.name == local)?;
+    if node.os_user.is_some() {
+        return None;
+    }
+    let dir = node.data_dir.as_ref()?;
+    let meta = std::fs::metadata(dir)
+        .ok()
+        .or_else(|| std::fs::metadata(dir.parent()?).ok())?;
+    let uid = Some(meta.uid()).filter(|&uid| uid != 0)?;
+    let user = user_name(uid)?;
+    let note = format!(
+        "nodes[{local}].os_user is unset and pgwarden runs as root: pg_ctl, pg_rewind and pg_basebackup run as {user}, the owner of {}",
+        dir.display()
+    );
+    node.os_user = Some(user);
+    Some(note)
+}
+
+/// The login name of `uid` (getpwuid_r).
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: zeroed passwd out-struct, a buffer of the size passed, and a
+    // result pointer; getpwuid_r fills them or leaves result null.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
 }

@@ -11,7 +11,6 @@
 //! these few functions so that a consensus store (an etcd lease) can take
 //! its place for larger clusters without touching the steps.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,13 +19,13 @@ use pgwarden_core::operation::{
 };
 use pgwarden_core::preflight::{self, Check, PreflightInput};
 use pgwarden_core::Config;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::effects::Effects;
 use crate::executor::{self, StepContext};
-use crate::fsutil;
 use crate::journal::{Journal, JournalError};
+use crate::lock::{Lease, LockFile, PeerLock, LEASE_TTL};
 use crate::metrics::Metrics;
 use crate::Published;
 
@@ -104,14 +103,6 @@ pub struct SyncAnswer {
     pub warning: Option<String>,
 }
 
-/// The lock file a peer's operation leaves in our state_dir.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PeerLock {
-    pub holder: String,
-    pub operation_id: String,
-    pub since: String,
-}
-
 pub struct Operations {
     config: Arc<Config>,
     journal: Journal,
@@ -124,7 +115,14 @@ pub struct Operations {
     /// Serializes lock decisions: checking "nothing open" and journaling
     /// the new operation are one step.
     gate: tokio::sync::Mutex<()>,
-    peer_lock_path: PathBuf,
+    /// The lock a peer's operation holds here (a lease with an expiry).
+    peer_lock: LockFile,
+    /// This daemon's lease at its peers, for its open operation. A std
+    /// Mutex: never held across an await.
+    lease: std::sync::Mutex<Lease>,
+    /// Asks the poll loop to poll every node now: what a step changed
+    /// shows in /health and /v1/status without waiting for the next tick.
+    poll_now: Arc<tokio::sync::Notify>,
     /// The id of an operation this daemon is starting (asking peers for the
     /// lock, not yet journaled). While set, a peer's lock request is refused:
     /// two daemons starting at the same instant then both get 409 instead of
@@ -175,6 +173,7 @@ impl Operations {
         published: watch::Receiver<Arc<Published>>,
         metrics: Arc<Metrics>,
         current: watch::Sender<Option<Operation>>,
+        poll_now: Arc<tokio::sync::Notify>,
     ) -> Result<(Arc<Operations>, Vec<JournalError>), JournalError> {
         let journal = Journal::open(&config.state_dir)?;
         let (ops, corrupt) = journal.recover()?;
@@ -191,7 +190,9 @@ impl Operations {
             .or(ops.last())
             .cloned();
         current.send_replace(latest);
-        let peer_lock_path = config.state_dir.join("lock.json");
+        let peer_lock = LockFile {
+            path: config.state_dir.join("lock.json"),
+        };
         let me = Operations {
             config,
             journal,
@@ -200,7 +201,9 @@ impl Operations {
             metrics,
             current,
             gate: tokio::sync::Mutex::new(()),
-            peer_lock_path,
+            peer_lock,
+            lease: Default::default(),
+            poll_now,
             starting: std::sync::Mutex::new(None),
         };
         me.publish_metrics(me.current.borrow().as_ref());
@@ -238,8 +241,32 @@ impl Operations {
     }
 
     fn peer_lock(&self) -> Option<PeerLock> {
-        let text = std::fs::read(&self.peer_lock_path).ok()?;
-        serde_json::from_slice(&text).ok()
+        self.peer_lock.read()
+    }
+
+    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renews the lease of the open operation at every peer, every third of
+    /// its TTL, until `stop` flips: also after a restart, for an operation
+    /// found interrupted, which still holds the lock until resumed or aborted.
+    pub async fn keep_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Some(op) = self.open_operation() else {
+                continue;
+            };
+            if self.lease().operation_id() != Some(op.id.as_str()) {
+                self.lease().begin(&op.id);
+            }
+            // A renewal never fails the operation by itself: the check
+            // before the next step decides.
+            let _ = self.lock_peers(&op.id, false).await;
+        }
     }
 
     fn view(&self) -> Arc<pgwarden_core::ClusterView> {
@@ -287,7 +314,15 @@ impl Operations {
         kind: OperationKind,
         request: Request,
     ) -> Result<Operation, OpError> {
-        self.start_with(kind, request, Default::default()).await
+        let mut facts = std::collections::BTreeMap::new();
+        // A forced failover says in its first answer (and so in the audit
+        // entry) what it may cost; preflight records it again when it runs.
+        if kind == OperationKind::Failover && request.force {
+            if let Some(lost) = preflight::bytes_possibly_lost(&self.view(), &request.target) {
+                facts.insert("bytes_possibly_lost".into(), lost.to_string());
+            }
+        }
+        self.start_with(kind, request, facts).await
     }
 
     /// [`Operations::start`] with facts known from the request (a rejoin's
@@ -362,7 +397,14 @@ impl Operations {
         id: String,
         facts: std::collections::BTreeMap<String, String>,
     ) -> Result<Operation, OpError> {
-        let lock_note = self.lock_peers(&id).await?;
+        self.lease().begin(&id);
+        let lock_note = match self.lock_peers(&id, true).await {
+            Ok(note) => note,
+            Err(e) => {
+                self.lease().end();
+                return Err(e);
+            }
+        };
         let mut op = Operation::new(id, kind, request, &now());
         op.facts.extend(facts);
         op.facts.insert("peer_lock".into(), lock_note);
@@ -392,12 +434,17 @@ impl Operations {
                 "{e}: only a failed or interrupted operation can be resumed"
             ))
         })?;
+        // The lock is taken again, as at the start: while this operation
+        // stood still its lease at the peer may have lapsed.
+        self.lease().begin(&op.id);
+        let note = self.lock_peers(&op.id, false).await?;
+        op.facts.insert("peer_lock".into(), note);
         self.journal
             .save(&op)
             .map_err(|e| OpError::Internal(format!("nothing was done: {e}")))?;
         tracing::info!(operation = %op.id, "operation resumed");
         self.current.send_replace(Some(op.clone()));
-        tokio::spawn(self.clone().run(op.clone()));
+        tokio::spawn(self.clone().run_resumed(op.clone()));
         Ok(op)
     }
 
@@ -416,6 +463,7 @@ impl Operations {
             .save(&op)
             .map_err(|e| OpError::Internal(format!("not aborted: {e}")))?;
         tracing::warn!(operation = %op.id, "operation aborted");
+        self.lease().end();
         self.finished(&op, None);
         self.unlock_peers(&op.id).await;
         Ok(op)
@@ -598,9 +646,38 @@ impl Operations {
         done
     }
 
+    /// A resumed operation first re-verifies what the steps it already
+    /// completed guaranteed (see [`executor::reverify`]); if that no longer
+    /// holds, its next step fails with the reason and nothing runs.
+    async fn run_resumed(self: Arc<Self>, mut op: Operation) {
+        let ctx = StepContext {
+            config: self.config.clone(),
+            effects: self.effects.clone(),
+            view: self.view(),
+        };
+        match executor::reverify(&ctx, &op).await {
+            Ok(held) => {
+                if !held.is_empty() {
+                    tracing::info!(operation = %op.id, "re-verified before resuming: {}", held.join("; "));
+                }
+                self.run(op).await
+            }
+            Err(why) => {
+                let msg = format!("not resumed: {why}");
+                tracing::error!(operation = %op.id, "{msg}");
+                if op.start_step(&now()).is_ok() {
+                    let _ = op.finish_step(StepOutcome::Failed(msg), &now());
+                }
+                let _ = self.journal.save(&op);
+                self.finished(&op, None);
+            }
+        }
+    }
+
     /// The run loop: intent, act, fact, for each step until the end or a failure.
     async fn run(self: Arc<Self>, mut op: Operation) {
         let started = Instant::now();
+        let mut kicked = started;
         while op.next_step().is_some() {
             let step = op.start_step(&now()).expect("a next step exists");
             if let Err(e) = self.journal.save(&op) {
@@ -613,6 +690,13 @@ impl Operations {
             }
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
+            // The lock is checked before every step's side effects.
+            if let Err(why) = self.lease().check(&op.id, Instant::now()) {
+                let _ = op.finish_step(StepOutcome::Failed(why), &now());
+                let _ = self.journal.save(&op);
+                self.current.send_replace(Some(op.clone()));
+                break;
+            }
             fault_pause(step, "before").await;
             let ctx = StepContext {
                 config: self.config.clone(),
@@ -630,6 +714,15 @@ impl Operations {
                 }
             }
             fault_pause(step, "after").await;
+            if step == StepName::Done {
+                // The operation's answer and the view must agree: the
+                // caller may act on one right after the other (a rejoin
+                // right after a switchover). The polls kicked after the
+                // last step with an effect show what it did.
+                self.wait_for_fresh_view(kicked).await;
+            }
+            kicked = Instant::now();
+            self.poll_now.notify_waiters();
             op.finish_step(outcome, &now())
                 .expect("the step is running");
             if let Err(e) = self.journal.save(&op) {
@@ -642,9 +735,24 @@ impl Operations {
         }
         self.finished(&op, Some(started.elapsed()));
         if op.state == OperationState::Succeeded {
+            self.lease().end();
             self.unlock_peers(&op.id).await;
             tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
         }
+    }
+
+    /// Waits until every node's latest poll started after `since` (bounded
+    /// by one poll interval and timeout: a poller busy at `since` polls again
+    /// at its next tick).
+    async fn wait_for_fresh_view(&self, since: Instant) {
+        let mut published = self.published.clone();
+        let budget = self.config.poll.interval + self.config.poll.timeout;
+        let fresh = |p: &Arc<Published>| {
+            p.polls_started
+                .iter()
+                .all(|s| s.is_some_and(|s| s >= since))
+        };
+        let _ = tokio::time::timeout(budget, published.wait_for(fresh)).await;
     }
 
     fn finished(&self, op: &Operation, took: Option<std::time::Duration>) {
@@ -668,7 +776,13 @@ impl Operations {
         self.metrics.set_operation(running, fenced);
     }
 
-    async fn lock_peers(&self, id: &str) -> Result<String, OpError> {
+    /// Asks every peer daemon to hold (or keep holding) the lock of `id`.
+    /// Only a connection that cannot be made means "unreachable" (the lock
+    /// is then not shared with it); any other failure (a refusal, an
+    /// authentication error, a timeout after the request was sent, an
+    /// answer that cannot be read) refuses, since that daemon may be
+    /// holding or doing something we cannot see.
+    async fn lock_peers(&self, id: &str, first: bool) -> Result<String, OpError> {
         let mut notes = Vec::new();
         let mut locked = Vec::new();
         for n in self
@@ -682,25 +796,43 @@ impl Operations {
                 continue;
             };
             let url = format!("{}/v1/internal/lock", api.trim_end_matches('/'));
-            let body = serde_json::json!({"holder": self.config.local_node, "operation_id": id});
+            let body = serde_json::json!({
+                "holder": self.config.local_node,
+                "operation_id": id,
+                "ttl_ms": LEASE_TTL.as_millis() as u64,
+            });
+            let asked = Instant::now();
             match self.effects.post(&url, &body).await {
                 Ok(_) => {
+                    self.lease().confirmed(id, &n.name, asked);
                     locked.push(n.name.clone());
                     notes.push(format!("held by the daemon beside {}", n.name));
                 }
-                Err(e) if e.status == Some(409) => {
-                    for name in &locked {
-                        self.unlock_peer(name, id).await;
-                    }
-                    return Err(OpError::Conflict(format!(
-                        "the daemon beside {} refuses the lock: {}",
-                        n.name, e.message
-                    )));
-                }
-                Err(e) => notes.push(format!(
+                Err(e) if e.unreachable => notes.push(format!(
                     "the daemon beside {} is unreachable, lock not shared: {}",
                     n.name, e.message
                 )),
+                Err(e) => {
+                    if e.status == Some(409) {
+                        self.lease().lost(
+                            id,
+                            format!(
+                                "the daemon beside {} holds another lock: {}",
+                                n.name, e.message
+                            ),
+                        );
+                    }
+                    // Taking it for the first time: give back what was taken.
+                    if first {
+                        for name in &locked {
+                            self.unlock_peer(name, id).await;
+                        }
+                    }
+                    return Err(OpError::Conflict(format!(
+                        "the daemon beside {} did not grant the operation lock: {}",
+                        n.name, e.message
+                    )));
+                }
             }
         }
         Ok(notes.join("; "))
@@ -750,17 +882,21 @@ impl Operations {
                 ) =>
             {
                 tracing::info!(operation = %lock.operation_id, "dropping a stale lock: the operation ended at {}", lock.holder);
-                let _ = std::fs::remove_file(&self.peer_lock_path);
+                self.peer_lock.remove();
             }
-            Err(e) if e.status == Some(404) => {
-                let _ = std::fs::remove_file(&self.peer_lock_path);
-            }
+            Err(e) if e.status == Some(404) => self.peer_lock.remove(),
             _ => {}
         }
     }
 
-    /// The peer asks us to hold the lock for its operation.
-    pub fn hold_for_peer(&self, holder: &str, operation_id: &str) -> Result<(), OpError> {
+    /// The peer asks us to hold (or renew) the lock for its operation, for
+    /// `ttl` from now.
+    pub fn hold_for_peer(
+        &self,
+        holder: &str,
+        operation_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), OpError> {
         // Held until the lock file is written: see `start`.
         let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mine) = starting.as_ref() {
@@ -774,35 +910,44 @@ impl Operations {
                 open.id
             )));
         }
-        if let Some(lock) = self.peer_lock() {
-            if lock.operation_id == operation_id {
-                return Ok(());
+        match (self.peer_lock(), self.peer_lock.read_any()) {
+            (Some(lock), _) if lock.operation_id != operation_id => {
+                return Err(OpError::Conflict(format!(
+                    "the lock is held for operation {} of {}",
+                    lock.operation_id, lock.holder
+                )));
             }
-            return Err(OpError::Conflict(format!(
-                "the lock is held for operation {} of {}",
-                lock.operation_id, lock.holder
-            )));
+            (None, Some(expired)) if expired.operation_id != operation_id => {
+                tracing::warn!(
+                    operation = %expired.operation_id,
+                    holder = %expired.holder,
+                    "the lock of this operation expired (its daemon did not renew it): granting it to {operation_id} of {holder}"
+                );
+            }
+            _ => {}
         }
-        let lock = PeerLock {
-            holder: holder.to_owned(),
-            operation_id: operation_id.to_owned(),
-            since: now(),
-        };
-        let bytes = serde_json::to_vec(&lock).expect("a lock serializes");
-        fsutil::write_atomic(&self.peer_lock_path, &bytes, 0o600).map_err(|e| {
+        let since = self
+            .peer_lock
+            .read_any()
+            .filter(|l| l.operation_id == operation_id)
+            .map(|l| l.since)
+            .unwrap_or_else(now);
+        let lock = PeerLock::new(holder, operation_id, since, ttl);
+        self.peer_lock.write(&lock).map_err(|e| {
             OpError::Internal(format!(
                 "cannot write {}: {e}",
-                self.peer_lock_path.display()
+                self.peer_lock.path.display()
             ))
         })
     }
 
     pub fn release_for_peer(&self, operation_id: &str) {
         if self
-            .peer_lock()
+            .peer_lock
+            .read_any()
             .is_some_and(|l| l.operation_id == operation_id)
         {
-            let _ = std::fs::remove_file(&self.peer_lock_path);
+            self.peer_lock.remove();
         }
     }
 }

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use pgwarden_core::last_primary::LastPrimary;
 use pgwarden_core::view::{ClusterView, NodeObservation};
-use pgwarden_core::{Config, NodeSnapshot};
+use pgwarden_core::{health, Config, NodeSnapshot};
 use pgwarden_pg::{Prober, Target};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +25,7 @@ use crate::Published;
 struct PollResult {
     node: usize,
     outcome: Result<NodeSnapshot, String>,
+    started: Instant,
     took: Duration,
 }
 
@@ -36,10 +38,12 @@ pub(crate) struct Wiring {
     pub published: watch::Sender<Arc<Published>>,
     /// The open or latest operation, whose problems join the view.
     pub operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
-    /// Stops this node's PostgreSQL when it turns out to be a stale primary.
-    pub stale_guard: crate::stale::StaleGuard,
+    /// Why the stale-primary guard could not stop this node, if it could not.
+    pub guard_failure: watch::Receiver<Option<String>>,
     /// Tells systemd when the daemon is ready and that its loop still runs.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Poll every node at once (after an operation's step), not at the next tick.
+    pub poll_now: Arc<tokio::sync::Notify>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -52,8 +56,9 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
         metrics,
         published,
         operation,
-        stale_guard,
+        guard_failure,
         notifier,
+        poll_now,
         stop,
     } = wiring;
     let (tx, rx) = mpsc::channel(config.nodes.len() * 2);
@@ -72,6 +77,7 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
             prober,
             config.poll.interval,
             tx.clone(),
+            poll_now.clone(),
             stop.clone(),
         )));
     }
@@ -84,7 +90,7 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
                     metrics,
                     published,
                     operation,
-                    stale_guard,
+                    guard_failure,
                     notifier,
                     stop,
                 },
@@ -104,6 +110,7 @@ async fn poll_node(
     mut prober: Prober,
     interval: Duration,
     results: mpsc::Sender<PollResult>,
+    poll_now: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -112,6 +119,7 @@ async fn poll_node(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = poll_now.notified() => ticker.reset(),
             _ = stop.wait_for(|s| *s) => return,
         }
         let started = Instant::now();
@@ -119,6 +127,7 @@ async fn poll_node(
         let result = PollResult {
             node,
             outcome,
+            started,
             took: started.elapsed(),
         };
         if results.send(result).await.is_err() {
@@ -133,7 +142,7 @@ struct ViewLoop {
     metrics: Arc<Metrics>,
     published: watch::Sender<Arc<Published>>,
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
-    stale_guard: crate::stale::StaleGuard,
+    guard_failure: watch::Receiver<Option<String>>,
     notifier: Arc<crate::notify::Notifier>,
     stop: watch::Receiver<bool>,
 }
@@ -144,12 +153,14 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
         metrics,
         published,
         operation,
-        stale_guard,
+        guard_failure,
         notifier,
         mut stop,
     } = wiring;
     let mut ready = false;
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
+    let mut last_primary = LastPrimaryRecord::load(&config.state_dir);
+    let mut polls_started = vec![None; config.nodes.len()];
     let mut ticker = tokio::time::interval(config.poll.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -158,6 +169,7 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                 let Some(result) = result else { return };
                 let name = &config.nodes[result.node].name;
                 metrics.observe_poll(name, result.took, result.outcome.is_err());
+                polls_started[result.node] = Some(result.started);
                 let obs = &mut observations[result.node];
                 log_transition(name, obs, &result.outcome);
                 match result.outcome {
@@ -175,10 +187,15 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                 }
                 obs.polled_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
                 // An operation stopped half-way is a cluster problem too.
-                let view = ClusterView::build(&config, &observations)
-                    .with_operation(operation.borrow().as_ref());
+                let guard = guard_failure
+                    .borrow()
+                    .as_deref()
+                    .map(|why| health::stale_primary_not_stopped(&config.local_node, why));
+                let mut view = ClusterView::build(&config, &observations)
+                    .with_operation(operation.borrow().as_ref())
+                    .with_problems(guard);
+                view.last_primary = last_primary.update(&view);
                 log_problem_changes(&published.borrow().view, &view);
-                stale_guard.check(&view);
                 // Ready once every node has been polled (answered or not):
                 // from then on /metrics and /health tell the truth.
                 let line = status_line(&view);
@@ -195,6 +212,7 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                     view: Arc::new(view),
                     metrics: text.into(),
                     loop_at: Instant::now(),
+                    polls_started: polls_started.clone(),
                 }));
             }
             _ = ticker.tick() => {
@@ -204,6 +222,7 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                     view: last.view.clone(),
                     metrics: last.metrics.clone(),
                     loop_at: Instant::now(),
+                    polls_started: last.polls_started.clone(),
                 }));
                 notifier.watchdog(Instant::now());
             }
@@ -252,5 +271,46 @@ fn log_problem_changes(before: &ClusterView, after: &ClusterView) {
     }
     if before.healthy != after.healthy {
         tracing::info!(healthy = after.healthy, "cluster health changed");
+    }
+}
+
+/// The primary at its last sight, kept in `state_dir/last_primary.json` so
+/// that a daemon restarted after the primary died still knows what it had
+/// (see `pgwarden_core::last_primary`). Written, fsync'd, when it says
+/// something new; a later `seen_at` alone is kept in memory.
+struct LastPrimaryRecord {
+    path: std::path::PathBuf,
+    last: Option<LastPrimary>,
+}
+
+impl LastPrimaryRecord {
+    fn load(state_dir: &std::path::Path) -> LastPrimaryRecord {
+        let path = state_dir.join("last_primary.json");
+        let last = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| tracing::error!("{} is unreadable, ignored: {e}", path.display()))
+                .ok(),
+            Err(_) => None,
+        };
+        LastPrimaryRecord { path, last }
+    }
+
+    /// Records the primary of `view` if it answered now; returns the record.
+    fn update(&mut self, view: &ClusterView) -> Option<LastPrimary> {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if let Some(seen) = LastPrimary::from_view(view, &now) {
+            let changed = self.last.as_ref().is_none_or(|l| l.differs_from(&seen));
+            if changed {
+                let bytes = serde_json::to_vec(&seen).expect("a record serializes");
+                if let Err(e) = crate::effects::fsutil::write_atomic(&self.path, &bytes, 0o600) {
+                    tracing::error!(
+                        "cannot record the primary's last state in {}: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+            self.last = Some(seen);
+        }
+        self.last.clone()
     }
 }

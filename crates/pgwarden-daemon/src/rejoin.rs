@@ -19,10 +19,10 @@ use pgwarden_core::preflight::{self, PreflightInput, Verdict};
 use pgwarden_core::Config;
 use pgwarden_pg::{quote_literal, Node};
 
-use crate::command::{self, as_user};
+use crate::effects::command::{self, as_user};
+use crate::effects::fsutil;
 use crate::effects::local_node_action;
 use crate::executor::StepContext;
-use crate::fsutil;
 
 /// A copy of 1 GB on this kind of machine takes well under a minute; a
 /// large production database may take hours.
@@ -78,26 +78,6 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
-}
-
-/// `pg_controldata` fields of the local data directory.
-async fn controldata(config: &Config, dir: &Path) -> Result<String, String> {
-    let argv = vec![
-        bin(config, "pg_controldata"),
-        "-D".into(),
-        dir.display().to_string(),
-    ];
-    command::run_checked(&argv, Duration::from_secs(10))
-        .await
-        .map(|f| f.stdout)
-        .map_err(|e| e.to_string())
-}
-
-fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .map(|v| v.trim_start_matches(':').trim())
-    })
 }
 
 /// Free bytes on the file system holding `dir`.
@@ -196,9 +176,8 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
 
 /// Why pg_rewind can work on `dir` from the primary, or why not.
 async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Result<String, String> {
-    let text = controldata(&ctx.config, dir).await?;
-    let hints = field(&text, "wal_log_hints setting") == Some("on");
-    let checksums = field(&text, "Data page checksum version").is_some_and(|v| v != "0");
+    let control = crate::effects::node::pg_control(ctx.config.local(), dir).await?;
+    let (hints, checksums) = (control.wal_log_hints, control.checksums);
     if !hints && !checksums {
         return Err(
             "neither wal_log_hints nor data checksums are on in this data directory".into(),
@@ -340,9 +319,8 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
 fn copy_owned_like(from: &Path, to: &Path, dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let bytes = std::fs::read(from)?;
-    fsutil::write_atomic(to, &bytes, 0o600)?;
     let meta = std::fs::metadata(dir)?;
-    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+    fsutil::write_atomic_owned(to, &bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
 /// A fresh copy into `<data_dir>.pgwarden-new-<op>`, then swapped in; the
@@ -505,9 +483,8 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
 
 fn copy_bytes_owned(to: &Path, bytes: &[u8], dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    fsutil::write_atomic(to, bytes, 0o600)?;
     let meta = std::fs::metadata(dir)?;
-    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+    fsutil::write_atomic_owned(to, bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
 async fn start(ctx: &StepContext) -> StepOutcome {

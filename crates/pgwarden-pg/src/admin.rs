@@ -88,43 +88,54 @@ impl Node {
     /// Runs one statement (simple protocol: ALTER SYSTEM cannot run in a
     /// transaction block) and returns its rows as text.
     pub async fn query(&self, statement: &str) -> Result<Vec<Vec<Option<String>>>, AdminError> {
-        let mut guard = self.conn.lock().await;
+        // The lock is taken inside the timeout: a statement of another step
+        // stuck on this connection must not hold this one past its budget.
         let work = async {
-            if guard.as_ref().is_none_or(|c| c.is_closed()) {
-                *guard = Some(self.connect().await?);
-            }
-            let client = guard.as_ref().expect("connected above");
-            let messages =
-                client
-                    .simple_query(statement)
-                    .await
-                    .map_err(|e| AdminError::Statement {
-                        node: self.name.clone(),
-                        statement: statement.to_owned(),
-                        detail: crate::probe::chain(&e),
-                    })?;
-            Ok(messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => {
-                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            let mut guard = self.conn.lock().await;
+            let result =
+                async {
+                    if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                        *guard = Some(self.connect().await?);
                     }
-                    _ => None,
-                })
-                .collect())
+                    let client = guard.as_ref().expect("connected above");
+                    let messages = client.simple_query(statement).await.map_err(|e| {
+                        AdminError::Statement {
+                            node: self.name.clone(),
+                            statement: statement.to_owned(),
+                            detail: crate::probe::chain(&e),
+                        }
+                    })?;
+                    Ok(messages
+                        .into_iter()
+                        .filter_map(|m| match m {
+                            SimpleQueryMessage::Row(r) => {
+                                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                            }
+                            _ => None,
+                        })
+                        .collect())
+                }
+                .await;
+            if result.is_err() {
+                // The connection may be stuck mid-protocol or gone: rebuild it.
+                *guard = None;
+            }
+            result
         };
-        let result = match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(AdminError::Timeout {
-                node: self.name.clone(),
-                after: self.timeout,
-            }),
-        };
-        if result.is_err() {
-            // The connection may be stuck mid-protocol or gone: rebuild it.
-            *guard = None;
+            Err(_) => {
+                // Cut off mid-statement: the connection cannot be trusted.
+                // If another caller holds it, that caller resets it itself.
+                if let Ok(mut guard) = self.conn.try_lock() {
+                    *guard = None;
+                }
+                Err(AdminError::Timeout {
+                    node: self.name.clone(),
+                    after: self.timeout,
+                })
+            }
         }
-        result
     }
 
     /// The single value of a one-row, one-column answer.

@@ -201,6 +201,38 @@ fn main() -> ExitCode {
                         s.source, s.key
                     );
                 }
+                for note in &loaded.notes {
+                    println!("note: {note}");
+                }
+                // pgwarden stops, starts and rebuilds only its own node; a
+                // status it cannot read means no stop could be verified.
+                let me = loaded.config.local();
+                if me.data_dir.is_none() {
+                    println!(
+                        "local PostgreSQL ({}): not checked: nodes[{}].data_dir is not set, so pgwarden cannot stop, verify or rejoin it",
+                        me.name, me.name
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                match runtime().block_on(pgwarden_daemon::local_pg_status(&loaded.config)) {
+                    pgwarden_core::Answer::Yes => {
+                        println!("local PostgreSQL ({}): running (pg_ctl status)", me.name)
+                    }
+                    pgwarden_core::Answer::No => {
+                        println!(
+                            "local PostgreSQL ({}): not running (pg_ctl status)",
+                            me.name
+                        )
+                    }
+                    pgwarden_core::Answer::Unknown(why) => {
+                        eprintln!(
+                            "{}: nodes[{}]: whether PostgreSQL runs is unknown, so pgwarden could not verify a stop of it: {why}",
+                            config.display(),
+                            me.name
+                        );
+                        return ExitCode::from(EXIT_BAD_CONFIG);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

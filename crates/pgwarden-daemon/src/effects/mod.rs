@@ -7,35 +7,30 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::{ini, Config};
 use pgwarden_pg::{Node, Target};
-use serde::{Deserialize, Serialize};
 
-use crate::command::{self, CommandError, Finished};
-use crate::fsutil;
 use crate::load::Secrets;
+
+pub mod command;
+pub mod fsutil;
+pub mod node;
+
+use command::{CommandError, Finished};
+pub use node::{local_node_action, NodeState};
 
 /// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
 const SQL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Budget of stopping or starting a node's PostgreSQL.
-const NODE_ACTION_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A node's PostgreSQL as its own daemon saw it after a stop or start.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeState {
-    pub node: String,
-    /// `pg_controldata`'s "Database cluster state", e.g. "shut down".
-    pub cluster_state: Option<String>,
-    /// The last checkpoint: after a clean shutdown, the final WAL record.
-    pub checkpoint_lsn: Option<Lsn>,
-    pub message: String,
-}
+use node::NODE_ACTION_TIMEOUT;
 
 /// A failed call to another daemon: its HTTP status if it answered.
+/// Only a connection that could not be made is `unreachable` (nothing was
+/// sent, so nothing was done there); a timeout after the request went out,
+/// or an answer that cannot be read, is neither "done" nor "not done".
 #[derive(Debug)]
 pub struct PeerError {
     pub status: Option<u16>,
+    pub unreachable: bool,
     pub message: String,
 }
 
@@ -148,6 +143,7 @@ impl Effects {
     pub async fn stop_within(&self, node: &str, budget: Duration) -> Result<NodeState, PeerError> {
         let timed_out = || PeerError {
             status: None,
+            unreachable: false,
             message: format!("the stop was not confirmed within {}s", budget.as_secs()),
         };
         if node == self.config.local_node {
@@ -155,6 +151,7 @@ impl Effects {
             {
                 Ok(r) => r.map_err(|message| PeerError {
                     status: Some(503),
+                    unreachable: false,
                     message,
                 }),
                 Err(_) => Err(timed_out()),
@@ -166,6 +163,7 @@ impl Effects {
             .and_then(|n| n.api.as_deref())
             .ok_or_else(|| PeerError {
                 status: None,
+                unreachable: true,
                 message: format!("nodes[{node}].api is not configured"),
             })?;
         let url = format!("{}/v1/node/stop", api.trim_end_matches('/'));
@@ -175,6 +173,7 @@ impl Effects {
             .map_err(|_| timed_out())??;
         serde_json::from_value(v).map_err(|e| PeerError {
             status: None,
+            unreachable: false,
             message: format!("{url} answered unexpectedly: {e}"),
         })
     }
@@ -224,15 +223,33 @@ impl Effects {
         }
         let resp = req.send().await.map_err(|e| PeerError {
             status: None,
-            message: format!("cannot reach {url}: {}", error_chain(&e)),
+            unreachable: e.is_connect(),
+            message: if e.is_connect() {
+                format!("cannot reach {url}: {}", error_chain(&e))
+            } else {
+                format!(
+                    "{url} did not answer (the request may have been received): {}",
+                    error_chain(&e)
+                )
+            },
         })?;
         let status = resp.status();
-        let value: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-        if status.is_success() {
-            Ok(value)
-        } else {
+        let value: Result<serde_json::Value, _> = resp.json().await;
+        let value = match (status.is_success(), value) {
+            (true, Ok(v)) => return Ok(v),
+            (true, Err(e)) => {
+                return Err(PeerError {
+                    status: None,
+                    unreachable: false,
+                    message: format!("{url} answered {status} with a body that is not JSON: {e}"),
+                })
+            }
+            (false, v) => v.unwrap_or(serde_json::Value::Null),
+        };
+        {
             Err(PeerError {
                 status: Some(status.as_u16()),
+                unreachable: false,
                 message: format!(
                     "{url} answered {status}: {}",
                     value["message"].as_str().unwrap_or("no message")
@@ -415,8 +432,12 @@ fn write_like(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> std::io::R
     // Refuse before writing rather than leave a file the application may
     // no longer read.
     owner_keepable(meta).map_err(std::io::Error::other)?;
-    fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)?;
-    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+    fsutil::write_atomic_owned(
+        path,
+        bytes,
+        meta.permissions().mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -428,134 +449,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         s = x.source();
     }
     out
-}
-
-/// Stops or starts this daemon's own PostgreSQL with the configured command,
-/// then says (from pg_control) what state it is really in.
-pub async fn local_node_action(config: &Config, action: &str) -> Result<NodeState, String> {
-    let me = config.local();
-    let argv = match action {
-        "stop" => me.stop.as_ref(),
-        "start" => me.start.as_ref(),
-        other => return Err(format!("unknown node action `{other}`: use stop or start")),
-    }
-    .ok_or_else(|| {
-        format!(
-            "nodes[{}].{action} is not configured: pgwarden cannot {action} PostgreSQL",
-            me.name
-        )
-    })?;
-    let read = || async {
-        match &me.data_dir {
-            Some(dir) => controldata(me.bin_dir.as_deref(), dir)
-                .await
-                .unwrap_or((None, None)),
-            None => (None, None),
-        }
-    };
-    let shut_down = |state: &(Option<String>, Option<Lsn>)| {
-        state
-            .0
-            .as_deref()
-            .is_some_and(|s| s.starts_with("shut down"))
-    };
-    // Idempotent: a node that is shut down, or not running at all (crashed:
-    // pg_control still says "in production"), is not stopped again; pg_ctl
-    // would fail on it, and a resumed step must succeed.
-    let already_down = action == "stop"
-        && me.data_dir.is_some()
-        && (shut_down(&read().await) || !server_running(me).await);
-    if !already_down {
-        command::run_checked(argv, NODE_ACTION_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    // Verified, not assumed: a stop command may return before the server is
-    // down (`pg_ctl -W`, a unit that does not wait), so read pg_control
-    // every 10 ms until it says so (or the server is gone).
-    let mut state = read().await;
-    if action == "stop" && me.data_dir.is_some() && !already_down {
-        let until = std::time::Instant::now() + NODE_ACTION_TIMEOUT;
-        while !shut_down(&state) {
-            if !server_running(me).await {
-                // Gone between two reads: pg_control now holds its last
-                // word ("shut down", or "in production" after a crash).
-                // The read before may have caught "shutting down".
-                state = read().await;
-                break;
-            }
-            if std::time::Instant::now() >= until {
-                return Err(format!(
-                    "{} was told to stop but still runs (cluster state `{}`)",
-                    me.name,
-                    state.0.as_deref().unwrap_or("unknown")
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            state = read().await;
-        }
-    }
-    let (cluster_state, checkpoint_lsn) = state;
-    Ok(NodeState {
-        node: me.name.clone(),
-        message: format!(
-            "{action} done; cluster state {}",
-            cluster_state
-                .as_deref()
-                .unwrap_or("unknown (no data_dir or pg_controldata)")
-        ),
-        cluster_state,
-        checkpoint_lsn,
-    })
-}
-
-/// Whether a postmaster runs on this node's data directory (`pg_ctl status`
-/// exits 0; run as the data directory's owner, since pg_ctl refuses root).
-async fn server_running(me: &pgwarden_core::config::NodeConfig) -> bool {
-    let Some(dir) = &me.data_dir else {
-        return false;
-    };
-    let pg_ctl = me
-        .bin_dir
-        .as_ref()
-        .map(|b| b.join("pg_ctl"))
-        .unwrap_or_else(|| "pg_ctl".into());
-    let argv = command::as_user(
-        me.os_user.as_deref(),
-        vec![
-            pg_ctl.display().to_string(),
-            "status".into(),
-            "-D".into(),
-            dir.display().to_string(),
-        ],
-    );
-    matches!(command::run(&argv, Duration::from_secs(10)).await, Ok(f) if f.success())
-}
-
-/// `pg_controldata`: the cluster state and the latest checkpoint location.
-async fn controldata(
-    bin_dir: Option<&Path>,
-    data_dir: &Path,
-) -> Result<(Option<String>, Option<Lsn>), String> {
-    let program = bin_dir
-        .map(|b| b.join("pg_controldata"))
-        .unwrap_or_else(|| "pg_controldata".into());
-    let argv = vec![
-        program.display().to_string(),
-        "-D".into(),
-        data_dir.display().to_string(),
-    ];
-    let out = command::run_checked(&argv, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    let field = |name: &str| {
-        out.stdout.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .map(|v| v.trim_start_matches(':').trim().to_owned())
-        })
-    };
-    Ok((
-        field("Database cluster state"),
-        field("Latest checkpoint location").and_then(|v| Lsn::parse(&v)),
-    ))
 }

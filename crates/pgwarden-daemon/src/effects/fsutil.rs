@@ -8,8 +8,24 @@ use std::path::Path;
 
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees either
 /// the old file or the new one, never a mix: write a temp file in the same
-/// directory, fsync it, rename it over `path`, fsync the directory.
+/// directory, fsync it, rename it over `path`, fsync the directory. The new
+/// file has exactly `mode`, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, bytes, mode, None)
+}
+
+/// [`write_atomic`], the new file also given `owner` (uid, gid). Mode and
+/// owner are set on the open temp file (fchown, then fchmod, which a chown
+/// could otherwise clear setgid from) before the rename: the umask masks
+/// the mode given at creation, and a chown after the rename would leave a
+/// moment in which the file's own reader (the application, not root) could
+/// not read it, or a crash that left it so for good.
+pub fn write_atomic_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -27,9 +43,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(mode)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
@@ -86,6 +106,42 @@ mod tests {
         fs::create_dir(&blocker).unwrap();
         assert!(write_atomic(&p, b"new", 0o600).is_err());
         assert_eq!(fs::read(&p).unwrap(), b"old");
+    }
+
+    #[test]
+    fn mode_owner_and_group_survive_a_strict_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("database.cfg");
+        // The shipped unit's UMask=0077. Each nextest test is its own
+        // process, so the process-wide umask changes no other test.
+        // SAFETY: umask has no preconditions.
+        unsafe { libc::umask(0o077) };
+        // root:<a group the application reads through>, 0640: as root any
+        // gid will do; otherwise one of our own groups.
+        // SAFETY: these calls have no preconditions.
+        let (uid, gid) = unsafe {
+            if libc::geteuid() == 0 {
+                (0, 65534)
+            } else {
+                (libc::geteuid(), libc::getegid())
+            }
+        };
+        write_atomic_owned(&p, b"[database]\nhost = a\n", 0o640, Some((uid, gid))).unwrap();
+        write_atomic_owned(&p, b"[database]\nhost = b\n", 0o640, Some((uid, gid))).unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+        assert_eq!(fs::read(&p).unwrap(), b"[database]\nhost = b\n");
+        write_atomic(&d.path().join("op.json"), b"{}", 0o600).unwrap();
+        assert_eq!(
+            fs::metadata(d.path().join("op.json"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
     }
 
     #[test]

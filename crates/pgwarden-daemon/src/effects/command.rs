@@ -16,6 +16,8 @@ use tokio::process::Command;
 const KEEP_BYTES: usize = 8 * 1024;
 /// Lines of stderr quoted in an error.
 const QUOTE_LINES: usize = 10;
+/// How long the output pipes may stay open after the command ended.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finished {
@@ -116,8 +118,8 @@ pub async fn run_env(
             source,
         })?;
     let pid = child.id().map(|p| p as i32);
-    let stdout = tokio::spawn(read_tail(child.stdout.take()));
-    let stderr = tokio::spawn(read_tail(child.stderr.take()));
+    let stdout = Tail::start(child.stdout.take());
+    let stderr = Tail::start(child.stderr.take());
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     let status = match waited {
         Ok(status) => Some(status),
@@ -130,8 +132,13 @@ pub async fn run_env(
             None
         }
     };
-    let stdout = stdout.await.unwrap_or_default();
-    let stderr = stderr.await.unwrap_or_default();
+    // The pipes close once every process holding them is gone. A daemon the
+    // command started may hold them for good (`pg_ctl start` without `-l`
+    // leaves them to the postmaster, which pg_ctl moved to its own session,
+    // so no group kill reaches it): give the readers a moment, then stop
+    // reading and keep what came.
+    let stdout = stdout.finish(PIPE_GRACE).await;
+    let stderr = stderr.finish(PIPE_GRACE).await;
     let finished = Finished {
         code: status
             .as_ref()
@@ -178,27 +185,49 @@ pub async fn run_checked_env(
     }
 }
 
-async fn read_tail(pipe: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut pipe) = pipe else {
-        return String::new();
-    };
-    let mut kept: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * KEEP_BYTES {
-                    kept.drain(..kept.len() - KEEP_BYTES);
+/// The tail of one output pipe, read by its own task into a buffer that
+/// stays readable if the task is stopped before the pipe closes.
+struct Tail {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tail {
+    fn start(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> Tail {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = kept.clone();
+        let task = tokio::spawn(async move {
+            let Some(mut pipe) = pipe else { return };
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        // A std Mutex: held for a copy, never across an await.
+                        let mut kept = into.lock().unwrap_or_else(|p| p.into_inner());
+                        kept.extend_from_slice(&buf[..n]);
+                        if kept.len() > 2 * KEEP_BYTES {
+                            let cut = kept.len() - KEEP_BYTES;
+                            kept.drain(..cut);
+                        }
+                    }
                 }
             }
+        });
+        Tail { kept, task }
+    }
+
+    /// What was read, after the pipe closed or `grace` passed.
+    async fn finish(mut self, grace: Duration) -> String {
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
         }
+        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        if kept.len() > KEEP_BYTES {
+            kept.drain(..kept.len() - KEEP_BYTES);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
     }
-    if kept.len() > KEEP_BYTES {
-        kept.drain(..kept.len() - KEEP_BYTES);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[cfg(test)]
@@ -226,6 +255,30 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(f.stdout, "unset unset\n");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_keeps_the_pipes_open_does_not_hold_the_command() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("daemon.pid");
+        // Like `pg_ctl start` without -l: the command exits at once, the
+        // process it started keeps its stdout and stderr.
+        let script = format!("sleep 300 & echo $! > {}; echo started", pidfile.display());
+        let began = std::time::Instant::now();
+        let f = run_checked(&argv(&["sh", "-c", &script]), Duration::from_secs(600))
+            .await
+            .unwrap();
+        let took = began.elapsed();
+        let daemon: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) of the sleep this test started.
+        unsafe { libc::kill(daemon, libc::SIGKILL) };
+        assert_eq!(f.stdout, "started\n");
+        // Waiting for the pipes would take the sleep's 300 s.
+        assert!(took < Duration::from_secs(120), "took {took:?}");
     }
 
     #[tokio::test]
@@ -280,16 +333,18 @@ mod tests {
             "sleep 600 & echo $! > {}; echo stuck >&2; wait",
             pidfile.display()
         );
-        let e = run(&argv(&["sh", "-c", &script]), Duration::from_millis(300))
+        // Long enough for the shell to have started its grandchild on a
+        // loaded machine (with 300 ms it sometimes had not).
+        let e = run(&argv(&["sh", "-c", &script]), Duration::from_secs(3))
             .await
             .unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("did not finish within 300ms") && msg.ends_with("stuck"),
+            msg.contains("did not finish within 3s") && msg.ends_with("stuck"),
             "{msg}"
         );
         let grandchild: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
+            .expect("the shell started its grandchild within 3 s")
             .trim()
             .parse()
             .unwrap();
