@@ -387,7 +387,14 @@ fn a_least_privilege_monitor_role_is_enough() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", d.get("/health").body, d.log_text()));
-    let s = d.get("/v1/status").json();
+    // Healthy can show before the standby's own first poll (its problems
+    // are read on the primary): wait until both nodes were polled.
+    let s = poll_until(Duration::from_secs(20), "both nodes polled", || {
+        let s = d.get("/v1/status").json();
+        (s["nodes"][0]["snapshot"].is_object() && s["nodes"][1]["snapshot"].is_object())
+            .then_some(s)
+    })
+    .unwrap();
     assert_eq!(
         s["nodes"][1]["snapshot"]["settings"]["primary_conninfo"]["application_name"],
         "inmanta"
