@@ -14,8 +14,11 @@
 //!   promotion (pg_promote to writable), from the operation's facts;
 //! - pgwarden's overhead: done minus those three.
 //!
-//! For switchovers it also counts acknowledged heartbeats missing on the new
-//! primary (must be 0). Prints medians, then one JSON line.
+//! For both it counts the application's acknowledged heartbeats missing on
+//! the new primary after the operation (must be 0): for a failover, those
+//! acknowledged by the killed primary before it died. A step, a timestamp or
+//! a fact missing from the operation is an error, never 0 ms. Prints
+//! medians, then one JSON line.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -117,6 +120,13 @@ fn main() -> anyhow::Result<()> {
         results.push((kind, measured));
     }
     report(&results);
+    let lost: usize = results
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|r| r.lost))
+        .sum();
+    if lost > 0 {
+        bail!("{lost} acknowledged heartbeats were lost");
+    }
     Ok(())
 }
 
@@ -135,7 +145,6 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         }
         Kind::Switchover => (0, r#"{"target": "pg-b", "reason": "bench"}"#),
     };
-    let acked_before = rig.app.acks().len();
 
     // Watch pg-b from outside for the moment it accepts writes.
     let b = cluster.node(1).clone();
@@ -183,52 +192,62 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         .map_err(|_| anyhow::anyhow!("watcher panicked"))??;
     let op: serde_json::Value = serde_json::from_str(&answer)?;
 
-    let ms = |v: &serde_json::Value| {
-        v.as_str()
+    let fact = |name: &str| -> anyhow::Result<f64> {
+        op["facts"][name]
+            .as_str()
             .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let ts = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            .with_context(|| format!("the operation has no fact {name}: {}", op["facts"]))
     };
     let steps = STEPS
         .iter()
-        .map(|name| {
-            let s = op["steps"]
-                .as_array()
-                .and_then(|a| a.iter().find(|s| s["name"] == *name));
-            match s.map(|s| (ts(&s["started_at"]), ts(&s["finished_at"]))) {
-                Some((Some(a), Some(b))) => {
-                    b.duration_since(a).unwrap_or_default().as_secs_f64() * 1e3
-                }
-                _ => 0.0,
-            }
-        })
-        .collect();
+        .map(|name| step_ms(&op, name))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
 
-    let (lost, acked) = if kind == Kind::Switchover {
-        let acks = rig.app.acks();
-        let ids: std::collections::HashSet<i64> = cluster
-            .psql_db(1, &c.app_db, "SELECT id FROM heartbeat")?
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        (acks.iter().filter(|a| !ids.contains(a)).count(), acks.len())
-    } else {
-        (0, acked_before)
-    };
-    drop(rig);
-    Ok(Run {
+    // Every heartbeat the application was told is committed, before the
+    // operation (on pg-a) and after (on pg-b), must be on pg-b. The acks are
+    // read first, so one acknowledged in between is on pg-b already.
+    let acks = rig.app.acks();
+    if acks.is_empty() {
+        bail!("the application acknowledged no heartbeat: nothing to lose, nothing measured");
+    }
+    let ids: std::collections::HashSet<i64> = cluster
+        .psql_db(1, &c.app_db, "SELECT id FROM heartbeat")?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost = acks.iter().filter(|a| !ids.contains(a)).count();
+    let run = Run {
         writable: writable.duration_since(sent).as_secs_f64() * 1e3,
         done: done.as_secs_f64() * 1e3,
         steps,
-        app_stop: ms(&op["facts"]["app_stop_ms"]),
-        app_start: ms(&op["facts"]["app_start_ms"]),
-        promote_wait: ms(&op["facts"]["promote_writable_ms"]),
+        app_stop: fact("app_stop_ms")?,
+        app_start: fact("app_start_ms")?,
+        promote_wait: fact("promote_writable_ms")?,
         lost,
-        acked,
-    })
+        acked: acks.len(),
+    };
+    drop(rig);
+    Ok(run)
+}
+
+/// Step `name`'s duration in ms from the journal's timestamps; an error
+/// when the step, or one of its timestamps, is missing.
+fn step_ms(op: &serde_json::Value, name: &str) -> anyhow::Result<f64> {
+    let step = op["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .with_context(|| format!("the operation has no step {name}"))?;
+    let ts = |field: &str| {
+        step[field]
+            .as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            .with_context(|| format!("step {name} has no {field}: {step}"))
+    };
+    let (started, finished) = (ts("started_at")?, ts("finished_at")?);
+    let took = finished
+        .duration_since(started)
+        .with_context(|| format!("step {name} finished before it started: {step}"))?;
+    Ok(took.as_secs_f64() * 1e3)
 }
 
 fn report(results: &[(Kind, Vec<Run>)]) {
@@ -257,14 +276,12 @@ fn report(results: &[(Kind, Vec<Run>)]) {
             m(&|r| r.promote_wait)
         );
         println!("  pgwarden overhead                 {:8.1}   (done - app stop - app start - promotion)", m(&|r| r.overhead()));
-        if *kind == Kind::Switchover {
-            let lost: usize = runs.iter().map(|r| r.lost).sum();
-            let acked: usize = runs.iter().map(|r| r.acked).sum();
-            println!(
-                "  acknowledged heartbeats lost      {lost} of {acked} over {} runs",
-                runs.len()
-            );
-        }
+        let lost: usize = runs.iter().map(|r| r.lost).sum();
+        let acked: usize = runs.iter().map(|r| r.acked).sum();
+        println!(
+            "  acknowledged heartbeats lost      {lost} of {acked} over {} runs",
+            runs.len()
+        );
         json.insert(
             kind.name().into(),
             serde_json::json!({
@@ -277,6 +294,7 @@ fn report(results: &[(Kind, Vec<Run>)]) {
                 "promote_ms": m(&|r| r.promote_wait),
                 "overhead_ms": m(&|r| r.overhead()),
                 "lost": runs.iter().map(|r| r.lost).sum::<usize>(),
+                "acked": runs.iter().map(|r| r.acked).sum::<usize>(),
             }),
         );
     }
@@ -379,23 +397,7 @@ fn rejoin_once(exe: &Path, scale: u32, method: &str) -> anyhow::Result<(f64, f64
             op["facts"]["method"], op["facts"]["method_reason"]
         );
     }
-    let ts = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
-    };
-    let rebuild = op["steps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "rebuild_data_directory"))
-        .and_then(|s| {
-            Some(
-                ts(&s["finished_at"])?
-                    .duration_since(ts(&s["started_at"])?)
-                    .ok()?
-                    .as_secs_f64()
-                    * 1e3,
-            )
-        })
-        .unwrap_or(0.0);
+    let rebuild = step_ms(&op, "rebuild_data_directory")?;
     drop(daemons);
     Ok((total, rebuild))
 }

@@ -14,8 +14,9 @@
 //!    a control; then a closed loop at full speed.
 //! 4. The figures against the targets ([`report`]).
 //!
-//! Output: a table on stdout, then one JSON line; progress goes to stderr. The daemon is
-//! stopped and the cluster torn down on success, on error and on Ctrl-C / SIGTERM.
+//! Output: a table on stdout, then one JSON line; progress goes to stderr. The exit status
+//! is 1 when a target of figure 4 is NOT MET, as on an error. The daemon is stopped and
+//! the cluster torn down on success, on error and on Ctrl-C / SIGTERM.
 
 mod footprint;
 mod load;
@@ -127,7 +128,8 @@ fn progress(msg: &str) {
 
 // ---- the run ------------------------------------------------------------------------
 
-fn run(opts: &Options) -> Result<()> {
+/// True when every target of figure 4 was met: a NOT MET exits 1.
+fn run(opts: &Options) -> Result<bool> {
     let bin = pgwarden_bin()?;
     // One thread for the client: at these rates it is mostly idle, and it leaves the
     // second core to the daemon and PostgreSQL.
@@ -168,10 +170,14 @@ fn run(opts: &Options) -> Result<()> {
         load_before,
         load_after: Machine::load_average(),
     };
-    print!("{}", report::table(opts, &machine, &figures));
+    let (table, met) = report::table(opts, &machine, &figures);
+    print!("{table}");
     println!("{}", report::json(opts, &machine, &figures));
+    if !met {
+        progress("a target is NOT MET (figure 4): exit status 1");
+    }
     progress("stopping the daemon and the cluster");
-    Ok(())
+    Ok(met)
 }
 
 /// Everything the bench measured.

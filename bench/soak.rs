@@ -22,7 +22,10 @@
 //! Verdict: after warm-up (the first sample that follows a restart), the end must not
 //! exceed it: RSS by more than `--rss-slack-mib` (1 MiB), descriptors by more than 2,
 //! connections and sessions not at all; every restart must have been followed by a
-//! healthy cluster, and both daemons must still run.
+//! healthy cluster, and both daemons must still run. A soak in which pg-b was never
+//! restarted (`--minutes` shorter than `--restart-every`, or interrupted before the
+//! first) measured no reconnection at all: it says so and exits 1 instead of giving a
+//! growth verdict.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -48,7 +51,8 @@ usage: pgwarden-soak [--minutes M] [--restart-every DUR] [--sample-every DUR]
 
 DUR: 20s, 1m, 500ms (a bare number is seconds). Prints a row per sample as it goes,
 then the verdict and one JSON line. Exits 1 if something grew, a restart did not
-recover, or a daemon died. Ctrl-C / SIGTERM end the run early with a final sample.";
+recover, a daemon died, or pg-b was never restarted (no verdict then). Ctrl-C / SIGTERM
+end the run early with a final sample.";
 
 /// How long a restarted standby may take until both daemons say healthy again.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -570,8 +574,23 @@ fn verdict(
         problems.push("the cluster was not healthy at the end".into());
     }
     print!("{out}");
-    let ok = problems.is_empty();
-    if ok {
+    // Without a restart there was no reconnection to leak anything: the
+    // comparison above is of a quiet cluster with itself.
+    let vacuous = recoveries.is_empty() && failed_restarts.is_empty();
+    let ok = problems.is_empty() && !vacuous;
+    if vacuous {
+        println!(
+            "verdict: VACUOUS: pg-b was not restarted once in {} (--restart-every {:?}), \
+             so nothing was soaked and there is no growth verdict{}",
+            clock(last.at),
+            opts.restart_every,
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; also: {}", problems.join("; "))
+            }
+        );
+    } else if ok {
         println!(
             "verdict: no growth (end <= warm-up: RSS + {:.1} MiB, fds + {FD_SLACK}, \
              connections and sessions + 0), every restart recovered",
@@ -603,6 +622,7 @@ fn verdict(
                 "daemons": daemon_json(s),
                 "monitor_sessions": s.monitor_sessions,
             })).collect::<Vec<_>>(),
+            "vacuous": vacuous,
             "ok": ok,
         })
     );

@@ -295,6 +295,20 @@ impl Drop for NetworkCut {
     }
 }
 
+/// The message of `node`'s node_down problem in a /health body ("" if none):
+/// it ends with the last poll's error.
+fn node_down_message(health: &serde_json::Value, node: &str) -> String {
+    health["problems"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["code"] == "node_down" && p["node"] == node)
+        })
+        .and_then(|p| p["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Every id the application acknowledged is on `node`: the acks are read
 /// first, so a heartbeat acknowledged in between is not a false loss.
 fn assert_all_acks_on(env: &Env, app: &util::App, node: usize) {
@@ -330,8 +344,19 @@ fn a_primary_whose_port_stops_answering_is_stopped_by_its_daemon_before_the_prom
     assert_all_acks_on(&env, &app, 1);
 
     // The network back: pg-a stays down, pg-b is the one primary, and the
-    // application writes there.
+    // application writes there. All of that held while the network was
+    // cut too, so first see the daemon notice the network is back: while
+    // cut, its polls of pg-a time out (packets dropped); once back, they
+    // are refused at once (nothing listens on pg-a's port).
+    let down_because = |h: &serde_json::Value| node_down_message(h, "pg-a");
+    env.wait_health(1, "pg-a's polls timing out", env.within_polls(3), |_, h| {
+        let why = down_because(h);
+        why.contains("timed out") || why.contains("no answer within")
+    });
     drop(cut);
+    env.wait_health(1, "pg-a's polls refused", env.within_polls(5), |_, h| {
+        down_because(h).contains("refused")
+    });
     let before = app.acks().len();
     app.wait_acks(before + 3);
     env.wait_health(1, "pg-b the one primary", env.within_polls(5), |_, h| {

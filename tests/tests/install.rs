@@ -61,11 +61,16 @@ fn install_sh_stages_every_file_with_tight_permissions_and_keeps_them_on_upgrade
     for (path, want) in expect {
         assert_eq!(mode(&r.join(path)), want, "mode of {path}");
     }
-    // Owned by the daemon's user when it exists (CI creates `postgres`).
-    if let Some(pg) = uid_of("postgres") {
-        let state = std::fs::metadata(r.join("var/lib/pgwarden")).unwrap();
-        assert_eq!(state.uid(), pg, "state_dir belongs to the daemon user");
-    }
+    // Owned by the daemon's user, which must exist: .ci/run creates it, and
+    // without it install.sh's chown is not checked at all.
+    let pg = uid_of("postgres").unwrap_or_else(|| {
+        panic!(
+            "no `postgres` user: create it as .ci/run does (`useradd --system --home-dir \
+             /var/lib/postgresql --shell /bin/bash postgres`, or apt-get install -y postgresql-15)"
+        )
+    });
+    let state = std::fs::metadata(r.join("var/lib/pgwarden")).unwrap();
+    assert_eq!(state.uid(), pg, "state_dir belongs to the daemon user");
     let token = std::fs::read_to_string(r.join("etc/pgwarden/api.token")).unwrap();
     assert_eq!(token.len(), 64, "32 random bytes in hex: {token:?}");
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));

@@ -292,6 +292,24 @@ fn a_dropped_slot_is_missing() {
         (r == "f").then_some(())
     })
     .unwrap();
+    // The reload restarts the walreceiver: only once it streams again,
+    // without the slot, is "the standby streams" true, so that the check
+    // of standby_not_streaming below can fail.
+    poll_until(
+        Duration::from_secs(30),
+        "the standby to stream again without the slot",
+        || {
+            let r = env
+                .cluster
+                .psql(
+                    0,
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                )
+                .ok()?;
+            (r == "1").then_some(())
+        },
+    )
+    .unwrap();
     env.cluster
         .psql(0, "SELECT pg_drop_replication_slot('replication')")
         .unwrap();

@@ -255,13 +255,14 @@ fn start_is_running_stop() {
     svc.wait_acks(before + 5);
     assert_eq!(app_sessions(&c, 0), 1);
 
-    let t = Instant::now();
     let out = ctl("stop", &svc.dir, |_| {});
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // SIGTERM suffices: stop never fell back to SIGKILL (what it does, and
+    // logs, after its timeout), however long the machine took.
     assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "SIGTERM suffices: {:?}",
-        t.elapsed()
+        !stderr(&out).contains("sending SIGKILL"),
+        "SIGTERM suffices: {}",
+        stderr(&out)
     );
     assert!(!pid_alive(pid));
     assert!(!svc.dir.join(service::PID_FILE).exists());
@@ -270,6 +271,7 @@ fn start_is_running_stop() {
     let log = svc.log();
     assert!(log.contains("connected to 127.0.0.1:"), "{log}");
     assert!(log.contains("standin-ctl stop: SIGTERM"), "{log}");
+    assert!(!log.contains("standin-ctl stop: SIGKILL"), "{log}");
     check_acks(&c, &svc.acks());
 
     // A second start continues the numbering where the table left off.
@@ -304,7 +306,8 @@ fn unreachable_database_ends_the_app_with_status_4() {
     assert_eq!(is_running(&svc.dir), EXIT_NOT_RUNNING);
 
     // Nothing listens on the port: the app retries for 3 s, so start itself succeeds
-    // (Type=simple), and the app then exits with status 4.
+    // (Type=simple), and the app then exits with status 4. Not before it retried (the
+    // lower bound); no upper bound, which a loaded two-core machine would break.
     let port = free_port();
     standin::write_database_cfg(
         &svc.dir.join(service::DEFAULT_CONFIG_FILE),
@@ -329,10 +332,7 @@ fn unreachable_database_ends_the_app_with_status_4() {
     let took = t.elapsed();
     assert!(libc::WIFEXITED(status), "status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), EXIT_DB_UNREACHABLE);
-    assert!(
-        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
     assert_eq!(is_running(&svc.dir), EXIT_NOT_RUNNING);
     let log = svc.log();
     assert!(log.contains("exiting with status 4"), "{log}");
@@ -387,10 +387,9 @@ fn app_ignoring_sigterm_is_killed() {
     let took = t.elapsed();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("sending SIGKILL"), "{}", stderr(&out));
-    assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
-        "{took:?}"
-    );
+    // SIGKILL only after the whole --timeout-ms; how soon after is no
+    // behaviour of stop's, only of the machine's load.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
     assert!(!pid_alive(pid));
     assert_eq!(is_running(&svc.dir), EXIT_NOT_RUNNING);
     let log = svc.log();
@@ -417,18 +416,15 @@ fn standin_needs_a_writable_primary_at_startup_only() {
     let (r, took) = run(&cfg);
     assert_eq!(standin::exit_code(&r), EXIT_DB_UNREACHABLE, "{r:?}");
     assert!(matches!(r, Err(KitError::DbUnreachable { .. })));
-    assert!(
-        took >= Duration::from_millis(2500) && took < Duration::from_secs(8),
-        "{took:?}"
-    );
+    // It retried (3 s) before giving up; no upper bound (a loaded machine).
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
 
     // The standby: reachable, but read-only.
     write_cfg(&cfg, &c, 1);
-    let (r, took) = run(&cfg);
+    let (r, _) = run(&cfg);
     let msg = r.as_ref().unwrap_err().to_string();
     assert_eq!(standin::exit_code(&r), EXIT_DB_UNREACHABLE, "{msg}");
     assert!(msg.contains("in recovery"), "{msg}");
-    assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(standin::read_acks(&acks).is_empty());
 
     // Started against the primary, it keeps going whatever comes later.
