@@ -565,6 +565,7 @@ fn simultaneous_requests_to_both_daemons_start_at_most_one_operation() {
     for i in 0..2 {
         env.wait_health(i, "healthy first", env.within_polls(3), |c, _| c == 200);
     }
+    env.wait_all_polled();
     let token = env.token();
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = env

@@ -75,6 +75,7 @@ fn op_error(e: OpError) -> Response {
         )
             .into_response(),
         OpError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        OpError::Starting(m) => error(StatusCode::CONFLICT, "starting", m),
         OpError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
     }
 }

@@ -42,6 +42,10 @@ pub enum OpError {
     },
     /// Another daemon that must do the work does not answer.
     Unavailable(String),
+    /// This daemon is starting an operation itself at this very moment (a
+    /// lock request from the peer crossed ours): the peer decides by name
+    /// which of the two goes on.
+    Starting(String),
     Internal(String),
 }
 
@@ -802,7 +806,20 @@ impl Operations {
                 "ttl_ms": LEASE_TTL.as_millis() as u64,
             });
             let asked = Instant::now();
-            match self.effects.post(&url, &body).await {
+            let mut answer = self.effects.post(&url, &body).await;
+            // Two daemons starting at the same instant refuse each other's
+            // lock. Exactly one must go on: the one whose node name sorts
+            // first asks again while the other gives up.
+            let tie_until = asked + std::time::Duration::from_secs(2);
+            while first
+                && self.config.local_node < n.name
+                && Instant::now() < tie_until
+                && matches!(&answer, Err(e) if e.code.as_deref() == Some("starting"))
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                answer = self.effects.post(&url, &body).await;
+            }
+            match answer {
                 Ok(_) => {
                     self.lease().confirmed(id, &n.name, asked);
                     locked.push(n.name.clone());
@@ -900,7 +917,7 @@ impl Operations {
         // Held until the lock file is written: see `start`.
         let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mine) = starting.as_ref() {
-            return Err(OpError::Conflict(format!(
+            return Err(OpError::Starting(format!(
                 "this daemon is starting operation {mine} itself"
             )));
         }

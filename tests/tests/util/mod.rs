@@ -336,6 +336,23 @@ impl Env {
         self.layout.poll_interval * polls + self.layout.poll_timeout + Duration::from_secs(5)
     }
 
+    /// Waits until every daemon has polled every node at least once:
+    /// `/health` can be 200 before the standby's own first poll (its
+    /// problems are read on the primary), while preflight needs it.
+    pub fn wait_all_polled(&self) {
+        for d in &self.daemons {
+            poll_until(Duration::from_secs(20), "every node polled", || {
+                let s = d.get("/v1/status").json();
+                s["nodes"]
+                    .as_array()?
+                    .iter()
+                    .all(|n| n["snapshot"].is_object())
+                    .then_some(())
+            })
+            .unwrap();
+        }
+    }
+
     /// Polls `/health` of daemon `i` until `pred` holds on its JSON.
     pub fn wait_health(
         &self,

@@ -31,6 +31,8 @@ use node::NODE_ACTION_TIMEOUT;
 pub struct PeerError {
     pub status: Option<u16>,
     pub unreachable: bool,
+    /// The `error` code of the peer's JSON answer, when it answered one.
+    pub code: Option<String>,
     pub message: String,
 }
 
@@ -144,6 +146,7 @@ impl Effects {
         let timed_out = || PeerError {
             status: None,
             unreachable: false,
+            code: None,
             message: format!("the stop was not confirmed within {}s", budget.as_secs()),
         };
         if node == self.config.local_node {
@@ -152,6 +155,7 @@ impl Effects {
                 Ok(r) => r.map_err(|message| PeerError {
                     status: Some(503),
                     unreachable: false,
+                    code: None,
                     message,
                 }),
                 Err(_) => Err(timed_out()),
@@ -164,6 +168,7 @@ impl Effects {
             .ok_or_else(|| PeerError {
                 status: None,
                 unreachable: true,
+                code: None,
                 message: format!("nodes[{node}].api is not configured"),
             })?;
         let url = format!("{}/v1/node/stop", api.trim_end_matches('/'));
@@ -174,6 +179,7 @@ impl Effects {
         serde_json::from_value(v).map_err(|e| PeerError {
             status: None,
             unreachable: false,
+            code: None,
             message: format!("{url} answered unexpectedly: {e}"),
         })
     }
@@ -224,6 +230,7 @@ impl Effects {
         let resp = req.send().await.map_err(|e| PeerError {
             status: None,
             unreachable: e.is_connect(),
+            code: None,
             message: if e.is_connect() {
                 format!("cannot reach {url}: {}", error_chain(&e))
             } else {
@@ -241,6 +248,7 @@ impl Effects {
                 return Err(PeerError {
                     status: None,
                     unreachable: false,
+                    code: None,
                     message: format!("{url} answered {status} with a body that is not JSON: {e}"),
                 })
             }
@@ -250,6 +258,7 @@ impl Effects {
             Err(PeerError {
                 status: Some(status.as_u16()),
                 unreachable: false,
+                code: value["error"].as_str().map(str::to_owned),
                 message: format!(
                     "{url} answered {status}: {}",
                     value["message"].as_str().unwrap_or("no message")
