@@ -486,7 +486,10 @@ impl Testbed {
             let files = [
                 ("api-token", self.api_token.as_str()),
                 ("monitor.password", self.creds.monitor_password.as_str()),
-                ("replication.password", self.creds.replication_password.as_str()),
+                (
+                    "replication.password",
+                    self.creds.replication_password.as_str(),
+                ),
             ];
             for (name, value) in files {
                 write_file(&etc.join(name), value, 0o640, Some((0, gid)))?;
@@ -586,7 +589,9 @@ impl Testbed {
 
     /// The daemon's state_dir on `host`.
     pub fn state_dir(&self, host: Host) -> PathBuf {
-        self.dir.join("state").join(&self.nodes[host.node_index()].name)
+        self.dir
+            .join("state")
+            .join(&self.nodes[host.node_index()].name)
     }
 
     /// Where the daemon on `host` logs (stdout and stderr, appended across restarts).
@@ -669,7 +674,15 @@ impl Testbed {
     /// A server-side program (initdb, pg_ctl, pg_basebackup) run on `host` as postgres.
     fn server_cmd(&self, host: Host, program: &str) -> Cmd {
         Cmd::new(&find_tool("ip").expect("checked at start"))
-            .args(["netns", "exec", &self.ns(host), "runuser", "-u", "postgres", "--"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(host),
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+            ])
             .arg(self.bin_dir.join(program))
             .current_dir(&self.dir)
     }
@@ -934,10 +947,7 @@ impl Testbed {
                    FROM pg_stat_replication WHERE application_name = 'inmanta'";
         poll_until(
             timeout,
-            &format!(
-                "{} to show its standby {want}",
-                self.nodes[primary].name
-            ),
+            &format!("{} to show its standby {want}", self.nodes[primary].name),
             || {
                 self.psql(primary, sql)
                     .ok()
@@ -1038,7 +1048,15 @@ impl Testbed {
 
     fn delete_table(&self, host: Host, table: &str) {
         let _ = Command::new(find_tool("ip").expect("checked at start"))
-            .args(["netns", "exec", &self.ns(host), "nft", "delete", "table", "inet"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(host),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+            ])
             .arg(table)
             .output();
     }
@@ -1366,8 +1384,7 @@ fn processes_in_netns(id: (u64, u64)) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| (m.dev(), m.ino()) == id)
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == id)
                 && pid_alive(*pid)
         })
         .collect()
