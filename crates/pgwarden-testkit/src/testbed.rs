@@ -484,7 +484,7 @@ impl Testbed {
         for host in [Host::A, Host::B] {
             let etc = self.etc_dir(host).join("pgwarden");
             let files = [
-                ("api-token", self.api_token.as_str()),
+                ("api.token", self.api_token.as_str()),
                 ("monitor.password", self.creds.monitor_password.as_str()),
                 (
                     "replication.password",
@@ -736,6 +736,21 @@ impl Testbed {
             .open(&log)
             .ctx(|| format!("opening {}", log.display()))?;
         let err = out.try_clone().ctx(|| "duplicating the log fd".into())?;
+        // As the unit's ExecStartPre: a config the daemon would refuse fails here, with
+        // check-config's `file:line:column: what to fix`.
+        let mut check = Cmd::new(&find_tool("ip").expect("checked at start")).args([
+            "netns",
+            "exec",
+            &self.ns(host),
+        ]);
+        if self.opts.daemon_user == DaemonUser::Postgres {
+            check = check.args(as_postgres_exec());
+        }
+        check
+            .arg(&self.opts.pgwarden_bin)
+            .args(["check-config", "--config", DAEMON_CONFIG])
+            .current_dir(&self.dir)
+            .run()?;
         let mut cmd = Command::new(find_tool("ip").expect("checked at start"));
         cmd.args(["netns", "exec", &self.ns(host)]);
         if self.opts.daemon_user == DaemonUser::Postgres {
@@ -1205,7 +1220,13 @@ impl Footprint {
                 left.push(format!("namespace {ns}"));
             }
         }
-        for id in &self.net_ids {
+        // Namespace inode numbers are reused at once: a parallel testbed's new namespace
+        // may carry one of ours. Those are bound under /run/netns (`ip netns add` binds
+        // at creation); one of ours kept alive only by a leftover process is not.
+        let bound: HashSet<(u64, u64)> = fs::read_dir(NETNS_RUN_DIR)
+            .map(|d| d.flatten().filter_map(|e| netns_id(&e.path())).collect())
+            .unwrap_or_default();
+        for id in self.net_ids.iter().filter(|id| !bound.contains(id)) {
             for pid in processes_in_netns(*id) {
                 let cmd = fs::read(format!("/proc/{pid}/cmdline"))
                     .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))

@@ -18,7 +18,7 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
          local_node: {name}\n\
          listen: {addr}:{API_PORT}\n\
          state_dir: {state}\n\
-         api_token_file: /etc/pgwarden/api-token\n\
+         api_token_file: /etc/pgwarden/api.token\n\
          poll:\n  interval: {interval}ms\n  timeout: {timeout}ms\n  failure_threshold: {threshold}\n\
          monitor:\n  user: {muser}\n  password_file: /etc/pgwarden/monitor.password\n  dbname: postgres\n\
          replication:\n  slot: replication\n  application_name: inmanta\n  user: {ruser}\n  \
