@@ -1497,6 +1497,34 @@ mod tests {
         assert!(o.contains("ip daddr 192.0.2.1 tcp sport 8008 drop"), "{o}");
     }
 
+    /// A testbed whose process was killed outright (a runner's timeout) left its
+    /// namespace and a process in it: the next start removes both.
+    #[test]
+    fn namespaces_of_dead_processes_are_swept() {
+        if !crate::util::is_root() {
+            return;
+        }
+        let mut gone = Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let name = format!("{NS_PREFIX}{dead}-0z");
+        ip(&["netns", "add", &name]).unwrap();
+        let mut sleeper = Command::new(find_tool("ip").unwrap())
+            .args(["netns", "exec", &name, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let handle = Path::new(NETNS_RUN_DIR).join(&name);
+        let id = netns_id(&handle).unwrap();
+        poll_until(Duration::from_secs(5), "the sleeper to enter", || {
+            (!processes_in_netns(id).is_empty()).then_some(())
+        })
+        .unwrap();
+        sweep_orphans();
+        let status = sleeper.wait().unwrap();
+        assert!(!status.success(), "killed: {status}");
+        assert!(!handle.exists());
+    }
+
     #[test]
     fn namespace_names_fit_interface_limits() {
         // The longest pid Linux hands out (2^22) and a two-digit testbed number.
