@@ -221,7 +221,15 @@ impl Testbed {
             }
         }
         sweep_orphans();
+        let waited = std::time::Instant::now();
         let slot = slots::acquire()?;
+        // On stderr, which test runners show for a failed test: a slow start is often
+        // only a long wait for a slot held by other tests on the machine.
+        eprintln!(
+            "testbed: waited {:.1}s for a cluster slot ({})",
+            waited.elapsed().as_secs_f64(),
+            slot.path.display()
+        );
         let n = TESTBEDS.fetch_add(1, Ordering::SeqCst);
         let id = format!("{NS_PREFIX}{}-{n}", std::process::id());
         let temp = tempfile::Builder::new()
@@ -304,7 +312,14 @@ impl Testbed {
         step: &str,
         f: impl FnOnce(&Self) -> Result<(), KitError>,
     ) -> Result<(), KitError> {
-        f(self).map_err(|e| {
+        let started = std::time::Instant::now();
+        let result = f(self);
+        eprintln!(
+            "testbed {}: {step}: {:.2}s",
+            self.id,
+            started.elapsed().as_secs_f64()
+        );
+        result.map_err(|e| {
             let mut logs = String::new();
             if !e.has_log() {
                 for n in &self.nodes {
