@@ -784,18 +784,13 @@ impl Testbed {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        // A daemon still running would keep 8008 and the new one could not bind it.
+        self.kill_daemon(host);
         let child = cmd
             .spawn()
             .ctx(|| format!("starting the daemon on host {host:?}"))?;
         let pid = child.id() as i32;
-        {
-            let mut daemons = self.daemons.lock().unwrap();
-            if let Some(mut old) = daemons[i].take() {
-                let _ = old.kill();
-                let _ = old.wait();
-            }
-            daemons[i] = Some(child);
-        }
+        self.daemons.lock().unwrap()[i] = Some(child);
         let url = format!("{}:{API_PORT}", host.addr());
         poll_until(
             Duration::from_secs(20),
