@@ -25,6 +25,19 @@ const CONF_MARKER: &str = "# ---- pgwarden-testkit settings";
 /// Longest unix socket path Linux accepts (sun_path is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// initdb's options after `-D DIR`, shared with the testbed's builder.
+pub(crate) const INITDB_ARGS: [&str; 8] = [
+    "-U",
+    "postgres",
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    // Tests do not need the files on disk; skipping the fsync saves seconds.
+    "--no-sync",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-instructions",
+];
+
 /// How long the builder waits for the standby to stream / become synchronous.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -356,17 +369,7 @@ impl TestCluster {
         self.server_cmd("initdb")
             .arg("-D")
             .arg(&node.data_dir)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                // Tests do not need the files on disk; skipping the fsync saves seconds.
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-instructions",
-            ])
+            .args(INITDB_ARGS)
             .run()?;
         self.nodes[0].port = free_port();
         self.write_node_settings(0)?;
@@ -377,29 +380,8 @@ impl TestCluster {
     }
 
     fn create_objects(&mut self) -> Result<(), KitError> {
-        let c = &self.creds;
         // Fed on stdin, never on argv: it holds the passwords.
-        let sql = format!(
-            "CREATE ROLE {mon} LOGIN SUPERUSER PASSWORD {monpw};\n\
-             GRANT pg_monitor TO {mon};\n\
-             GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {mon};\n\
-             GRANT EXECUTE ON FUNCTION pg_control_checkpoint() TO {mon};\n\
-             GRANT EXECUTE ON FUNCTION pg_control_system() TO {mon};\n\
-             GRANT EXECUTE ON FUNCTION pg_control_init() TO {mon};\n\
-             GRANT EXECUTE ON FUNCTION pg_control_recovery() TO {mon};\n\
-             CREATE ROLE {rep} LOGIN REPLICATION PASSWORD {reppw};\n\
-             CREATE ROLE {app} LOGIN PASSWORD {apppw};\n\
-             CREATE DATABASE {db} OWNER {app};\n\
-             SELECT pg_create_physical_replication_slot({slot});\n",
-            mon = ident(&c.monitor_user),
-            monpw = sql_literal(&c.monitor_password),
-            rep = ident(&c.replication_user),
-            reppw = sql_literal(&c.replication_password),
-            app = ident(&c.app_user),
-            apppw = sql_literal(&c.app_password),
-            db = ident(&c.app_db),
-            slot = sql_literal(&self.opts.slot),
-        );
+        let sql = objects_sql(&self.creds, &self.opts.slot);
         // psql -f - runs each statement in its own transaction, as CREATE DATABASE needs.
         self.psql_base(0, "postgres")
             .args(["-f", "-"])
@@ -466,42 +448,13 @@ impl TestCluster {
         let node = &self.nodes[i];
         let path = node.data_dir.join("postgresql.conf");
         let current = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-        let base = match current.find(CONF_MARKER) {
-            Some(pos) => &current[..pos],
-            None => current.as_str(),
-        };
-        let mut text = base.trim_end().to_string();
-        text.push_str("\n\n");
-        text.push_str(&format!(
-            "{CONF_MARKER} for node {} (rewritten by the testkit; edit above this line) ----\n",
-            node.name
-        ));
-        text.push_str(&format!(
-            "listen_addresses = '127.0.0.1'\n\
-             port = {port}\n\
-             unix_socket_directories = {sock}\n\
-             cluster_name = {name}\n\
-             wal_level = replica\n\
-             max_wal_senders = 10\n\
-             max_replication_slots = 10\n\
-             hot_standby = on\n\
-             # pg_rewind needs either data checksums or wal_log_hints.\n\
-             wal_log_hints = on\n\
-             # Test clusters live in temp dirs and only survive process crashes (which fsync\n\
-             # does not matter for), never OS crashes: skipping fsync makes them much faster.\n\
-             fsync = off\n\
-             shared_buffers = 16MB\n\
-             max_connections = 40\n\
-             synchronous_commit = on\n\
-             logging_collector = off\n\
-             wal_keep_size = 128MB\n\
-             password_encryption = scram-sha-256\n\
-             # Reconnect a standby quickly after its upstream restarts or changes (default 5s).\n\
-             wal_retrieve_retry_interval = '500ms'\n",
-            port = node.port,
-            sock = conf_literal(&node.socket_dir.to_string_lossy()),
-            name = conf_literal(&node.name),
-        ));
+        let text = with_settings_block(
+            &current,
+            &node.name,
+            "127.0.0.1",
+            node.port,
+            &node.socket_dir,
+        );
         fs::write(&path, text).ctx(|| format!("writing {}", path.display()))
     }
 
@@ -513,16 +466,6 @@ impl TestCluster {
     pub fn write_standby_settings(&self, i: usize, upstream: usize) -> Result<(), KitError> {
         let node = &self.nodes[i];
         let up = &self.nodes[upstream];
-        let path = node.data_dir.join("postgresql.auto.conf");
-        let current = fs::read_to_string(&path).unwrap_or_default();
-        let mut text: String = current
-            .lines()
-            .filter(|l| {
-                let key = l.split('=').next().unwrap_or("").trim();
-                key != "primary_conninfo" && key != "primary_slot_name"
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
         let conninfo = format!(
             "host={} port={} user={} password={} application_name={}",
             up.host,
@@ -531,18 +474,7 @@ impl TestCluster {
             conninfo_value(&self.creds.replication_password),
             conninfo_value(&self.opts.application_name),
         );
-        text.push_str(&format!(
-            "primary_conninfo = {}\nprimary_slot_name = {}\n",
-            conf_literal(&conninfo),
-            conf_literal(&self.opts.slot)
-        ));
-        fs::write(&path, text).ctx(|| format!("writing {}", path.display()))?;
-        let signal_file = node.data_dir.join("standby.signal");
-        if !signal_file.exists() {
-            fs::write(&signal_file, "").ctx(|| format!("creating {}", signal_file.display()))?;
-        }
-        self.runner.chown_one(&path)?;
-        self.runner.chown_one(&signal_file)
+        write_standby_conf(&node.data_dir, &conninfo, &self.opts.slot, &self.runner)
     }
 
     // ---- accessors ---------------------------------------------------------------------
@@ -678,8 +610,7 @@ impl TestCluster {
     /// The postmaster pid recorded in node `i`'s postmaster.pid (None if no such file).
     /// The process may be dead if the server crashed; see [`crate::pid_alive`].
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
-        let text = fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        postmaster_pid_in(&self.nodes[i].data_dir)
     }
 
     /// Whether node `i`'s postmaster is alive (zombies count as dead).
@@ -711,25 +642,7 @@ impl TestCluster {
     /// harmless.
     fn clear_zombie_pidfile(&self, i: usize) {
         let n = &self.nodes[i];
-        let Some(pid) = self.postmaster_pid(i) else {
-            return;
-        };
-        if !is_zombie(pid) || !postgres_processes_in(&n.data_dir).is_empty() {
-            return;
-        }
-        if let Ok(entries) = fs::read_dir(&n.socket_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let owner = fs::read_to_string(entry.path()).unwrap_or_default();
-                if name.starts_with(".s.PGSQL.")
-                    && name.ends_with(".lock")
-                    && owner.lines().next().map(str::trim) == Some(pid.to_string().as_str())
-                {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        let _ = fs::remove_file(n.data_dir.join("postmaster.pid"));
+        clear_zombie_pidfile(&n.data_dir, &n.socket_dir);
     }
 
     // ---- SQL ---------------------------------------------------------------------------
@@ -886,9 +799,144 @@ impl Drop for TestCluster {
     }
 }
 
+/// The postmaster pid recorded in `data_dir`/postmaster.pid.
+pub(crate) fn postmaster_pid_in(data_dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// See `TestCluster::clear_zombie_pidfile` for why: removes the lock files of a postmaster that
+/// is a zombie with no live child.
+pub(crate) fn clear_zombie_pidfile(data_dir: &Path, socket_dir: &Path) {
+    let Some(pid) = postmaster_pid_in(data_dir) else {
+        return;
+    };
+    if !is_zombie(pid) || !postgres_processes_in(data_dir).is_empty() {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(socket_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = fs::read_to_string(entry.path()).unwrap_or_default();
+            if name.starts_with(".s.PGSQL.")
+                && name.ends_with(".lock")
+                && owner.lines().next().map(str::trim) == Some(pid.to_string().as_str())
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_file(data_dir.join("postmaster.pid"));
+}
+
+/// Points the server in `data_dir` at its upstream: primary_conninfo and primary_slot_name
+/// rewritten in postgresql.auto.conf (other lines kept), and standby.signal created.
+pub(crate) fn write_standby_conf(
+    data_dir: &Path,
+    conninfo: &str,
+    slot: &str,
+    runner: &Runner,
+) -> Result<(), KitError> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let current = fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = current
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            key != "primary_conninfo" && key != "primary_slot_name"
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!(
+        "primary_conninfo = {}\nprimary_slot_name = {}\n",
+        conf_literal(conninfo),
+        conf_literal(slot)
+    ));
+    fs::write(&path, text).ctx(|| format!("writing {}", path.display()))?;
+    let signal_file = data_dir.join("standby.signal");
+    if !signal_file.exists() {
+        fs::write(&signal_file, "").ctx(|| format!("creating {}", signal_file.display()))?;
+    }
+    runner.chown_one(&path)?;
+    runner.chown_one(&signal_file)
+}
+
+/// `current` (a postgresql.conf) with the testkit's settings block for a node replaced or
+/// appended: the common test settings plus the node's listen address, port and socket
+/// directory.
+pub(crate) fn with_settings_block(
+    current: &str,
+    name: &str,
+    listen: &str,
+    port: u16,
+    socket_dir: &Path,
+) -> String {
+    let base = match current.find(CONF_MARKER) {
+        Some(pos) => &current[..pos],
+        None => current,
+    };
+    let mut text = base.trim_end().to_string();
+    text.push_str("\n\n");
+    text.push_str(&format!(
+        "{CONF_MARKER} for node {name} (rewritten by the testkit; edit above this line) ----\n"
+    ));
+    text.push_str(&format!(
+        "listen_addresses = {listen}\n\
+         port = {port}\n\
+         unix_socket_directories = {sock}\n\
+         cluster_name = {cname}\n\
+         wal_level = replica\n\
+         max_wal_senders = 10\n\
+         max_replication_slots = 10\n\
+         hot_standby = on\n\
+         # pg_rewind needs either data checksums or wal_log_hints.\n\
+         wal_log_hints = on\n\
+         # Test clusters live in temp dirs and only survive process crashes (which fsync\n\
+         # does not matter for), never OS crashes: skipping fsync makes them much faster.\n\
+         fsync = off\n\
+         shared_buffers = 16MB\n\
+         max_connections = 40\n\
+         synchronous_commit = on\n\
+         logging_collector = off\n\
+         wal_keep_size = 128MB\n\
+         password_encryption = scram-sha-256\n\
+         # Reconnect a standby quickly after its upstream restarts or changes (default 5s).\n\
+         wal_retrieve_retry_interval = '500ms'\n",
+        listen = conf_literal(listen),
+        sock = conf_literal(&socket_dir.to_string_lossy()),
+        cname = conf_literal(name),
+    ));
+    text
+}
+
+/// The roles, the application's database and the standby's slot, as SQL for `psql -f -`.
+pub(crate) fn objects_sql(c: &Credentials, slot: &str) -> String {
+    format!(
+        "CREATE ROLE {mon} LOGIN SUPERUSER PASSWORD {monpw};\n\
+         GRANT pg_monitor TO {mon};\n\
+         GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {mon};\n\
+         GRANT EXECUTE ON FUNCTION pg_control_checkpoint() TO {mon};\n\
+         GRANT EXECUTE ON FUNCTION pg_control_system() TO {mon};\n\
+         GRANT EXECUTE ON FUNCTION pg_control_init() TO {mon};\n\
+         GRANT EXECUTE ON FUNCTION pg_control_recovery() TO {mon};\n\
+         CREATE ROLE {rep} LOGIN REPLICATION PASSWORD {reppw};\n\
+         CREATE ROLE {app} LOGIN PASSWORD {apppw};\n\
+         CREATE DATABASE {db} OWNER {app};\n\
+         SELECT pg_create_physical_replication_slot({slot});\n",
+        mon = ident(&c.monitor_user),
+        monpw = sql_literal(&c.monitor_password),
+        rep = ident(&c.replication_user),
+        reppw = sql_literal(&c.replication_password),
+        app = ident(&c.app_user),
+        apppw = sql_literal(&c.app_password),
+        db = ident(&c.app_db),
+        slot = sql_literal(slot),
+    )
+}
+
 /// What synchronous_standby_names should contain for an application_name: the bare name
 /// when it is a plain identifier, else double-quoted.
-fn standby_name(app: &str) -> String {
+pub(crate) fn standby_name(app: &str) -> String {
     let plain = !app.is_empty()
         && app
             .chars()
@@ -902,19 +950,29 @@ fn standby_name(app: &str) -> String {
 }
 
 /// Quotes an SQL identifier.
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn node_hba() -> String {
-    "# Written by pgwarden-testkit.\n\
+    hba(&["127.0.0.1/32"])
+}
+
+/// pg_hba.conf: trust on the unix socket, passwords (scram) over TCP from `networks`.
+pub(crate) fn hba(networks: &[&str]) -> String {
+    let mut s = "# Written by pgwarden-testkit.\n\
      # TYPE  DATABASE     USER  ADDRESS       METHOD\n\
      local   all          all                 trust\n\
      # Lets tools such as pg_basebackup use the socket too.\n\
-     local   replication  all                 trust\n\
-     host    all          all   127.0.0.1/32  scram-sha-256\n\
-     host    replication  all   127.0.0.1/32  scram-sha-256\n"
-        .to_string()
+     local   replication  all                 trust\n"
+        .to_string();
+    for net in networks {
+        s.push_str(&format!(
+            "host    all          all   {net}  scram-sha-256\n\
+             host    replication  all   {net}  scram-sha-256\n"
+        ));
+    }
+    s
 }
 
 fn validate_names(opts: &ClusterOptions) -> Result<(), KitError> {
@@ -948,7 +1006,7 @@ fn validate_names(opts: &ClusterOptions) -> Result<(), KitError> {
 }
 
 /// As root the servers run as `postgres`, which must be able to reach the cluster dir.
-fn check_traversable(dir: &Path) -> Result<(), KitError> {
+pub(crate) fn check_traversable(dir: &Path) -> Result<(), KitError> {
     for ancestor in dir.ancestors().skip(1) {
         let Ok(meta) = fs::metadata(ancestor) else {
             continue;
@@ -967,7 +1025,7 @@ fn check_traversable(dir: &Path) -> Result<(), KitError> {
     Ok(())
 }
 
-fn mkdir(path: &Path, mode: Option<u32>) -> Result<(), KitError> {
+pub(crate) fn mkdir(path: &Path, mode: Option<u32>) -> Result<(), KitError> {
     fs::create_dir_all(path).ctx(|| format!("creating {}", path.display()))?;
     if let Some(mode) = mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -976,7 +1034,7 @@ fn mkdir(path: &Path, mode: Option<u32>) -> Result<(), KitError> {
     Ok(())
 }
 
-fn write_secret(path: &Path, value: &str) -> Result<(), KitError> {
+pub(crate) fn write_secret(path: &Path, value: &str) -> Result<(), KitError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

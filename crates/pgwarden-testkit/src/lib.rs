@@ -8,6 +8,9 @@
 //! [`standin`] is the stand-in application itself; [`service`] wraps it in
 //! `start`/`stop`/`is-running` commands (`pgwarden standin-ctl`) for pgwarden's
 //! `application:` section.
+//!
+//! [`testbed`] puts the two nodes on separate simulated hosts (network namespaces with
+//! their own addresses and `/etc`), with an operator host and network cuts between them.
 
 mod bins;
 mod cluster;
@@ -17,6 +20,8 @@ mod procs;
 pub mod service;
 mod slots;
 pub mod standin;
+pub mod testbed;
+mod testbed_config;
 mod util;
 
 pub use bins::{find_pg_bin_dir, find_pg_bin_dir_in, DEBIAN_PG_ROOT};
@@ -26,4 +31,5 @@ pub use pgwarden_config::{pgwarden_config, state_dir, write_pgwarden_config, Dae
 pub use procs::{pid_alive, postgres_processes_in};
 pub use service::standin_application_yaml;
 pub use slots::{MAX_CLUSTERS_ENV, SLOT_DIR};
+pub use testbed::{DaemonUser, Footprint, Host, Partition, Testbed, TestbedOptions, Writer};
 pub use util::{free_port, poll_until};

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use pgwarden_testkit::{poll_until, ClusterOptions, DaemonLayout, TestCluster};
 
+pub mod testbed;
+
 /// The `pgwarden` binary of this build (target/<profile>/pgwarden, next to
 /// the test's deps/ directory), or `PGWARDEN_BIN`.
 pub fn pgwarden_bin() -> PathBuf {
