@@ -142,8 +142,10 @@ impl Rig {
         let app = App { opts };
         let mut layout = DaemonLayout::for_tests(&cluster);
         layout.poll_interval = poll_interval;
+        // One machine: the one instance is named on one host (both daemons
+        // would otherwise see the same process).
         layout.extra = service::standin_application_yaml(exe, &app_dir, &c.app_user, &cfg)
-            + "  session_grace: 1s\n";
+            + "  session_grace: 1s\n  runs_on: [pg-b]\n";
         let daemons = start_daemons(exe, &cluster, &layout)?;
         let token = std::fs::read_to_string(cluster.secret_file(Secret::ApiToken))?
             .trim()

@@ -136,7 +136,9 @@ fn failover_proceeds_when_the_old_primarys_daemon_is_gone_with_its_node() {
     env.wait_health(1, "pg-a down", env.within_polls(5), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let op = failover_to_b(&env, "host A lost");
+    // A host whose daemon is silent cannot be verified: the operator says it is fenced.
+    assert_refused_until_confirmed(&env);
+    let op = failover_to_b_fenced(&env, "host A lost", &["pg-a"]);
     let lock = op["facts"]["peer_lock"].as_str().unwrap();
     assert!(
         lock.contains("the daemon beside pg-a is unreachable, lock not shared"),
@@ -196,18 +198,29 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
     env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let op = failover_to_b(&env, "pg-a hangs");
-    assert_eq!(in_recovery(&env, 1), Some(false));
-    assert_nothing_lost(&env, &acked, 1);
-
-    // The failover asked pg-a's daemon to stop it; the stop waits on the
-    // frozen node, so the failover went on without its confirmation.
-    let stop = step_message(&op, "stop_old_primary");
+    // The failover asks pg-a's daemon to stop it; the stop waits on the
+    // frozen node and is not confirmed: unknown, so nothing is promoted.
+    let body = serde_json::json!({"target": "pg-b", "reason": "pg-a hangs"}).to_string();
+    let r = env.daemons[1].post("/v1/failover?wait=true", &body, &env.token());
+    assert_eq!(r.status, 424, "{}", r.body);
+    let failed = r.json();
+    let stop = step_message(&failed, "stop_old_primary");
     assert!(
-        stop.contains("not confirmed within 10s"),
+        stop.contains("not confirmed within 10s") && stop.contains("nothing is promoted"),
         "{stop}\n--- pg-a ---\n{}",
         env.daemons[0].log_text()
     );
+    assert_eq!(in_recovery(&env, 1), Some(true));
+    // The operator fences pg-a's host (here: it is frozen, its stop is
+    // pending) and says so.
+    let id = failed["id"].as_str().unwrap();
+    let r = env.daemons[1].post(&format!("/v1/operations/{id}/abort"), "", &env.token());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let op = failover_to_b_fenced(&env, "pg-a hangs, host fenced", &["pg-a"]);
+    assert_eq!(in_recovery(&env, 1), Some(false));
+    assert_nothing_lost(&env, &acked, 1);
+    let stop = step_message(&op, "stop_old_primary");
+    assert!(stop.contains("confirmed"), "{stop}");
 
     // It wakes up with the stop pending (or as a primary of the old
     // timeline, which its own daemon stops): either way it stops.
@@ -230,12 +243,45 @@ fn a_frozen_primary_is_failed_over_and_stopped_by_its_own_daemon_when_it_wakes()
 
 /// `POST /v1/failover?wait=true` to pg-b's daemon, asserted to succeed; the operation.
 fn failover_to_b(env: &Env, reason: &str) -> serde_json::Value {
-    let body = serde_json::json!({"target": "pg-b", "reason": reason}).to_string();
+    failover_to_b_fenced(env, reason, &[])
+}
+
+/// The same, the operator confirming `fenced` hosts fenced.
+fn failover_to_b_fenced(env: &Env, reason: &str, fenced: &[&str]) -> serde_json::Value {
+    let body =
+        serde_json::json!({"target": "pg-b", "reason": reason, "fenced_hosts": fenced}).to_string();
     let r = env.daemons[1].post("/v1/failover?wait=true", &body, &env.token());
     assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
     let op = r.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     op
+}
+
+/// A failover to pg-b refused by preflight because pg-a's host does not
+/// answer and nobody confirmed it fenced: nothing happens.
+fn assert_refused_until_confirmed(env: &Env) {
+    let body = serde_json::json!({"target": "pg-b", "reason": "not confirmed"}).to_string();
+    let r = env.daemons[1].post("/v1/failover?wait=true", &body, &env.token());
+    assert_eq!(r.status, 422, "{}", r.body);
+    let j = r.json();
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "host_fenced")
+        .unwrap_or_else(|| panic!("no host_fenced check: {j}"))
+        .clone();
+    assert_eq!(check["verdict"], "fail", "{j}");
+    assert!(
+        check["message"].as_str().unwrap().contains("pg-a")
+            && check["message"].as_str().unwrap().contains("fenced_hosts"),
+        "{check}"
+    );
+    assert_eq!(
+        in_recovery(env, 1),
+        Some(true),
+        "refused: nothing was promoted"
+    );
 }
 
 /// The message of step `name` of an operation.
@@ -375,14 +421,18 @@ fn a_primary_host_cut_off_the_network_is_failed_over_and_stopped_by_its_own_daem
     env.wait_health(1, "pg-a down", env.within_polls(6), |_, h| {
         has_problem(h, "node_down", Some("pg-a"))
     });
-    let op = failover_to_b(&env, "host A cut off");
+    assert_refused_until_confirmed(&env);
+    let op = failover_to_b_fenced(&env, "host A cut off", &["pg-a"]);
     let lock = op["facts"]["peer_lock"].as_str().unwrap();
     assert!(
         lock.contains("the daemon beside pg-a is unreachable, lock not shared"),
         "{lock}"
     );
     let stop = step_message(&op, "stop_old_primary");
-    assert!(stop.contains("did not confirm a stop"), "{stop}");
+    assert!(
+        stop.contains("did not confirm a stop") && stop.contains("confirmed"),
+        "{stop}"
+    );
     // Nothing could reach it: the isolated primary still runs (its commits
     // wait for the synchronous standby it lost).
     assert!(env.cluster.is_running(0));

@@ -59,6 +59,8 @@ const MUTATING: &[(&str, &str, &str)] = &[
     ("POST", "/v1/operations/20260101T000000Z-switchover-000000/resume", ""),
     ("POST", "/v1/operations/20260101T000000Z-switchover-000000/abort", ""),
     ("POST", "/v1/node/stop", ""),
+    ("POST", "/v1/node/application/stop", ""),
+    ("POST", "/v1/node/application/config", r#"{"operation": "security-test", "host": "10.9.9.9", "port": 1}"#),
     ("PUT", "/v1/sync", r#"{"mode": "async", "force": true}"#),
     ("POST", "/v1/rejoin", r#"{"node": "pg-b", "method": "basebackup", "force": true}"#),
     ("POST", "/v1/internal/lock", r#"{"holder": "pg-b", "operation_id": "security-test"}"#),

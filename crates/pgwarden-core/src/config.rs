@@ -246,6 +246,48 @@ pub struct ApplicationConfig {
     /// killed client's backend busy in a long query never notices). Default true.
     #[serde(default = "default_true")]
     pub terminate_lingering_sessions: bool,
+    /// The hosts (by node name) with an instance of the application
+    /// installed; each host's own daemon runs the commands above for it.
+    /// Default: every node. On one machine (the demo, loopback tests) name
+    /// one host only: both daemons would otherwise see the same process.
+    #[serde(default)]
+    pub runs_on: Option<Vec<String>>,
+    /// Where the one instance runs after an operation.
+    #[serde(default)]
+    pub placement: Placement,
+    /// Optional: keeps a stopped instance from starting by itself (e.g.
+    /// `systemctl disable inmanta-server`); run on every host fenced.
+    #[serde(default)]
+    pub disable: Option<Vec<String>>,
+    /// Optional: undoes `disable` on the host where the instance starts.
+    #[serde(default)]
+    pub enable: Option<Vec<String>>,
+}
+
+/// `application.placement`: which host of `runs_on` starts the application.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Where it ran before, if that host's daemon answers; else on the new
+    /// primary's host.
+    #[default]
+    Stay,
+    /// On the new primary's host.
+    FollowPrimary,
+}
+
+impl ApplicationConfig {
+    /// The hosts with an instance, in the order of `nodes`.
+    pub fn hosts(&self, nodes: &[NodeConfig]) -> Vec<String> {
+        match &self.runs_on {
+            Some(list) => nodes
+                .iter()
+                .filter(|n| list.contains(&n.name))
+                .map(|n| n.name.clone())
+                .collect(),
+            None => nodes.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
 }
 
 fn default_session_grace() -> Duration {
@@ -586,6 +628,32 @@ impl Config {
                 ("is_running", &app.is_running),
             ] {
                 check_command(cmd, at(k), &format!("application.{k}"), &mut bad);
+            }
+            for (k, cmd) in [("disable", &app.disable), ("enable", &app.enable)] {
+                if let Some(cmd) = cmd {
+                    check_command(cmd, at(k), &format!("application.{k}"), &mut bad);
+                }
+            }
+            if let Some(list) = &app.runs_on {
+                let known: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+                for (i, h) in list.iter().enumerate() {
+                    if !known.contains(&h.as_str()) {
+                        bad(
+                            vec![key("application"), key("runs_on"), PathSeg::Index(i)],
+                            format!(
+                                "application.runs_on[{i}] `{h}` is not a node ({}): name the hosts by their node name",
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    bad(
+                        at("runs_on"),
+                        "application.runs_on: name at least one host (or leave it out: every node)"
+                            .into(),
+                    );
+                }
             }
             if app.db_user.trim().is_empty() {
                 bad(

@@ -56,6 +56,10 @@ pub enum ProblemCode {
     /// This node is a stale primary and its own daemon tried to stop it and
     /// could not (or could not verify the stop): two writers may coexist.
     StalePrimaryNotStopped,
+    /// This daemon's node is a primary, and both the other node and the
+    /// daemon beside it have been silent for `poll.failure_threshold`
+    /// polls: it may have been failed over from the other side.
+    PrimaryIsolated,
 }
 
 impl ProblemCode {
@@ -79,6 +83,7 @@ impl ProblemCode {
             ProblemCode::OperationFailed => "operation_failed",
             ProblemCode::OperationInterrupted => "operation_interrupted",
             ProblemCode::StalePrimaryNotStopped => "stale_primary_not_stopped",
+            ProblemCode::PrimaryIsolated => "primary_isolated",
         }
     }
 }
@@ -398,6 +403,43 @@ pub fn stale_primary_not_stopped(node: &str, why: &str) -> Problem {
         Some(node),
         format!("{node} is a stale primary and its daemon could not stop it: {why}; stop it by hand (it is a second writer), then rejoin it"),
     )
+}
+
+/// `primary_isolated`: this daemon's own node is a reachable primary and
+/// every other node is down with its daemon down too, and the operator has
+/// not confirmed those hosts fenced (`confirmed`). A primary that cannot
+/// reach anyone else may be the losing side of a partition in which the
+/// other side failed over (Patroni's failsafe idea): it must not be
+/// offered to clients as the primary until it hears from a peer again.
+pub fn primary_isolated(
+    config: &Config,
+    view: &ClusterView,
+    confirmed: &std::collections::BTreeSet<String>,
+) -> Option<Problem> {
+    let me = view.node(&config.local_node)?;
+    if me.role != Role::Primary || !me.reachable {
+        return None;
+    }
+    let others: Vec<_> = view.nodes.iter().filter(|n| n.name != me.name).collect();
+    let isolated = !others.is_empty()
+        && others
+            .iter()
+            .all(|n| n.down && n.daemon_down == Some(true) && !confirmed.contains(&n.name));
+    isolated.then(|| {
+        let names: Vec<&str> = others.iter().map(|n| n.name.as_str()).collect();
+        critical(
+            ProblemCode::PrimaryIsolated,
+            Some(&me.name),
+            format!(
+                "{} is a primary that has lost {} and the daemon beside it for {} polls: the other side may have failed over. \
+                 /primary answers 503 until a peer answers again, or the operator confirms the peer fenced \
+                 (PUT /v1/sync with fenced_hosts)",
+                me.name,
+                names.join(", "),
+                config.poll.failure_threshold
+            ),
+        )
+    })
 }
 
 pub fn operation_problems(op: &crate::operation::Operation) -> Vec<Problem> {
@@ -741,6 +783,7 @@ mod operation_tests {
             target: "pg-b".into(),
             reason: String::new(),
             force: false,
+            fenced_hosts: Vec::new(),
         };
         let mut op = Operation::new("op-1".into(), OperationKind::Failover, req, "t");
         assert!(

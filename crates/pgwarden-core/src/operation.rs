@@ -136,6 +136,11 @@ pub struct Request {
     pub reason: String,
     #[serde(default)]
     pub force: bool,
+    /// Hosts (node names) whose daemon does not answer and that the
+    /// operator confirms are fenced (powered off, or PostgreSQL and the
+    /// application stopped and disabled there): what pgwarden cannot verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_hosts: Vec<String>,
 }
 
 /// One operation: the journal document of DESIGN.md.
@@ -335,6 +340,7 @@ mod tests {
             target: "pg-b".into(),
             reason: "test".into(),
             force: false,
+            fenced_hosts: Vec::new(),
         };
         Operation::new("op-1".into(), kind, req, "t0")
     }

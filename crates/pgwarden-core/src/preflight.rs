@@ -53,6 +53,8 @@ pub struct PreflightInput<'a> {
     /// no such section, directory not writable, owner not keepable), if so.
     /// Found before the fence: after promotion it would be too late.
     pub config_file_blocker: Option<&'a str>,
+    /// Hosts (node names) whose daemon did not answer just now.
+    pub silent_hosts: &'a [String],
 }
 
 fn pass(name: &'static str, message: impl Into<String>) -> Check {
@@ -94,6 +96,7 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         open_operation,
         shadows,
         config_file_blocker,
+        silent_hosts,
     } = *input;
     let force = request.force;
     let target = request.target.as_str();
@@ -111,6 +114,8 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         rejoin_checks(config, view, target, &mut out);
         return out;
     }
+
+    out.push(host_fenced_check(config, request, silent_hosts));
 
     out.push(match &config.application {
         Some(app) => pass("application_configured", format!("the application {} will be fenced", app.name)),
@@ -332,6 +337,57 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
     out
 }
 
+/// `host_fenced`: a host whose daemon does not answer cannot be verified
+/// (its application stopped, its PostgreSQL not writable). The operation
+/// goes on only if the operator confirms that host is fenced: powered off,
+/// or PostgreSQL and the application stopped and disabled there. `force`
+/// does not lift this: it is a fact only the operator can state.
+fn host_fenced_check(config: &Config, request: &Request, silent_hosts: &[String]) -> Check {
+    const NAME: &str = "host_fenced";
+    let unconfirmed: Vec<&str> = silent_hosts
+        .iter()
+        .filter(|h| !request.fenced_hosts.contains(h))
+        .map(String::as_str)
+        .collect();
+    if !unconfirmed.is_empty() {
+        let app = config
+            .application
+            .as_ref()
+            .map(|a| a.name.as_str())
+            .unwrap_or("the application");
+        let list = unconfirmed
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return fail(
+            NAME,
+            format!(
+                "the daemon on host {} does not answer: pgwarden cannot verify there that {app} is stopped and that PostgreSQL takes no writes. \
+                 If that host is fenced (powered off, or PostgreSQL and {app} stopped and disabled on it), confirm it with \"fenced_hosts\": [{list}] \
+                 (pgwarden --confirm-fenced {})",
+                unconfirmed.join(", "),
+                unconfirmed.join(" --confirm-fenced ")
+            ),
+        );
+    }
+    if silent_hosts.is_empty() {
+        pass(
+            NAME,
+            "every host's daemon answers: pgwarden verifies each itself",
+        )
+    } else {
+        Check {
+            name: NAME,
+            verdict: Verdict::Warn,
+            message: format!(
+                "the daemon on host {} does not answer; the operator confirms it is fenced",
+                silent_hosts.join(", ")
+            ),
+        }
+    }
+}
+
 /// A rejoin turns `target` into the standby of the current primary: the
 /// target must not be that primary, and a primary must answer.
 fn rejoin_checks(config: &Config, view: &ClusterView, target: &str, out: &mut Vec<Check>) {
@@ -499,6 +555,7 @@ mod tests {
             target: "pg-b".into(),
             reason: String::new(),
             force,
+            fenced_hosts: Vec::new(),
         };
         let checks = preflight(&PreflightInput {
             config: c,
@@ -508,6 +565,7 @@ mod tests {
             open_operation: None,
             shadows: &[],
             config_file_blocker: None,
+            silent_hosts: &[],
         });
         checks
             .into_iter()
@@ -595,6 +653,7 @@ application:
             target: target.into(),
             reason: String::new(),
             force,
+            fenced_hosts: Vec::new(),
         };
         preflight(&PreflightInput {
             config: &c,
@@ -604,6 +663,7 @@ application:
             open_operation: None,
             shadows: &[],
             config_file_blocker: None,
+            silent_hosts: &[],
         })
     }
 
@@ -760,6 +820,7 @@ application:
             target: "pg-b".into(),
             reason: String::new(),
             force: true,
+            fenced_hosts: Vec::new(),
         };
         let checks = preflight(&PreflightInput {
             config: &c,
@@ -769,6 +830,7 @@ application:
             open_operation: Some("op-7"),
             shadows: &[],
             config_file_blocker: None,
+            silent_hosts: &[],
         });
         assert_eq!(verdict(&checks, "no_other_operation"), Verdict::Fail);
         assert_eq!(verdict(&checks, "application_configured"), Verdict::Fail);
@@ -783,6 +845,7 @@ application:
             target: "pg-b".into(),
             reason: String::new(),
             force: false,
+            fenced_hosts: Vec::new(),
         };
         let shadows = [Shadow {
             source: "/etc/inmanta/inmanta.d/zz-local.cfg".into(),
@@ -796,6 +859,7 @@ application:
             open_operation: None,
             shadows: &shadows,
             config_file_blocker: None,
+            silent_hosts: &[],
         });
         let check = checks
             .iter()

@@ -26,6 +26,9 @@ pub struct NodeObservation {
     pub last_error: Option<String>,
     /// When the latest poll finished, as RFC 3339 text supplied by the caller.
     pub polled_at: Option<String>,
+    /// Failed checks in a row of the daemon beside this node (`/livez`);
+    /// `None` for this daemon's own node, or a node without `api`.
+    pub daemon_failures: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +85,9 @@ pub struct NodeView {
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     pub polled_at: Option<String>,
+    /// The daemon beside this node has not answered `poll.failure_threshold`
+    /// checks in a row (`None`: not checked, e.g. this daemon's own node).
+    pub daemon_down: Option<bool>,
     /// The standbys streaming from this node, matched to config names.
     pub replication: Vec<StandbyLink>,
     /// The latest successful snapshot (possibly from an earlier poll while
@@ -141,6 +147,9 @@ impl ClusterView {
                     down,
                     role,
                     consecutive_failures: obs.consecutive_failures,
+                    daemon_down: obs
+                        .daemon_failures
+                        .map(|f| f >= config.poll.failure_threshold),
                     last_error: obs.last_error,
                     polled_at: obs.polled_at,
                     replication,
@@ -323,6 +332,7 @@ nodes:
             consecutive_failures: times,
             last_error: Some("connection refused".into()),
             polled_at: None,
+            daemon_failures: None,
         }
     }
 

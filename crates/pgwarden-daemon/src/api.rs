@@ -51,6 +51,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/operations/{id}/resume", post(resume))
         .route("/v1/operations/{id}/abort", post(abort))
         .route("/v1/node/{action}", post(node_action))
+        .route("/v1/node/application/{action}", post(application_action))
         .route("/v1/sync", put(sync))
         .route("/v1/rejoin", post(rejoin))
         .route("/v1/internal/lock", post(lock))
@@ -277,6 +278,27 @@ struct OperationBody {
     dry_run: bool,
     #[serde(default)]
     force: bool,
+    /// Hosts whose daemon does not answer that the operator confirms are
+    /// fenced (see DESIGN.md "Two hosts").
+    #[serde(default)]
+    fenced_hosts: Vec<String>,
+}
+
+/// A 400 answer when `hosts` names something that is not a node.
+fn unknown_hosts(s: &AppState, hosts: &[String]) -> Option<Response> {
+    let bad: Vec<&str> = hosts
+        .iter()
+        .filter(|h| s.config.node(h).is_none())
+        .map(String::as_str)
+        .collect();
+    (!bad.is_empty()).then(|| {
+        let known: Vec<&str> = s.config.nodes.iter().map(|n| n.name.as_str()).collect();
+        bad_request(format!(
+            "`fenced_hosts` names {}, not a node of this cluster ({}): name hosts by their node name",
+            bad.join(", "),
+            known.join(", ")
+        ))
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -319,13 +341,17 @@ async fn start(
             "`target` must name the node to promote",
         );
     }
+    if let Some(r) = unknown_hosts(&s, &b.fenced_hosts) {
+        return r;
+    }
     let request = OpRequest {
         target: b.target,
         reason: b.reason,
         force: b.force,
+        fenced_hosts: b.fenced_hosts,
     };
     if b.dry_run {
-        return Json(s.ops.plan(kind, &request)).into_response();
+        return Json(s.ops.plan(kind, &request).await).into_response();
     }
     match s.ops.start(kind, request).await {
         Ok(op) => answer(&s, op, q.wait).await,
@@ -431,6 +457,69 @@ async fn node_action(State(s): Shared, Path(action): Path<String>) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppConfigBody {
+    operation: String,
+    host: String,
+    port: u16,
+}
+
+/// Internal: another daemon asks about, or acts on, the application
+/// instance on THIS host (`status`, `health`, `stop`, `start`, `disable`,
+/// `enable`, `config`). Commands run here only.
+async fn application_action(State(s): Shared, Path(action): Path<String>, body: Bytes) -> Response {
+    let Some(app) = s.config.application.as_ref() else {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "no application is configured on this host's daemon",
+        );
+    };
+    let host = s.config.local_node.clone();
+    match action.as_str() {
+        "status" => {
+            let a = crate::effects::app::status(app).await;
+            Json(json!({"host": host, "running": crate::effects::app::WireAnswer::from(&a)}))
+                .into_response()
+        }
+        "health" => {
+            let a = s.ops.app_healthy_here().await;
+            Json(json!({"host": host, "healthy": crate::effects::app::WireAnswer::from(&a)}))
+                .into_response()
+        }
+        "config" => {
+            let b: AppConfigBody = match parse(&body) {
+                Ok(b) => b,
+                Err(m) => return bad_request(m),
+            };
+            match s.ops.switch_config_here(&b.operation, &b.host, b.port) {
+                Ok(changed) => Json(json!({"host": host, "changed": changed})).into_response(),
+                Err(m) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application_config_failed",
+                    m,
+                ),
+            }
+        }
+        other => match crate::effects::app::AppCommand::parse(other) {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "application actions are status, health, stop, start, disable, enable and config",
+            ),
+            Some(which) => match crate::effects::app::run(app, which).await {
+                Ok(m) => Json(json!({"host": host, "done": true, "message": m})).into_response(),
+                Err(m) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application_action_failed",
+                    m,
+                ),
+            },
+        },
+    }
+}
+
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct RejoinBody {
@@ -489,9 +578,10 @@ async fn rejoin(State(s): Shared, Query(q): Query<WaitParam>, body: Bytes) -> Re
         target: b.node.clone(),
         reason: b.reason,
         force: b.force,
+        fenced_hosts: Vec::new(),
     };
     if b.dry_run {
-        return Json(s.ops.plan(OperationKind::Rejoin, &request)).into_response();
+        return Json(s.ops.plan(OperationKind::Rejoin, &request).await).into_response();
     }
     let mut facts = std::collections::BTreeMap::new();
     facts.insert("method".to_owned(), method);
@@ -512,6 +602,10 @@ struct SyncBody {
     mode: String,
     #[serde(default)]
     force: bool,
+    /// Peers whose daemon does not answer that the operator confirms are
+    /// fenced: needed to go async (or to keep an isolated primary) then.
+    #[serde(default)]
+    fenced_hosts: Vec<String>,
 }
 
 /// `PUT /v1/sync {"mode": "sync" | "async", "force": bool}`.
@@ -525,7 +619,10 @@ async fn sync(State(s): Shared, body: Bytes) -> Response {
         "async" => false,
         other => return bad_request(format!("`mode` is `sync` or `async`, not `{other}`")),
     };
-    match s.ops.set_sync(on, b.force).await {
+    if let Some(r) = unknown_hosts(&s, &b.fenced_hosts) {
+        return r;
+    }
+    match s.ops.set_sync(on, b.force, &b.fenced_hosts).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => op_error(e),
     }

@@ -11,13 +11,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgwarden_core::config::ApplicationConfig;
+use pgwarden_core::config::{ApplicationConfig, Placement};
 use pgwarden_core::operation::{Operation, OperationKind, StepName, StepOutcome};
 use pgwarden_core::preflight::{self, PreflightInput, Shadow, Verdict};
 use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
-use pgwarden_core::Config;
+use pgwarden_core::{Answer, Config};
 
+use crate::effects::app::AppCommand;
 use crate::effects::Effects;
 
 /// What a step needs: the config, the latest cluster view, the effects.
@@ -25,6 +26,9 @@ pub struct StepContext {
     pub config: Arc<Config>,
     pub effects: Arc<Effects>,
     pub view: Arc<ClusterView>,
+    /// Hosts the request confirms fenced (`fenced_hosts`): their silence is
+    /// accepted where pgwarden would otherwise stop.
+    pub fenced_hosts: Vec<String>,
 }
 
 /// How often conditions are re-checked while waiting for them: often, as
@@ -64,12 +68,12 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
         return crate::rejoin::run_step(ctx, op, step).await;
     }
     match step {
-        StepName::Preflight => preflight_step(ctx, op),
+        StepName::Preflight => preflight_step(ctx, op).await,
         StepName::FenceApplication => fence_application(ctx, op).await,
         StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
         StepName::Promote => promote(ctx, op).await,
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
-        StepName::SwitchApplication => switch_application(ctx, op),
+        StepName::SwitchApplication => switch_application(ctx, op).await,
         StepName::StartApplication => start_application(ctx, op).await,
         StepName::Done => done(op),
         other => fail(format!(
@@ -190,7 +194,28 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
     Ok(held)
 }
 
-fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+/// The hosts (other than this daemon's) whose daemon does not answer now.
+pub async fn silent_hosts(config: &Config, effects: &Arc<Effects>) -> Vec<String> {
+    let asks: Vec<_> = config
+        .nodes
+        .iter()
+        .filter(|n| n.name != config.local_node)
+        .map(|n| {
+            let (effects, name) = (effects.clone(), n.name.clone());
+            tokio::spawn(async move { (!effects.daemon_answers(&name).await).then_some(name) })
+        })
+        .collect();
+    let mut silent = Vec::new();
+    for a in asks {
+        if let Ok(Some(name)) = a.await {
+            silent.push(name);
+        }
+    }
+    silent
+}
+
+async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let silent = silent_hosts(&ctx.config, &ctx.effects).await;
     let shadows = shadows(&ctx.config);
     let blocker = ctx
         .config
@@ -205,6 +230,7 @@ fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         open_operation: None,
         shadows: &shadows,
         config_file_blocker: blocker.as_deref(),
+        silent_hosts: &silent,
     });
     let failed: Vec<String> = checks
         .iter()
@@ -253,14 +279,46 @@ fn application(ctx: &StepContext) -> Result<&ApplicationConfig, StepOutcome> {
         .ok_or_else(|| fail("no application configured"))
 }
 
-/// Exit status 0 of `is_running` means running; a command that cannot run
-/// at all is an error (we cannot verify anything then).
+/// Whether the application runs on `host`, through that host's daemon.
+/// Unknown (a command that cannot run, an exit status that means neither,
+/// a daemon that does not answer) is an error: nothing can be verified then.
+async fn running_on(
+    ctx: &StepContext,
+    app: &ApplicationConfig,
+    host: &str,
+) -> Result<bool, String> {
+    match ctx.effects.app_status_on(host).await {
+        Ok(Answer::Yes) => Ok(true),
+        Ok(Answer::No) => Ok(false),
+        Ok(Answer::Unknown(why)) => Err(format!(
+            "cannot tell whether {} runs on {host}: {why}",
+            app.name
+        )),
+        Err(e) => Err(format!(
+            "cannot ask {host}'s daemon whether {} runs there: {}",
+            app.name, e.message
+        )),
+    }
+}
+
+/// Whether the application runs on some host of `runs_on` (the first
+/// answer that is not "no"), for the checks made after the fence.
 async fn is_running(ctx: &StepContext, app: &ApplicationConfig) -> Result<bool, String> {
-    ctx.effects
-        .command(&app.is_running, Duration::from_secs(30))
-        .await
-        .map(|f| f.success())
-        .map_err(|e| e.to_string())
+    for h in app.hosts(&ctx.config.nodes) {
+        match ctx.effects.app_status_on(&h).await {
+            Ok(Answer::No) => {}
+            Ok(Answer::Yes) => return Ok(true),
+            Ok(Answer::Unknown(why)) => return Err(format!("{h}: {why}")),
+            Err(e) if e.unreachable && ctx_confirmed(ctx, &h) => {}
+            Err(e) => return Err(format!("{h}: {}", e.message)),
+        }
+    }
+    Ok(false)
+}
+
+/// The hosts the operator confirmed fenced in the request being run.
+fn ctx_confirmed(ctx: &StepContext, host: &str) -> bool {
+    ctx.fenced_hosts.iter().any(|h| h == host)
 }
 
 /// Sessions of `role` per node, on every node that answers.
@@ -278,42 +336,92 @@ async fn sessions(ctx: &StepContext, role: &str) -> (u64, Vec<String>) {
     (total, seen)
 }
 
+/// Fences the application on every host of `runs_on`, each through that
+/// host's daemon: stopped (and disabled, when `disable` is configured),
+/// verified by `is_running` there. A host whose daemon does not answer is
+/// passed only when the operator confirmed it fenced (`fenced_hosts`).
 async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let app = match application(ctx) {
         Ok(a) => a,
         Err(o) => return o,
     };
-    match is_running(ctx, app).await {
-        Err(e) => return fail(format!("cannot tell whether {} runs: {e}", app.name)),
-        Ok(true) => {
-            let began = Instant::now();
-            if let Err(e) = ctx
-                .effects
-                .command_checked(&app.stop, app.stop_timeout)
-                .await
-            {
-                return fail(format!("stopping {} failed: {e}", app.name));
+    let began = Instant::now();
+    let mut notes = Vec::new();
+    for h in app.hosts(&ctx.config.nodes) {
+        match ctx.effects.app_status_on(&h).await {
+            Err(e) if e.unreachable && ctx_confirmed(ctx, &h) => {
+                notes.push(format!(
+                    "{h}: its daemon does not answer; fenced by the operator's confirmation"
+                ));
+                continue;
             }
-            // The application's own time, apart from pgwarden's (benchmarks).
-            op.facts.insert(
-                "app_stop_ms".into(),
-                began.elapsed().as_millis().to_string(),
-            );
+            Err(e) => {
+                return fail(format!(
+                    "cannot verify {} on host {h}: {}{}",
+                    app.name,
+                    e.message,
+                    if e.unreachable {
+                        "; if that host is fenced (powered off, or the application stopped and disabled there), confirm it with fenced_hosts"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            Ok(Answer::Unknown(why)) => {
+                return fail(format!(
+                    "cannot tell whether {} runs on {h}: {why}",
+                    app.name
+                ))
+            }
+            Ok(Answer::No) => notes.push(format!("not running on {h}")),
+            Ok(Answer::Yes) => {
+                // Where it ran: `placement: stay` starts it there again.
+                op.facts
+                    .entry("app_ran_on".into())
+                    .or_insert_with(|| h.clone());
+                if let Err(e) = ctx.effects.app_command_on(&h, AppCommand::Stop).await {
+                    return fail(format!(
+                        "stopping {} on {h} failed: {}",
+                        app.name, e.message
+                    ));
+                }
+                let stopped = wait_for(app.stop_timeout, POLL, || async {
+                    matches!(running_on(ctx, app, &h).await, Ok(false)).then_some(())
+                })
+                .await;
+                if stopped.is_none() {
+                    let now = running_on(ctx, app, &h).await;
+                    return fail(format!(
+                        "{} still runs on {h} {:?} after its stop command ({})",
+                        app.name,
+                        app.stop_timeout,
+                        match now {
+                            Ok(true) => "is_running says running".to_owned(),
+                            Ok(false) => "stopped just now".to_owned(),
+                            Err(e) => e,
+                        }
+                    ));
+                }
+                notes.push(format!("stopped on {h}"));
+            }
         }
-        Ok(false) => {}
+        if app.disable.is_some() {
+            if let Err(e) = ctx.effects.app_command_on(&h, AppCommand::Disable).await {
+                return fail(format!(
+                    "disabling {} on {h} failed: {}",
+                    app.name, e.message
+                ));
+            }
+        }
     }
-    let stopped = wait_for(app.stop_timeout, POLL, || async {
-        matches!(is_running(ctx, app).await, Ok(false)).then_some(())
-    })
-    .await;
-    if stopped.is_none() {
-        return fail(format!(
-            "{} still runs {:?} after its stop command (is_running exits 0)",
-            app.name, app.stop_timeout
-        ));
-    }
-    // The process is gone; its sessions must be too. A backend busy in a
-    // long query does not notice its client died, so after a grace period
+    // The application's own time, apart from pgwarden's (benchmarks).
+    op.facts.insert(
+        "app_stop_ms".into(),
+        began.elapsed().as_millis().to_string(),
+    );
+    let hosts_note = notes.join("; ");
+    // The processes are gone; their sessions must be too. A backend busy in
+    // a long query does not notice its client died, so after a grace period
     // the remaining ones are terminated, then the count is verified.
     let role = &app.db_user;
     let clean = wait_for(app.session_grace, POLL, || async {
@@ -322,7 +430,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
     .await;
     if clean.is_some() {
         return ok(format!(
-            "{} stopped; no session of {role} remains",
+            "{} stopped ({hosts_note}); no session of {role} remains",
             app.name
         ));
     }
@@ -349,7 +457,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
     .await;
     match gone {
         Some(()) => ok(format!(
-            "{} stopped; {terminated} lingering session(s) of {role} terminated after {:?}; none remains",
+            "{} stopped ({hosts_note}); {terminated} lingering session(s) of {role} terminated after {:?}; none remains",
             app.name, app.session_grace
         )),
         None => {
@@ -439,12 +547,14 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
 const STOP_UNREACHABLE_BUDGET: Duration = Duration::from_secs(10);
 
 /// Failover, old primary silent over SQL: ask the daemon beside it to stop
-/// it anyway, since it reaches PostgreSQL without the network. Stopped, or
-/// that daemon silent too (the host is down or cut off): go on; a host cut
-/// off and back later is stopped by its own daemon as a stale primary, and
-/// meanwhile its commits wait for the synchronous standby it lost. That
-/// daemon answering that it could NOT stop it: the node runs, so fail here
-/// rather than make a second writable node; resume once it is stopped.
+/// it anyway, since it reaches PostgreSQL without the network. Verified
+/// stopped: go on. That daemon answering that it could NOT stop it: the
+/// node runs, so fail here rather than make a second writable node. That
+/// daemon silent, or not confirming within the budget (a frozen node, a
+/// stuck disk): whether the old primary still takes writes is unknown, so
+/// go on only if the operator confirmed that host fenced (`fenced_hosts`);
+/// a host cut off and back later is then stopped by its own daemon as a
+/// stale primary.
 async fn stop_unreachable_old_primary(
     ctx: &StepContext,
     old: &str,
@@ -459,8 +569,13 @@ async fn stop_unreachable_old_primary(
             "{old} does not answer over SQL ({sql_error}), but the daemon beside it could not stop it: {}; it may still be writable, so nothing is promoted. Stop {old} by hand (or power its host off), then resume",
             e.message
         )),
-        Err(e) => ok(format!(
-            "{old} does not answer over SQL ({sql_error}) and the daemon beside it did not confirm a stop ({}): going on; if {old} comes back as a primary, its own daemon stops it",
+        Err(e) if ctx_confirmed(ctx, old) => ok(format!(
+            "{old} does not answer over SQL ({sql_error}) and the daemon beside it did not confirm a stop ({}); the operator confirmed {old}'s host fenced: going on; if {old} comes back as a primary, its own daemon stops it",
+            e.message
+        )),
+        Err(e) => fail(format!(
+            "{old} does not answer over SQL ({sql_error}) and the daemon beside it did not confirm a stop ({}): whether {old} still takes writes is unknown, so nothing is promoted. \
+             If {old}'s host is fenced (powered off, or PostgreSQL stopped and disabled there), abort and fail over again with \"fenced_hosts\": [\"{old}\"]",
             e.message
         )),
     }
@@ -570,33 +685,95 @@ async fn reconfigure_new_primary(ctx: &StepContext, op: &Operation) -> StepOutco
     ))
 }
 
-fn switch_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
+/// Points `config_file` at the new primary on every host of `runs_on` that
+/// answers, each through its daemon, so that a later start anywhere finds
+/// the primary. A silent host confirmed fenced is left as it is (and said).
+async fn switch_application(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let target = &op.request.target;
     let Some(node) = ctx.config.node(target) else {
         return fail(format!("unknown node {target}"));
     };
-    let file = ctx
-        .config
-        .application
-        .as_ref()
-        .map(|a| a.config_file.display().to_string())
-        .unwrap_or_default();
-    match ctx
-        .effects
-        .switch_application_config(&op.id, &node.host, node.port)
-    {
-        Ok(true) => ok(format!(
-            "{file} now points to {}:{} (original kept as .pgwarden-{}.bak)",
-            node.host, node.port, op.id
-        )),
-        Ok(false) => StepOutcome::Skipped(format!(
-            "{file} already points to {}:{}",
-            node.host, node.port
-        )),
-        Err(e) => fail(e),
+    let app = match application(ctx) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    let file = app.config_file.display().to_string();
+    let (mut changed, mut kept, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    for h in app.hosts(&ctx.config.nodes) {
+        match ctx
+            .effects
+            .app_config_on(&h, &op.id, &node.host, node.port)
+            .await
+        {
+            Ok(true) => changed.push(h),
+            Ok(false) => kept.push(h),
+            Err(e) if e.unreachable && ctx_confirmed(ctx, &h) => left.push(h),
+            Err(e) => return fail(format!("{file} on {h}: {}", e.message)),
+        }
+    }
+    let mut msg = if changed.is_empty() {
+        format!(
+            "{file} already points to {}:{} on {}",
+            node.host,
+            node.port,
+            kept.join(", ")
+        )
+    } else {
+        format!(
+            "{file} now points to {}:{} on {} (original kept as .pgwarden-{}.bak)",
+            node.host,
+            node.port,
+            changed.join(", "),
+            op.id
+        )
+    };
+    if !left.is_empty() {
+        msg.push_str(&format!(
+            "; not rewritten on {} (its daemon does not answer; fenced by confirmation): point it at {}:{} before starting the application there",
+            left.join(", "),
+            node.host,
+            node.port
+        ));
+    }
+    if changed.is_empty() {
+        StepOutcome::Skipped(msg)
+    } else {
+        ok(msg)
     }
 }
 
+/// The host that starts the application: `placement` among the hosts of
+/// `runs_on` whose daemon answers.
+async fn start_host(
+    ctx: &StepContext,
+    op: &Operation,
+    app: &ApplicationConfig,
+) -> Result<String, String> {
+    let hosts = app.hosts(&ctx.config.nodes);
+    let target = &op.request.target;
+    let mut candidates = Vec::new();
+    if app.placement == Placement::Stay {
+        if let Some(before) = op.facts.get("app_ran_on") {
+            candidates.push(before.clone());
+        }
+    }
+    candidates.push(target.clone());
+    candidates.extend(hosts.iter().cloned());
+    for c in candidates {
+        if hosts.contains(&c) && ctx.effects.daemon_answers(&c).await {
+            return Ok(c);
+        }
+    }
+    Err(format!(
+        "no host of application.runs_on ({}) has a daemon that answers: {} cannot be started anywhere",
+        hosts.join(", "),
+        app.name
+    ))
+}
+
+/// Starts exactly ONE instance, on the host `placement` chooses; verifies
+/// it runs there, holds a session on the new primary and answers its
+/// health_url, and that no other host runs one.
 async fn start_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let app = match application(ctx) {
         Ok(a) => a,
@@ -604,21 +781,33 @@ async fn start_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
     };
     let target = op.request.target.clone();
     let target = &target;
+    let host = match start_host(ctx, op, app).await {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
     let began = Instant::now();
-    if let Err(e) = ctx
-        .effects
-        .command_checked(&app.start, app.start_timeout)
-        .await
-    {
-        return fail(format!("starting {} failed: {e}", app.name));
+    if app.enable.is_some() {
+        if let Err(e) = ctx.effects.app_command_on(&host, AppCommand::Enable).await {
+            return fail(format!(
+                "enabling {} on {host} failed: {}",
+                app.name, e.message
+            ));
+        }
+    }
+    if let Err(e) = ctx.effects.app_command_on(&host, AppCommand::Start).await {
+        return fail(format!(
+            "starting {} on {host} failed: {}",
+            app.name, e.message
+        ));
     }
     op.facts.insert(
         "app_start_ms".into(),
         began.elapsed().as_millis().to_string(),
     );
+    op.facts.insert("app_started_on".into(), host.clone());
     let node = ctx.effects.node_quick(target);
     let up = wait_for(app.start_timeout, POLL, || async {
-        if !matches!(is_running(ctx, app).await, Ok(true)) {
+        if !matches!(running_on(ctx, app, &host).await, Ok(true)) {
             return None;
         }
         let n = node
@@ -626,33 +815,62 @@ async fn start_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             .await
             .ok()
             .filter(|n| *n > 0)?;
-        if let Some(url) = &app.health_url {
-            if !ctx.effects.http_ok(url).await {
-                return None;
-            }
+        if app.health_url.is_some()
+            && !matches!(ctx.effects.app_healthy_on(&host).await, Ok(Answer::Yes))
+        {
+            return None;
         }
         Some(n)
     })
     .await;
     let Some(n) = up else {
-        let state = match is_running(ctx, app).await {
-            Ok(true) => "runs but has no session on the new primary (or its health_url does not answer)",
-            Ok(false) => "is not running: it exited after starting (a database it cannot reach or a read-only one makes inmanta-server exit)",
-            Err(_) => "cannot be checked",
+        let state = match running_on(ctx, app, &host).await {
+            Ok(true) => "runs but has no session on the new primary (or its health_url does not answer)".to_owned(),
+            Ok(false) => "is not running: it exited after starting (a database it cannot reach or a read-only one makes inmanta-server exit)".to_owned(),
+            Err(e) => format!("cannot be checked: {e}"),
         };
         return fail(format!(
-            "{} {state} after {:?}",
+            "{} on {host} {state} after {:?}",
             app.name, app.start_timeout
         ));
     };
     // It has a session on the new primary, so the database accepted it
     // (inmanta-server exits when its database refuses it); check once more
     // that the process did not die right after connecting.
-    if !matches!(is_running(ctx, app).await, Ok(true)) {
-        return fail(format!("{} started but exited again", app.name));
+    if !matches!(running_on(ctx, app, &host).await, Ok(true)) {
+        return fail(format!("{} started on {host} but exited again", app.name));
+    }
+    // Never two orchestrators.
+    for other in app
+        .hosts(&ctx.config.nodes)
+        .into_iter()
+        .filter(|h| *h != host)
+    {
+        match ctx.effects.app_status_on(&other).await {
+            Ok(Answer::No) => {}
+            Ok(Answer::Yes) => {
+                return fail(format!(
+                "{} runs on {other} as well as on {host}: two instances; stop the one on {other}",
+                app.name
+            ))
+            }
+            Ok(Answer::Unknown(why)) => {
+                return fail(format!(
+                    "cannot verify that {} stays stopped on {other}: {why}",
+                    app.name
+                ))
+            }
+            Err(e) if e.unreachable && ctx_confirmed(ctx, &other) => {}
+            Err(e) => {
+                return fail(format!(
+                    "cannot verify that {} stays stopped on {other}: {}",
+                    app.name, e.message
+                ))
+            }
+        }
     }
     ok(format!(
-        "{} runs with {n} session(s) of {} on {target}",
+        "{} runs on {host} with {n} session(s) of {} on {target}",
         app.name, app.db_user
     ))
 }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use pgwarden_core::view::{ClusterView, NodeView, Role};
-use pgwarden_core::Config;
+use pgwarden_core::{Config, ProblemCode};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -145,9 +145,17 @@ fn local<'v>(s: &AppState, view: &'v ClusterView) -> &'v NodeView {
 async fn primary(State(s): Shared) -> Response {
     let view = s.latest().view.clone();
     let me = local(&s, &view);
-    let writable = view.writable_primary().is_some_and(|p| p.name == me.name);
+    // An isolated primary is not an unchallenged one: the other side may
+    // have failed over, so no load balancer should send writes here.
+    let isolated = view.problems.iter().find(|p| {
+        p.code == ProblemCode::PrimaryIsolated && p.node.as_deref() == Some(me.name.as_str())
+    });
+    let writable = view.writable_primary().is_some_and(|p| p.name == me.name) && isolated.is_none();
     let mut body = node_summary(me);
     body["writable"] = json!(writable);
+    if let Some(p) = isolated {
+        body["reason"] = json!(p.message);
+    }
     (ok_or_unavailable(writable), Json(body)).into_response()
 }
 

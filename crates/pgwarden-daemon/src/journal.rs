@@ -121,6 +121,7 @@ mod tests {
             target: "pg-b".into(),
             reason: "test".into(),
             force: false,
+            fenced_hosts: Vec::new(),
         };
         Operation::new(id.into(), OperationKind::Failover, req, at)
     }

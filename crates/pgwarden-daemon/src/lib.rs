@@ -60,6 +60,11 @@ pub enum DaemonError {
     },
 }
 
+/// Peer hosts the operator confirmed fenced (`PUT /v1/sync` with
+/// `fenced_hosts`) while their daemon was silent. A std Mutex: held only to
+/// read or change the set.
+pub(crate) type FencedPeers = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
 /// What the poll loop publishes after each poll, read by every HTTP handler.
 /// One value behind one `watch`, so a scrape and a health check always see
 /// the same poll.
@@ -115,12 +120,14 @@ async fn run_daemon(
     }));
     // Rung by the operation manager after each step: poll every node now.
     let poll_now = Arc::new(tokio::sync::Notify::new());
+    let fenced_peers: FencedPeers = Default::default();
 
     let (op_tx, op_rx) = watch::channel(None);
     let effects = Arc::new(effects::Effects::new(
         config.clone(),
         loaded.secrets.clone(),
     ));
+    let effects_for_poller = effects.clone();
     let (ops, corrupt) = operations::Operations::open(
         config.clone(),
         effects,
@@ -128,6 +135,7 @@ async fn run_daemon(
         metrics.clone(),
         op_tx,
         poll_now.clone(),
+        fenced_peers.clone(),
     )?;
     for e in corrupt {
         tracing::error!("{e}");
@@ -168,6 +176,8 @@ async fn run_daemon(
             guard_failure: guard_rx,
             notifier: notifier.clone(),
             poll_now,
+            effects: effects_for_poller,
+            fenced_peers,
             stop: stop_rx.clone(),
         },
     );

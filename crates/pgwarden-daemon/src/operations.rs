@@ -124,6 +124,9 @@ pub struct Operations {
     /// This daemon's lease at its peers, for its open operation. A std
     /// Mutex: never held across an await.
     lease: std::sync::Mutex<Lease>,
+    /// Peers the operator confirmed fenced in `PUT /v1/sync` while their
+    /// daemon was silent; the poll loop drops one once it answers again.
+    fenced_peers: crate::FencedPeers,
     /// Asks the poll loop to poll every node now: what a step changed
     /// shows in /health and /v1/status without waiting for the next tick.
     poll_now: Arc<tokio::sync::Notify>,
@@ -137,7 +140,12 @@ pub struct Operations {
 /// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
 /// holds the run loop at that point (after the step's intent, or after its
 /// effect but before its outcome, is journaled) so a test can SIGKILL the
-/// daemon exactly there. Unset in production: one env lookup per step.
+/// daemon exactly there. Compiled only with the `fault-injection` feature,
+/// which the test suites enable: the shipped binary has no such hook.
+#[cfg(not(feature = "fault-injection"))]
+async fn fault_pause(_step: StepName, _point: &str) {}
+
+#[cfg(feature = "fault-injection")]
 async fn fault_pause(step: StepName, point: &str) {
     let Ok(want) = std::env::var("PGWARDEN_FAULT_PAUSE") else {
         return;
@@ -178,6 +186,7 @@ impl Operations {
         metrics: Arc<Metrics>,
         current: watch::Sender<Option<Operation>>,
         poll_now: Arc<tokio::sync::Notify>,
+        fenced_peers: crate::FencedPeers,
     ) -> Result<(Arc<Operations>, Vec<JournalError>), JournalError> {
         let journal = Journal::open(&config.state_dir)?;
         let (ops, corrupt) = journal.recover()?;
@@ -207,6 +216,7 @@ impl Operations {
             gate: tokio::sync::Mutex::new(()),
             peer_lock,
             lease: Default::default(),
+            fenced_peers,
             poll_now,
             starting: std::sync::Mutex::new(None),
         };
@@ -277,7 +287,12 @@ impl Operations {
         self.published.borrow().view.clone()
     }
 
-    fn preflight(&self, kind: OperationKind, request: &Request) -> Vec<Check> {
+    async fn preflight(&self, kind: OperationKind, request: &Request) -> Vec<Check> {
+        let silent = if kind == OperationKind::Rejoin {
+            Vec::new()
+        } else {
+            executor::silent_hosts(&self.config, &self.effects).await
+        };
         let open = self.open_operation().map(|o| o.id);
         let lock = self
             .peer_lock()
@@ -296,12 +311,13 @@ impl Operations {
             open_operation: open.as_deref().or(lock.as_deref()),
             shadows: &shadows,
             config_file_blocker: blocker.as_deref(),
+            silent_hosts: &silent,
         })
     }
 
     /// A dry run: the checks and the steps, nothing changed.
-    pub fn plan(&self, kind: OperationKind, request: &Request) -> Plan {
-        let checks = self.preflight(kind, request);
+    pub async fn plan(&self, kind: OperationKind, request: &Request) -> Plan {
+        let checks = self.preflight(kind, request).await;
         Plan {
             kind,
             target: request.target.clone(),
@@ -357,7 +373,7 @@ impl Operations {
                 lock.holder, lock.operation_id, lock.since
             )));
         }
-        let checks = self.preflight(kind, &request);
+        let checks = self.preflight(kind, &request).await;
         if !preflight::passed(&checks) {
             let failed: Vec<&str> = checks
                 .iter()
@@ -477,8 +493,37 @@ impl Operations {
     /// the primary, verified. Setting it with no streaming standby would
     /// block every write, so that needs `force`. Clearing it releases writes
     /// waiting for a lost standby; the answer says what that costs.
-    pub async fn set_sync(&self, on: bool, force: bool) -> Result<SyncAnswer, OpError> {
+    ///
+    /// Going async while a peer daemon is silent is refused unless
+    /// `fenced_hosts` names it: that peer may have promoted its node, and an
+    /// async primary alone would then acknowledge writes the other side
+    /// never sees. Naming it also tells this daemon that its primary is
+    /// alone on purpose (no `primary_isolated` while the peer stays silent).
+    pub async fn set_sync(
+        &self,
+        on: bool,
+        force: bool,
+        fenced_hosts: &[String],
+    ) -> Result<SyncAnswer, OpError> {
         let _gate = self.gate.lock().await;
+        let silent = executor::silent_hosts(&self.config, &self.effects).await;
+        let unconfirmed: Vec<&str> = silent
+            .iter()
+            .filter(|h| !fenced_hosts.contains(h))
+            .map(String::as_str)
+            .collect();
+        if !on && !unconfirmed.is_empty() {
+            return Err(OpError::Conflict(format!(
+                "the daemon on host {} does not answer: its node may have been promoted, and this primary would then acknowledge writes that are lost; \
+                 if that host is fenced (powered off, or PostgreSQL stopped and disabled there), confirm it with \"fenced_hosts\": [{}]",
+                unconfirmed.join(", "),
+                unconfirmed.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        {
+            let mut confirmed = self.fenced_peers.lock().unwrap_or_else(|p| p.into_inner());
+            confirmed.extend(silent.iter().filter(|h| fenced_hosts.contains(h)).cloned());
+        }
         if let Some(open) = self.open_operation() {
             return Err(OpError::Conflict(format!(
                 "operation {} is open: finish or abort it first",
@@ -584,6 +629,25 @@ impl Operations {
         Ok(answer)
     }
 
+    /// `application.health_url` asked from this host.
+    pub async fn app_healthy_here(&self) -> pgwarden_core::Answer {
+        match self.effects.app_healthy_on(&self.config.local_node).await {
+            Ok(a) => a,
+            Err(e) => pgwarden_core::Answer::Unknown(e.message),
+        }
+    }
+
+    /// Points this host's application config file at `host:port`.
+    pub fn switch_config_here(
+        &self,
+        operation: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, String> {
+        self.effects
+            .switch_application_config(operation, host, port)
+    }
+
     /// An operation of this journal, else of a peer's (a rejoin runs on the
     /// rejoining node's daemon, wherever it was asked for).
     pub async fn find(&self, id: &str) -> Option<serde_json::Value> {
@@ -658,6 +722,7 @@ impl Operations {
             config: self.config.clone(),
             effects: self.effects.clone(),
             view: self.view(),
+            fenced_hosts: op.request.fenced_hosts.clone(),
         };
         match executor::reverify(&ctx, &op).await {
             Ok(held) => {
@@ -706,6 +771,7 @@ impl Operations {
                 config: self.config.clone(),
                 effects: self.effects.clone(),
                 view: self.view(),
+                fenced_hosts: op.request.fenced_hosts.clone(),
             };
             let step_started = Instant::now();
             let outcome = executor::run_step(&ctx, &mut op, step).await;

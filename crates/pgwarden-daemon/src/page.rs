@@ -690,6 +690,7 @@ nodes:
             consecutive_failures: 3,
             last_error: Some("connection refused <oops>".into()),
             polled_at: None,
+            daemon_failures: None,
         };
         let view = ClusterView::build(&c, &[ok(p), down]);
         assert!(!view.healthy);
@@ -725,6 +726,7 @@ nodes:
                 target: "pg-b".into(),
                 reason: "patch <night>".into(),
                 force: false,
+                fenced_hosts: Vec::new(),
             },
             "2026-11-22T01:31:47.000Z",
         );

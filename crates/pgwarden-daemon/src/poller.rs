@@ -44,6 +44,10 @@ pub(crate) struct Wiring {
     pub notifier: Arc<crate::notify::Notifier>,
     /// Poll every node at once (after an operation's step), not at the next tick.
     pub poll_now: Arc<tokio::sync::Notify>,
+    /// Asks the other daemons whether they answer (`primary_isolated`).
+    pub effects: Arc<crate::effects::Effects>,
+    /// Peers confirmed fenced by the operator while silent.
+    pub fenced_peers: crate::FencedPeers,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -59,9 +63,12 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
         guard_failure,
         notifier,
         poll_now,
+        effects,
+        fenced_peers,
         stop,
     } = wiring;
     let (tx, rx) = mpsc::channel(config.nodes.len() * 2);
+    let (daemon_tx, daemon_rx) = mpsc::channel(config.nodes.len() * 2);
     let mut pollers = Vec::new();
     for (i, node) in config.nodes.iter().enumerate() {
         let target = Target {
@@ -82,6 +89,20 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
         )));
     }
     drop(tx);
+    for (i, node) in config.nodes.iter().enumerate() {
+        if node.name == config.local_node || node.api.is_none() {
+            continue;
+        }
+        pollers.push(tokio::spawn(check_daemon(
+            i,
+            node.name.clone(),
+            effects.clone(),
+            config.poll.interval,
+            daemon_tx.clone(),
+            stop.clone(),
+        )));
+    }
+    drop(daemon_tx);
     tokio::spawn(
         async move {
             build_views(
@@ -92,9 +113,11 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
                     operation,
                     guard_failure,
                     notifier,
+                    fenced_peers,
                     stop,
                 },
                 rx,
+                daemon_rx,
             )
             .await;
             for p in pollers {
@@ -136,6 +159,32 @@ async fn poll_node(
     }
 }
 
+/// Asks the daemon beside node `node` every `interval` whether it answers.
+async fn check_daemon(
+    node: usize,
+    name: String,
+    effects: Arc<crate::effects::Effects>,
+    interval: Duration,
+    results: mpsc::Sender<(usize, bool)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let answers = tokio::select! {
+            a = effects.daemon_answers(&name) => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if results.send((node, answers)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// What the view builder reads and writes: the [`Wiring`] minus the pollers' part.
 struct ViewLoop {
     config: Arc<Config>,
@@ -144,10 +193,15 @@ struct ViewLoop {
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     guard_failure: watch::Receiver<Option<String>>,
     notifier: Arc<crate::notify::Notifier>,
+    fenced_peers: crate::FencedPeers,
     stop: watch::Receiver<bool>,
 }
 
-async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) {
+async fn build_views(
+    wiring: ViewLoop,
+    mut results: mpsc::Receiver<PollResult>,
+    mut daemons: mpsc::Receiver<(usize, bool)>,
+) {
     let ViewLoop {
         config,
         metrics,
@@ -155,6 +209,7 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
         operation,
         guard_failure,
         notifier,
+        fenced_peers,
         mut stop,
     } = wiring;
     let mut ready = false;
@@ -195,6 +250,9 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                     .with_operation(operation.borrow().as_ref())
                     .with_problems(guard);
                 view.last_primary = last_primary.update(&view);
+                let confirmed = fenced_peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let isolated = health::primary_isolated(&config, &view, &confirmed);
+                let view = view.with_problems(isolated);
                 log_problem_changes(&published.borrow().view, &view);
                 // Ready once every node has been polled (answered or not):
                 // from then on /metrics and /health tell the truth.
@@ -214,6 +272,17 @@ async fn build_views(wiring: ViewLoop, mut results: mpsc::Receiver<PollResult>) 
                     loop_at: Instant::now(),
                     polls_started: polls_started.clone(),
                 }));
+            }
+            Some((node, answers)) = daemons.recv() => {
+                let obs = &mut observations[node];
+                let failures = obs.daemon_failures.unwrap_or(0);
+                obs.daemon_failures = Some(if answers { 0 } else { failures.saturating_add(1) });
+                if answers {
+                    // A peer that answers again is no longer "fenced": the
+                    // operator's confirmation was for its silence.
+                    let name = &config.nodes[node].name;
+                    fenced_peers.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+                }
             }
             _ = ticker.tick() => {
                 // Liveness only: republish the same view with a fresh time.

@@ -98,6 +98,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         open_operation: None,
         shadows: &[],
         config_file_blocker: None,
+        silent_hosts: &[],
     });
     let failed: Vec<String> = checks
         .iter()

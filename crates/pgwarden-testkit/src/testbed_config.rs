@@ -68,10 +68,9 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
             if root { "    os_user: postgres\n" } else { "" },
         ));
     }
-    // KNOWN LIMITATION, fixed next in the daemon: an operation runs the application's
-    // commands only on the daemon that executes it. So each host's config names its
-    // own instance, and a test runs exactly one instance, on the host whose daemon it
-    // sends the operation to.
+    // Each host's config names its own instance; each daemon runs the
+    // application's commands for its own host, and an operation reaches the
+    // other host's instance through that host's daemon.
     y.push_str(&crate::service::standin_application_yaml(
         &opts.pgwarden_bin,
         &tb.app_dir(host),

@@ -99,12 +99,14 @@ impl Standin {
 
     /// The `application:` section that makes the daemons fence this service.
     fn application_yaml(&self, cluster: &TestCluster) -> String {
+        // One machine: both daemons see the same process, so the one
+        // instance is named on one host (DESIGN.md "Two hosts").
         service::standin_application_yaml(
             &self.opts.exe,
             &self.opts.dir,
             &cluster.credentials().app_user,
             &self.config_file,
-        )
+        ) + &format!("  runs_on: [{}]\n", cluster.node(1).name)
     }
 
     fn stop(&self) {

@@ -107,6 +107,10 @@ enum Command {
         /// `sync` even though no standby streams (every commit then waits).
         #[arg(long)]
         force: bool,
+        /// Confirm that the peer HOST, whose daemon does not answer, is fenced
+        /// (needed to go `async` then). Repeat for several hosts.
+        #[arg(long = "confirm-fenced", value_name = "HOST")]
+        confirm_fenced: Vec<String>,
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
@@ -283,9 +287,16 @@ fn main() -> ExitCode {
         Command::Sync {
             mode,
             force,
+            confirm_fenced,
             yes,
             connect,
-        } => operate::report(runtime().block_on(operate::run_sync(connect, &mode, force, yes))),
+        } => operate::report(runtime().block_on(operate::run_sync(
+            connect,
+            &mode,
+            force,
+            confirm_fenced,
+            yes,
+        ))),
         Command::Resume { id, yes, connect } => {
             operate::report(runtime().block_on(operate::run_resume(connect, id, yes)))
         }

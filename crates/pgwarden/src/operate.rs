@@ -609,6 +609,11 @@ pub struct OperateArgs {
     /// Lift the checks that allow it (lag, primary not yet down, ...).
     #[arg(long)]
     pub force: bool,
+    /// Confirm that HOST (a node name), whose daemon does not answer, is
+    /// fenced: powered off, or PostgreSQL and the application stopped and
+    /// disabled there. Journaled and audited. Repeat for several hosts.
+    #[arg(long = "confirm-fenced", value_name = "HOST")]
+    pub confirm_fenced: Vec<String>,
     /// Why, for the journal and the audit log [default: requested with pgwarden CLI by $USER].
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -744,6 +749,7 @@ pub async fn run_operate(kind: &str, args: OperateArgs) -> anyhow::Result<u8> {
         "reason": reason,
         "dry_run": true,
         "force": args.force,
+        "fenced_hosts": args.confirm_fenced,
     });
 
     let (_, answer) = client.post(&path, &body).await?;
@@ -958,7 +964,13 @@ pub async fn run_abort(connect: Connect, id: String, yes: bool) -> anyhow::Resul
 
 /// `pgwarden sync async|sync`: clear or set synchronous_standby_names on
 /// the primary. Going async is a trade the operator must see and confirm.
-pub async fn run_sync(connect: Connect, mode: &str, force: bool, yes: bool) -> anyhow::Result<u8> {
+pub async fn run_sync(
+    connect: Connect,
+    mode: &str,
+    force: bool,
+    confirm_fenced: Vec<String>,
+    yes: bool,
+) -> anyhow::Result<u8> {
     let client = connect.resolve(true)?.client;
     if mode == "async" {
         confirm(
@@ -974,7 +986,10 @@ pub async fn run_sync(connect: Connect, mode: &str, force: bool, yes: bool) -> a
         )?;
     }
     let (_, v) = client
-        .put("/v1/sync", &json!({"mode": mode, "force": force}))
+        .put(
+            "/v1/sync",
+            &json!({"mode": mode, "force": force, "fenced_hosts": confirm_fenced}),
+        )
         .await?;
     outln!(
         "{} is now {}: synchronous_standby_names = '{}'",

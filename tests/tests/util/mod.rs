@@ -277,6 +277,10 @@ impl Env {
             &c.app_user,
             &config_file,
         ) + "  session_grace: 1s\n"
+            // One machine: both daemons see the same process, so the one
+            // instance is named on one host (DESIGN.md "Two hosts"); pg-b's,
+            // whose daemon the tests never take away.
+            + "  runs_on: [pg-b]\n"
             + &opts.application_extra;
         let daemons = (0..cluster.nodes().len())
             .map(|i| {

@@ -7,16 +7,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwarden_core::{ini, Config};
+use pgwarden_core::{ini, Answer, Config};
 use pgwarden_pg::{Node, Target};
 
 use crate::load::Secrets;
 
+pub mod app;
 pub mod command;
 pub mod fsutil;
 pub mod node;
 
-use command::{CommandError, Finished};
 pub use node::{local_node_action, NodeState};
 
 /// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
@@ -267,22 +267,6 @@ impl Effects {
         }
     }
 
-    pub async fn command(
-        &self,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<Finished, CommandError> {
-        command::run(argv, timeout).await
-    }
-
-    pub async fn command_checked(
-        &self,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<Finished, CommandError> {
-        command::run_checked(argv, timeout).await
-    }
-
     /// Points the application's config file at `host`/`port`. Returns
     /// `Ok(false)` when it already did (nothing written: a resumed step does
     /// not edit the file twice). Before the first change the original is kept
@@ -342,9 +326,147 @@ impl Effects {
         Ok(true)
     }
 
-    /// GET `url`, true on a 2xx answer.
-    pub async fn http_ok(&self, url: &str) -> bool {
-        matches!(self.http.get(url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
+    /// The base URL of `host`'s daemon.
+    fn api_of(&self, host: &str) -> Result<String, PeerError> {
+        self.config
+            .node(host)
+            .and_then(|n| n.api.as_deref())
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .ok_or_else(|| PeerError {
+                status: None,
+                unreachable: true,
+                code: None,
+                message: format!(
+                    "nodes[{host}].api is not configured: pgwarden cannot reach that host's daemon"
+                ),
+            })
+    }
+
+    /// Whether `host`'s daemon answers at all (`/livez`, a short timeout).
+    /// This daemon's own host always does.
+    pub async fn daemon_answers(&self, host: &str) -> bool {
+        if host == self.config.local_node {
+            return true;
+        }
+        let Ok(api) = self.api_of(host) else {
+            return false;
+        };
+        let url = format!("{api}/livez");
+        let timeout = self.config.poll.timeout.max(Duration::from_secs(1));
+        // Any answer, even 503 (a loop behind), is a daemon that answers.
+        self.http.get(&url).timeout(timeout).send().await.is_ok()
+    }
+
+    /// Whether the application runs on `host`: asked here for this daemon's
+    /// own host, else of that host's daemon.
+    pub async fn app_status_on(&self, host: &str) -> Result<Answer, PeerError> {
+        let app = self.application()?;
+        if host == self.config.local_node {
+            return Ok(app::status(app).await);
+        }
+        let v = self.app_call(host, "status", serde_json::json!({})).await?;
+        let wire: app::WireAnswer =
+            serde_json::from_value(v["running"].clone()).map_err(|e| PeerError {
+                status: None,
+                unreachable: false,
+                code: None,
+                message: format!(
+                    "{host}'s daemon answered the application status unexpectedly: {e}"
+                ),
+            })?;
+        Ok(wire.to_answer())
+    }
+
+    /// Runs the application's `which` command on `host`.
+    pub async fn app_command_on(
+        &self,
+        host: &str,
+        which: app::AppCommand,
+    ) -> Result<String, PeerError> {
+        let app = self.application()?;
+        if host == self.config.local_node {
+            return app::run(app, which).await.map_err(|message| PeerError {
+                status: Some(503),
+                unreachable: false,
+                code: None,
+                message,
+            });
+        }
+        let v = self
+            .app_call(host, which.as_str(), serde_json::json!({}))
+            .await?;
+        Ok(v["message"].as_str().unwrap_or("done").to_owned())
+    }
+
+    /// `application.health_url`, asked on `host` (it names the instance there).
+    pub async fn app_healthy_on(&self, host: &str) -> Result<Answer, PeerError> {
+        let app = self.application()?;
+        if host == self.config.local_node {
+            return Ok(app::healthy(app, &self.http).await);
+        }
+        let v = self.app_call(host, "health", serde_json::json!({})).await?;
+        let wire: app::WireAnswer =
+            serde_json::from_value(v["healthy"].clone()).map_err(|e| PeerError {
+                status: None,
+                unreachable: false,
+                code: None,
+                message: format!(
+                    "{host}'s daemon answered the application health unexpectedly: {e}"
+                ),
+            })?;
+        Ok(wire.to_answer())
+    }
+
+    /// Points the application's config file on `host` at `db_host:db_port`;
+    /// `Ok(false)` when it already did.
+    pub async fn app_config_on(
+        &self,
+        host: &str,
+        operation: &str,
+        db_host: &str,
+        db_port: u16,
+    ) -> Result<bool, PeerError> {
+        if host == self.config.local_node {
+            return self
+                .switch_application_config(operation, db_host, db_port)
+                .map_err(|message| PeerError {
+                    status: Some(503),
+                    unreachable: false,
+                    code: None,
+                    message,
+                });
+        }
+        let body = serde_json::json!({"operation": operation, "host": db_host, "port": db_port});
+        let v = self.app_call(host, "config", body).await?;
+        v["changed"].as_bool().ok_or_else(|| PeerError {
+            status: None,
+            unreachable: false,
+            code: None,
+            message: format!("{host}'s daemon answered the config switch unexpectedly: {v}"),
+        })
+    }
+
+    fn application(&self) -> Result<&pgwarden_core::config::ApplicationConfig, PeerError> {
+        self.config.application.as_ref().ok_or_else(|| PeerError {
+            status: None,
+            unreachable: false,
+            code: None,
+            message: "no application configured".into(),
+        })
+    }
+
+    async fn app_call(
+        &self,
+        host: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, PeerError> {
+        let url = format!("{}/v1/node/application/{action}", self.api_of(host)?);
+        // The command's own budget, plus the way there and back.
+        let app = self.application()?;
+        let budget = app.stop_timeout.max(app.start_timeout) + Duration::from_secs(10);
+        self.send(self.http.post(&url).json(&body).timeout(budget), &url)
+            .await
     }
 }
 
