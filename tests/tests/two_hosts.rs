@@ -285,20 +285,21 @@ fn the_peer_daemons_port_cut_while_replication_flows() {
     // Replication still flows: healthy on both, no isolation.
     let view = get(&tb, Host::B, "/v1/status").json();
     assert_eq!(view["primary"], "pg-a", "{view}");
-    let r = poll_until(
+    poll_until(
         within(&tb, 8),
         "b's daemon to find a's daemon silent",
         || {
-            let r = post(
-                &tb,
-                Host::B,
-                "/v1/switchover?wait=true",
-                r#"{"target": "pg-b", "reason": "port cut"}"#,
-            );
-            (r.status == 422).then_some(r)
+            let s = get(&tb, Host::B, "/v1/status").json();
+            (s["nodes"][0]["daemon_answered"] == false).then_some(())
         },
     )
     .unwrap();
+    let r = post(
+        &tb,
+        Host::B,
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "port cut"}"#,
+    );
     let why = refused_check(&r, "host_fenced");
     assert!(why.contains("pg-a"), "{why}");
     let r = put(&tb, Host::B, "/v1/sync", r#"{"mode": "async"}"#);
@@ -312,20 +313,21 @@ fn the_peer_daemons_port_cut_while_replication_flows() {
     ));
 
     drop(cut);
-    let r = poll_until(
+    poll_until(
         within(&tb, 8),
-        "the switchover once the port is back",
+        "b's daemon to hear a's daemon again",
         || {
-            let r = post(
-                &tb,
-                Host::B,
-                "/v1/switchover?wait=true",
-                r#"{"target": "pg-b", "reason": "port back"}"#,
-            );
-            (r.status != 422).then_some(r)
+            let s = get(&tb, Host::B, "/v1/status").json();
+            (s["nodes"][0]["daemon_answered"] == true).then_some(())
         },
     )
     .unwrap();
+    let r = post(
+        &tb,
+        Host::B,
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "port back"}"#,
+    );
     assert_eq!(r.status, 200, "{}\n{}", r.body, tb.daemon_log_text(Host::B));
     assert_app_on(&tb, Host::B, 1);
     assert_invariants(&tb, 1, Host::B, &[]);

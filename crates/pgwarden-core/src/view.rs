@@ -88,6 +88,9 @@ pub struct NodeView {
     /// The daemon beside this node has not answered `poll.failure_threshold`
     /// checks in a row (`None`: not checked, e.g. this daemon's own node).
     pub daemon_down: Option<bool>,
+    /// The latest check of the daemon beside this node answered (`None`:
+    /// not checked yet, or this daemon's own node).
+    pub daemon_answered: Option<bool>,
     /// The standbys streaming from this node, matched to config names.
     pub replication: Vec<StandbyLink>,
     /// The latest successful snapshot (possibly from an earlier poll while
@@ -150,6 +153,7 @@ impl ClusterView {
                     daemon_down: obs
                         .daemon_failures
                         .map(|f| f >= config.poll.failure_threshold),
+                    daemon_answered: obs.daemon_failures.map(|f| f == 0),
                     last_error: obs.last_error,
                     polled_at: obs.polled_at,
                     replication,

@@ -194,18 +194,34 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
     Ok(held)
 }
 
-/// The hosts (other than this daemon's) whose daemon does not answer now.
-pub async fn silent_hosts(config: &Config, effects: &Arc<Effects>) -> Vec<String> {
-    let asks: Vec<_> = config
-        .nodes
-        .iter()
-        .filter(|n| n.name != config.local_node)
+/// The hosts (other than this daemon's) whose daemon does not answer. A
+/// daemon the poll loop's latest check (at most one poll interval old)
+/// heard is taken as answering, so preflight costs no round trip; if it is
+/// gone since, the step that needs it finds out and fails. One the check did
+/// not hear is asked again now, unless the operator confirmed its host
+/// fenced already (`confirmed`), which makes its silence accepted anyway.
+pub async fn silent_hosts(
+    config: &Config,
+    effects: &Arc<Effects>,
+    view: &ClusterView,
+    confirmed: &[String],
+) -> Vec<String> {
+    let mut silent = Vec::new();
+    let mut unchecked = Vec::new();
+    for n in config.nodes.iter().filter(|n| n.name != config.local_node) {
+        match view.node(&n.name).and_then(|v| v.daemon_answered) {
+            Some(true) => {}
+            _ if confirmed.contains(&n.name) => silent.push(n.name.clone()),
+            _ => unchecked.push(n),
+        }
+    }
+    let asks: Vec<_> = unchecked
+        .into_iter()
         .map(|n| {
             let (effects, name) = (effects.clone(), n.name.clone());
             tokio::spawn(async move { (!effects.daemon_answers(&name).await).then_some(name) })
         })
         .collect();
-    let mut silent = Vec::new();
     for a in asks {
         if let Ok(Some(name)) = a.await {
             silent.push(name);
@@ -215,7 +231,7 @@ pub async fn silent_hosts(config: &Config, effects: &Arc<Effects>) -> Vec<String
 }
 
 async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let silent = silent_hosts(&ctx.config, &ctx.effects).await;
+    let silent = silent_hosts(&ctx.config, &ctx.effects, &ctx.view, &ctx.fenced_hosts).await;
     let shadows = shadows(&ctx.config);
     let blocker = ctx
         .config

@@ -291,7 +291,13 @@ impl Operations {
         let silent = if kind == OperationKind::Rejoin {
             Vec::new()
         } else {
-            executor::silent_hosts(&self.config, &self.effects).await
+            executor::silent_hosts(
+                &self.config,
+                &self.effects,
+                &self.view(),
+                &request.fenced_hosts,
+            )
+            .await
         };
         let open = self.open_operation().map(|o| o.id);
         let lock = self
@@ -506,7 +512,8 @@ impl Operations {
         fenced_hosts: &[String],
     ) -> Result<SyncAnswer, OpError> {
         let _gate = self.gate.lock().await;
-        let silent = executor::silent_hosts(&self.config, &self.effects).await;
+        let silent =
+            executor::silent_hosts(&self.config, &self.effects, &self.view(), fenced_hosts).await;
         let unconfirmed: Vec<&str> = silent
             .iter()
             .filter(|h| !fenced_hosts.contains(h))
