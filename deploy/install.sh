@@ -58,7 +58,7 @@ owned() { # owned OWNER:GROUP PATH: chown when the daemon user exists
 d="$destdir"
 install -d -m 0755 "$d/usr/bin" "$d/etc/systemd/system" "$d/etc/polkit-1/rules.d" \
     "$d/usr/share/doc/pgwarden/examples" "$d/usr/share/pgwarden/prometheus" \
-    "$d/usr/share/pgwarden/grafana"
+    "$d/usr/share/pgwarden/grafana" "$d/usr/share/pgwarden/haproxy"
 install -m 0755 "$binary" "$d/usr/bin/pgwarden"
 
 # The unit; its User= follows --user.
@@ -98,6 +98,7 @@ install -m 0644 "$here/deploy/systemd/pgwarden.service.d/sudo.conf" \
     "$d/usr/share/doc/pgwarden/examples/pgwarden.service.d/"
 install -m 0644 "$here"/deploy/prometheus/*.yml "$d/usr/share/pgwarden/prometheus/"
 install -m 0644 "$here/deploy/grafana/dashboard.json" "$d/usr/share/pgwarden/grafana/"
+install -m 0644 "$here/deploy/haproxy/haproxy.cfg" "$d/usr/share/pgwarden/haproxy/"
 
 echo "installed pgwarden $("$binary" --version | awk '{print $2}') under ${d:-/}"
 echo "next: edit $d/etc/pgwarden/pgwarden.yaml, then pgwarden check-config, then"

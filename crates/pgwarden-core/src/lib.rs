@@ -18,6 +18,7 @@ pub mod ini;
 pub mod last_primary;
 pub mod operation;
 pub mod preflight;
+pub mod routes;
 pub mod secret;
 pub mod snapshot;
 pub mod view;

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use pgwarden_core::view::{ClusterView, NodeView, Role};
-use pgwarden_core::{Config, ProblemCode};
+use pgwarden_core::routes;
+use pgwarden_core::view::{ClusterView, NodeView};
+use pgwarden_core::Config;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -45,8 +46,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/health", get(health))
-        .route("/primary", get(primary))
-        .route("/replica", get(replica))
+        // The load-balancer routes (pgwarden's and Patroni's names). OPTIONS
+        // answers like GET because HAProxy's `option httpchk` without a
+        // method sends OPTIONS.
+        .route("/primary", get(primary).options(primary))
+        .route("/replica", get(replica).options(replica))
+        .route("/read-write", get(read_write).options(read_write))
+        .route("/read-only", get(read_only).options(read_only))
+        .route("/sync", get(sync_standby).options(sync_standby))
+        .route("/async", get(async_standby).options(async_standby))
         .route("/v1/status", get(status))
         .merge(crate::api::routes(state.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
@@ -145,33 +153,110 @@ fn local<'v>(s: &AppState, view: &'v ClusterView) -> &'v NodeView {
 async fn primary(State(s): Shared) -> Response {
     let view = s.latest().view.clone();
     let me = local(&s, &view);
-    // An isolated primary is not an unchallenged one: the other side may
-    // have failed over, so no load balancer should send writes here.
-    let isolated = view.problems.iter().find(|p| {
-        p.code == ProblemCode::PrimaryIsolated && p.node.as_deref() == Some(me.name.as_str())
-    });
-    let writable = view.writable_primary().is_some_and(|p| p.name == me.name) && isolated.is_none();
+    let writable = routes::is_writable_primary(&view, &me.name);
     let mut body = node_summary(me);
     body["writable"] = json!(writable);
-    if let Some(p) = isolated {
-        body["reason"] = json!(p.message);
+    if let Some(why) = routes::isolation(&view, &me.name) {
+        body["reason"] = json!(why);
     }
     (ok_or_unavailable(writable), Json(body)).into_response()
 }
 
-/// 200 iff this daemon's node is a standby whose WAL receiver streams.
-async fn replica(State(s): Shared) -> Response {
+/// 200 iff this daemon's node is a standby whose WAL receiver streams, and
+/// with `?lag=SIZE` also at most that far behind in replay.
+async fn replica(State(s): Shared, RawQuery(q): RawQuery) -> Response {
+    let params = match routes::parse_params(q.as_deref(), true) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e),
+    };
     let view = s.latest().view.clone();
     let me = local(&s, &view);
-    let streaming = me.role == Role::Standby
-        && me
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.wal_receiver.as_ref())
-            .is_some_and(|w| w.status == "streaming");
+    let streaming = routes::is_streaming_standby(me);
+    let ok = routes::is_replica_within(&view, &me.name, params.max_lag);
     let mut body = node_summary(me);
     body["streaming"] = json!(streaming);
-    (ok_or_unavailable(streaming), Json(body)).into_response()
+    add_lag(&mut body, &view, &me.name, params);
+    (ok_or_unavailable(ok), Json(body)).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// The lag fields of a standby route's body: what the decision was made on.
+fn add_lag(body: &mut serde_json::Value, view: &ClusterView, me: &str, p: routes::RouteParams) {
+    let lag = routes::standby_lag(view, me);
+    body["lag_bytes"] = json!(lag.map(|l| l.bytes));
+    body["lag_source"] = json!(lag.map(|l| l.source));
+    if let Some(max) = p.max_lag {
+        body["max_lag_bytes"] = json!(max);
+    }
+}
+
+/// A route that takes no parameters: 400 for any, else the answer.
+fn no_params(q: Option<String>, answer: impl FnOnce() -> Response) -> Response {
+    match routes::parse_params(q.as_deref(), false) {
+        Ok(_) => answer(),
+        Err(e) => bad_request(e),
+    }
+}
+
+/// Patroni's `/read-write`: exactly `/primary` (the same decision function,
+/// so whatever takes writes away from a node does so on both routes).
+async fn read_write(State(s): Shared, RawQuery(q): RawQuery) -> Response {
+    no_params(q, || {
+        let view = s.latest().view.clone();
+        let me = local(&s, &view);
+        let writable = routes::is_writable_primary(&view, &me.name);
+        let mut body = node_summary(me);
+        body["writable"] = json!(writable);
+        if let Some(why) = routes::isolation(&view, &me.name) {
+            body["reason"] = json!(why);
+        }
+        (ok_or_unavailable(writable), Json(body)).into_response()
+    })
+}
+
+/// Patroni's `/read-only`: the writable primary, or a streaming standby.
+async fn read_only(State(s): Shared, RawQuery(q): RawQuery) -> Response {
+    no_params(q, || {
+        let view = s.latest().view.clone();
+        let me = local(&s, &view);
+        let readable = routes::is_readable(&view, &me.name);
+        let mut body = node_summary(me);
+        body["readable"] = json!(readable);
+        (ok_or_unavailable(readable), Json(body)).into_response()
+    })
+}
+
+/// Patroni's `/sync`: a streaming standby the primary lists as `sync`.
+async fn sync_standby(State(s): Shared, RawQuery(q): RawQuery) -> Response {
+    no_params(q, || {
+        let view = s.latest().view.clone();
+        let me = local(&s, &view);
+        let ok = routes::is_sync_standby(&view, &me.name);
+        let mut body = node_summary(me);
+        body["sync_state"] = json!(routes::sync_state(&view, &me.name));
+        body["sync"] = json!(ok);
+        (ok_or_unavailable(ok), Json(body)).into_response()
+    })
+}
+
+/// Patroni's `/async`: a streaming standby that is not `/sync`, within
+/// `?lag=SIZE` when given.
+async fn async_standby(State(s): Shared, RawQuery(q): RawQuery) -> Response {
+    let params = match routes::parse_params(q.as_deref(), true) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e),
+    };
+    let view = s.latest().view.clone();
+    let me = local(&s, &view);
+    let ok = routes::is_async_standby(&view, &me.name, params.max_lag);
+    let mut body = node_summary(me);
+    body["sync_state"] = json!(routes::sync_state(&view, &me.name));
+    body["async"] = json!(ok);
+    add_lag(&mut body, &view, &me.name, params);
+    (ok_or_unavailable(ok), Json(body)).into_response()
 }
 
 /// The status page for a browser (see [`crate::page`]).
