@@ -149,6 +149,7 @@ pub fn render(s: &Value) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    out.push_str(&last_sight(s, &nodes));
     let problems = s["problems"].as_array().cloned().unwrap_or_default();
     if !problems.is_empty() {
         out.push_str("Problems:\n");
@@ -164,6 +165,85 @@ pub fn render(s: &Value) -> String {
     out
 }
 
+/// For a primary that no longer answers: when it was last seen, what it
+/// had written then, and how far each standby was behind at that moment
+/// (what a failover to it may lose).
+fn last_sight(s: &Value, nodes: &[Value]) -> String {
+    let last = &s["last_primary"];
+    let Some(name) = last["node"].as_str() else {
+        return String::new();
+    };
+    let answers = nodes
+        .iter()
+        .any(|n| n["name"] == name && n["role"] == "primary" && n["reachable"] == true);
+    if answers {
+        return String::new();
+    }
+    let lsn = |v: &Value| {
+        v.as_str().and_then(|t| {
+            let (hi, lo) = t.split_once('/')?;
+            Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+        })
+    };
+    let mut out = format!(
+        "Primary {name} last seen {} at {} (synchronous_standby_names '{}')\n",
+        last["seen_at"].as_str().unwrap_or("?"),
+        last["current_lsn"].as_str().unwrap_or("?"),
+        last["synchronous_standby_names"].as_str().unwrap_or("")
+    );
+    for sb in last["standbys"].as_array().cloned().unwrap_or_default() {
+        let behind = match (lsn(&last["current_lsn"]), lsn(&sb["flush_lsn"])) {
+            (Some(had), Some(got)) => human(had.saturating_sub(got)),
+            _ => "?".into(),
+        };
+        out.push_str(&format!(
+            "  then {}: {}, {}, flushed {} behind\n",
+            sb["name"].as_str().unwrap_or("?"),
+            sb["state"].as_str().unwrap_or("?"),
+            sb["sync_state"].as_str().unwrap_or("?"),
+            behind
+        ));
+    }
+    out
+}
+
 fn human(b: u64) -> String {
     pgwarden_core::health::human_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_down_primary_is_shown_as_last_seen() {
+        let s = serde_json::json!({
+            "cluster": "inmanta", "primary": null, "local_node": "pg-b", "healthy": false,
+            "nodes": [
+                {"name": "pg-a", "host": "10.0.0.1", "port": 5432, "role": "unknown", "reachable": false, "down": true, "snapshot": null, "replication": []},
+                {"name": "pg-b", "host": "10.0.0.2", "port": 5432, "role": "standby", "reachable": true, "down": false,
+                 "snapshot": {"timeline": 1, "replay_lsn": "0/3000000", "wal_receiver": null}, "replication": []}
+            ],
+            "problems": [],
+            "last_primary": {
+                "node": "pg-a", "seen_at": "2026-12-04T04:00:00.000Z", "timeline": 1,
+                "current_lsn": "0/3100000", "synchronous_standby_names": "\"inmanta\"",
+                "standbys": [{"name": "pg-b", "state": "streaming", "sync_state": "sync", "flush_lsn": "0/3000000"}]
+            }
+        });
+        let text = render(&s);
+        assert!(
+            text.contains("Primary pg-a last seen 2026-12-04T04:00:00.000Z at 0/3100000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("then pg-b: streaming, sync, flushed 1.0 MiB behind"),
+            "{text}"
+        );
+        // A primary that answers is not "last seen".
+        let mut up = s.clone();
+        up["nodes"][0]["role"] = "primary".into();
+        up["nodes"][0]["reachable"] = true.into();
+        assert!(!render(&up).contains("last seen"));
+    }
 }
