@@ -60,6 +60,9 @@ pub enum ProblemCode {
     /// daemon beside it have been silent for `poll.failure_threshold`
     /// polls: it may have been failed over from the other side.
     PrimaryIsolated,
+    /// This daemon has not polled the node yet (it just started): what the
+    /// node is, is unknown, and unknown is not healthy.
+    NodeNotPolled,
 }
 
 impl ProblemCode {
@@ -84,6 +87,7 @@ impl ProblemCode {
             ProblemCode::OperationInterrupted => "operation_interrupted",
             ProblemCode::StalePrimaryNotStopped => "stale_primary_not_stopped",
             ProblemCode::PrimaryIsolated => "primary_isolated",
+            ProblemCode::NodeNotPolled => "node_not_polled",
         }
     }
 }
@@ -134,6 +138,21 @@ fn warning(code: ProblemCode, node: Option<&str>, message: String) -> Problem {
 pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
     use ProblemCode::*;
     let mut out = Vec::new();
+
+    for n in view
+        .nodes
+        .iter()
+        .filter(|n| n.polled_at.is_none() && n.snapshot.is_none() && n.consecutive_failures == 0)
+    {
+        out.push(critical(
+            NodeNotPolled,
+            Some(&n.name),
+            format!(
+                "{} has not been polled yet since this daemon started: its state is unknown",
+                n.name
+            ),
+        ));
+    }
 
     for n in view.nodes.iter().filter(|n| n.down) {
         out.push(critical(

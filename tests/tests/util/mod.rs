@@ -293,14 +293,13 @@ impl Env {
                 Daemon::start_with_env(&cfg, layout.api_url(i), &env)
             })
             .collect();
-        (
-            Env {
-                daemons,
-                layout,
-                cluster,
-            },
-            app,
-        )
+        let env = Env {
+            daemons,
+            layout,
+            cluster,
+        };
+        env.wait_all_polled();
+        (env, app)
     }
 
     pub fn token(&self) -> String {
@@ -329,11 +328,13 @@ impl Env {
                 Daemon::start(&cfg, layout.api_url(i))
             })
             .collect();
-        Env {
+        let env = Env {
             daemons,
             layout,
             cluster,
-        }
+        };
+        env.wait_all_polled();
+        env
     }
 
     /// A deadline of `polls` poll intervals plus one probe timeout, plus slack

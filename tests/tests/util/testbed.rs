@@ -62,10 +62,22 @@ pub fn wait_health(
     })
 }
 
-/// Both daemons answer 200 on `/health`.
+/// Both daemons answer 200 on `/health`, having polled both nodes: /health
+/// can be 200 before a daemon's first poll of the standby (its problems are
+/// read on the primary), while an operation's preflight needs that poll.
 pub fn wait_healthy(tb: &Testbed, what: &str) {
     for host in [Host::A, Host::B] {
         wait_health(tb, host, what, within(tb, 8), |c, _| c == 200);
+        poll_until(within(tb, 8), "both nodes polled", || {
+            let s: serde_json::Value =
+                serde_json::from_str(&get(tb, host, "/v1/status").body).ok()?;
+            s["nodes"]
+                .as_array()?
+                .iter()
+                .all(|n| n["snapshot"].is_object())
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", get(tb, host, "/v1/status").body));
     }
 }
 
