@@ -4,8 +4,13 @@
 //! a daemon beside each node. `failover`, `switchover`, `operations`,
 //! `resume`, `abort` and `audit` are clients of the daemon's operation API
 //! (`client` talks HTTP, `operate` renders and follows).
+//!
+//! `demo` and the hidden `standin-*` commands (the stand-in application the
+//! tests and the demo drive) need the test kit, so they exist only with the
+//! cargo feature `demo` (on by default; the Debian package is built without).
 
 mod client;
+#[cfg(feature = "demo")]
 mod demo;
 mod operate;
 mod status;
@@ -65,6 +70,7 @@ enum Command {
         #[arg(long, env = "PGWARDEN_CA_FILE")]
         ca_file: Option<PathBuf>,
     },
+    #[cfg(feature = "demo")]
     /// Build a local two-node demo cluster, run a daemon beside each node and a stand-in application; Ctrl-C cleans up.
     Demo {
         /// Keep the cluster in this directory instead of a temporary one.
@@ -143,6 +149,7 @@ enum Command {
         connect: Connect,
     },
     /// The stand-in application used by the demo and the tests (writes heartbeats).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     StandinApp {
         #[arg(long)]
@@ -152,6 +159,7 @@ enum Command {
     },
     /// Start, stop or probe the stand-in application like a service manager would
     /// (the application's start/stop/is_running commands in test configs).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     StandinCtl {
         action: CtlAction,
@@ -170,6 +178,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(Clone, Copy, ValueEnum)]
 enum CtlAction {
     Start,
@@ -264,6 +273,7 @@ fn main() -> ExitCode {
             json,
             ca_file,
         } => report(runtime().block_on(status::run(url, config, ca_file, json))),
+        #[cfg(feature = "demo")]
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
         Command::Failover(args) => {
             operate::report(runtime().block_on(operate::run_operate("failover", args)))
@@ -297,6 +307,7 @@ fn main() -> ExitCode {
             json,
             connect,
         } => operate::report(runtime().block_on(operate::run_audit(connect, limit, json))),
+        #[cfg(feature = "demo")]
         Command::StandinApp { config, ack_file } => {
             // 4 (EXIT_DB_UNREACHABLE) when no writable primary answers at start.
             let code = pgwarden_testkit::standin::run_main(
@@ -304,6 +315,7 @@ fn main() -> ExitCode {
             );
             exit_status(code)
         }
+        #[cfg(feature = "demo")]
         Command::StandinCtl {
             action,
             dir,
@@ -314,6 +326,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn standin_ctl(
     action: CtlAction,
     dir: PathBuf,
@@ -345,6 +358,7 @@ fn standin_ctl(
 }
 
 /// `15` (seconds) or a humantime duration (`500ms`, `1m`).
+#[cfg(feature = "demo")]
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
@@ -353,6 +367,7 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// An `i32` exit status from a library as the process's exit status.
+#[cfg(feature = "demo")]
 fn exit_status(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
