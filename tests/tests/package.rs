@@ -80,3 +80,67 @@ fn the_workspace_build_keeps_demo_and_the_standin_commands() {
         .unwrap();
     assert!(ctl.status.success(), "standin-ctl: {}", text(&ctl));
 }
+
+/// README's two commands are the whole set-up: its test command is
+/// scripts/test.sh, which runs the workspace suite after
+/// scripts/install-test-deps.sh, which CI (.ci/run) runs too; and every
+/// Debian package a test asks for (`util::tool(name, package)`) is in it.
+#[test]
+fn readme_ci_and_the_install_script_agree_on_the_set_up() {
+    let read = |p: &str| {
+        std::fs::read_to_string(format!("{ROOT}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let readme = read("README.md");
+    for cmd in ["```sh\nscripts/demo.sh\n```", "```sh\nscripts/test.sh\n```"] {
+        assert!(readme.contains(cmd), "README should say {cmd:?}");
+    }
+    assert!(read("scripts/demo.sh").contains("cargo run -p pgwarden -- demo"));
+    let test_sh = read("scripts/test.sh");
+    assert!(test_sh.contains("scripts/install-test-deps.sh"));
+    assert!(test_sh.contains("cargo build --workspace && cargo nextest run --workspace"));
+    let ci = read(".ci/run");
+    assert!(
+        ci.contains("\nscripts/test.sh\n"),
+        ".ci/run runs README's command"
+    );
+    assert!(ci.contains("\nscripts/install-test-deps.sh\n"));
+
+    let deps = read("scripts/install-test-deps.sh");
+    let mut wanted: Vec<String> = [
+        "haproxy",
+        "iproute2",
+        "postgresql-15",
+        "chromium",
+        "nftables",
+    ]
+    .map(String::from)
+    .to_vec();
+    for entry in std::fs::read_dir(format!("{ROOT}/tests/tests"))
+        .unwrap()
+        .chain(std::fs::read_dir(format!("{ROOT}/tests/tests/util")).unwrap())
+    {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        // tool("promtool", "prometheus"): the second string is the package.
+        for call in src.split("tool(\"").skip(1) {
+            if let Some(pkg) = call.split('"').nth(2) {
+                if !pkg.is_empty() && pkg.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    wanted.push(pkg.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        wanted.contains(&"prometheus".to_owned()),
+        "parsed: {wanted:?}"
+    );
+    for pkg in wanted {
+        assert!(
+            deps.contains(&format!("need+=({pkg})")),
+            "scripts/install-test-deps.sh does not install {pkg}"
+        );
+    }
+}
