@@ -45,6 +45,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # removes the .deb with dpkg; the man page is checked as a gzip file.
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v gzip >/dev/null || need+=(gzip)
+# cargo-deb computes the package's Depends: with dpkg-shlibdeps.
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 
 if ((${#need[@]})); then
     # Sort -u: util-linux may be asked for twice.

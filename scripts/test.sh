@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+# tests/tests/package.rs packages the release binary without the `demo`
+# feature (scripts/build-deb.sh). From scratch that build takes minutes,
+# more than nextest gives one test: build it first, the test's own build is
+# then a no-op.
+cargo build --release --locked -p pgwarden --no-default-features
 if (($#)); then
     cargo build --workspace && cargo nextest run "$@"
 else

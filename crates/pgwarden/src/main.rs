@@ -9,6 +9,7 @@
 //! tests and the demo drive) need the test kit, so they exist only with the
 //! cargo feature `demo` (on by default; the Debian package is built without).
 
+mod assets;
 mod client;
 #[cfg(feature = "demo")]
 mod demo;
@@ -148,6 +149,12 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Write the man pages (pgwarden.1, pgwarden-SUBCOMMAND.1) into DIR (packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
     /// The stand-in application used by the demo and the tests (writes heartbeats).
     #[cfg(feature = "demo")]
     #[command(hide = true)]
@@ -307,6 +314,8 @@ fn main() -> ExitCode {
             json,
             connect,
         } => operate::report(runtime().block_on(operate::run_audit(connect, limit, json))),
+        Command::GenerateMan { dir } => report(assets::man(&dir)),
+        Command::GenerateCompletions { dir } => report(assets::completions(&dir)),
         #[cfg(feature = "demo")]
         Command::StandinApp { config, ack_file } => {
             // 4 (EXIT_DB_UNREACHABLE) when no writable primary answers at start.
