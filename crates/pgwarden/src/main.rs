@@ -13,15 +13,17 @@ mod assets;
 mod client;
 #[cfg(feature = "demo")]
 mod demo;
+mod logging;
 mod operate;
 mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use client::Connect;
+use logging::LogFormat;
 use operate::OperateArgs;
 
 #[derive(Parser)]
@@ -31,17 +33,12 @@ use operate::OperateArgs;
     about = "Supervise a two-node PostgreSQL cluster and fail it over safely."
 )]
 struct Cli {
-    /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PGWARDEN_LOG_FORMAT")]
+    /// Log format: text, one JSON object per line, or the systemd journal
+    /// (`auto`: the journal when stderr is systemd's journal stream, else text).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "PGWARDEN_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -186,7 +183,7 @@ enum Command {
 }
 
 #[cfg(feature = "demo")]
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum CtlAction {
     Start,
     Stop,
@@ -198,7 +195,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::CheckConfig { config } => match pgwarden_daemon::load(&config) {
             Ok(loaded) => {
@@ -408,19 +405,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PGWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
