@@ -280,7 +280,33 @@ fn build_deb(args: &[&str]) -> std::path::PathBuf {
     // Its own process group: on a timeout the whole build (cargo, rustc)
     // is killed, not only the script.
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new("bash")
+    let mut cmd = Command::new("bash");
+    // Without what cargo and nextest set for this test process: with
+    // CARGO_MANIFEST_DIR of pgwarden-tests, cargo sees ring's environment
+    // changed and rebuilds the whole TLS stack that scripts/test.sh built
+    // beforehand (minutes). The script then runs as from a shell.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let test_only = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_BIN_",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "NEXTEST",
+            "OUT_DIR",
+            "LD_LIBRARY_PATH",
+            "RUST_RECURSION_COUNT",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if test_only || key == "CARGO" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let mut child = cmd
         .arg(format!("{ROOT}/scripts/build-deb.sh"))
         .args(args)
         .current_dir(ROOT)
