@@ -6,8 +6,12 @@
 //! Series that describe "is X there" (replication_connected/sync of every
 //! configured standby) are always exported, as 0 when missing, so that an
 //! alert on `== 0` fires instead of a series silently vanishing.
+//!
+//! The process metrics (`process_resident_memory_bytes`, ...) live in a
+//! second registry without the `pgwarden_` prefix, so that they carry the
+//! names every Prometheus dashboard expects; `render` concatenates both.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::Config;
@@ -19,6 +23,10 @@ use prometheus::{
 /// Every metric of the daemon, and the registry that owns them.
 pub struct Metrics {
     registry: Registry,
+    /// `process_*` of this process, unprefixed.
+    process: Registry,
+    node_info: IntGaugeVec,
+    last_poll_timestamp_seconds: GaugeVec,
     node_up: IntGaugeVec,
     node_is_primary: IntGaugeVec,
     node_timeline: IntGaugeVec,
@@ -52,11 +60,20 @@ impl Metrics {
     /// Registers every metric under the `pgwarden_` prefix with the constant
     /// label `cluster`.
     pub fn new(config: &Config) -> Metrics {
-        let labels = [("cluster".to_owned(), config.cluster.clone())]
-            .into_iter()
-            .collect();
-        let registry = Registry::new_custom(Some("pgwarden".into()), Some(labels))
+        let labels: std::collections::HashMap<String, String> =
+            [("cluster".to_owned(), config.cluster.clone())]
+                .into_iter()
+                .collect();
+        let registry = Registry::new_custom(Some("pgwarden".into()), Some(labels.clone()))
             .expect("static registry options are valid");
+        let process =
+            Registry::new_custom(None, Some(labels)).expect("static registry options are valid");
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         macro_rules! reg {
             ($metric:expr) => {{
                 let m = $metric.expect("static metric definitions are valid");
@@ -69,6 +86,8 @@ impl Metrics {
         let node = &["node"];
         let standby = &["node", "standby"];
         let m = Metrics {
+            node_info: reg!(IntGaugeVec::new(opts("node_info", "Always 1 for each polled node: its server_version (server_version_num) and system_identifier from the last successful poll."), &["node", "server_version", "system_identifier"])),
+            last_poll_timestamp_seconds: reg!(GaugeVec::new(opts("last_poll_timestamp_seconds", "Unix time of the last successful poll of the node (absent until one succeeded)."), node)),
             node_up: reg!(IntGaugeVec::new(opts("node_up", "1 unless the node missed poll.failure_threshold polls in a row."), node)),
             node_is_primary: reg!(IntGaugeVec::new(opts("node_is_primary", "1 when the node is up and not in recovery."), node)),
             node_timeline: reg!(IntGaugeVec::new(opts("node_timeline", "Timeline the node writes (primary) or receives (standby)."), node)),
@@ -97,9 +116,12 @@ impl Metrics {
             application_fenced: reg!(IntGauge::with_opts(opts("application_fenced", "1 while an operation holds the application stopped (between fence_application and start_application)."))),
             last_operation_duration_seconds: reg!(GaugeVec::new(opts("last_operation_duration_seconds", "Duration of the last finished operation of each kind."), &["kind"])),
             registry,
+            process,
         };
         let build = reg_build_info(&m.registry);
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PGWARDEN_GIT_REVISION")])
+            .set(1);
         for n in &config.nodes {
             // Counters and histograms exist from the start, so rate() works
             // from the first scrape.
@@ -115,12 +137,23 @@ impl Metrics {
             .observe(took.as_secs_f64());
         if failed {
             self.poll_errors_total.with_label_values(&[node]).inc();
+        } else {
+            // The wall clock, not the poll's own timing: an alert compares
+            // it with Prometheus's time() to see a poll loop that stopped
+            // while the cached metrics still look fine.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_poll_timestamp_seconds
+                .with_label_values(&[node])
+                .set(now);
         }
     }
 
     /// Sets every gauge from `view`, dropping series that no longer exist.
     pub fn update(&self, config: &Config, view: &ClusterView) {
         for vec in [
+            &self.node_info,
             &self.node_up,
             &self.node_is_primary,
             &self.node_timeline,
@@ -153,6 +186,13 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(i64::from(n.role == Role::Primary));
             let Some(s) = &n.snapshot else { continue };
+            self.node_info
+                .with_label_values(&[
+                    name,
+                    &s.server_version.to_string(),
+                    &s.system_identifier.to_string(),
+                ])
+                .set(1);
             self.node_timeline
                 .with_label_values(&[name])
                 .set(i64::from(s.timeline));
@@ -274,8 +314,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&families, &mut buf)
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
@@ -285,9 +327,9 @@ fn reg_build_info(registry: &Registry) -> IntGaugeVec {
     let g = IntGaugeVec::new(
         opts(
             "build_info",
-            "Always 1; the version label says which pgwarden runs.",
+            "Always 1; version and revision (git commit at build time, or unknown) say which pgwarden runs.",
         ),
-        &["version"],
+        &["version", "revision"],
     )
     .expect("static metric definition is valid");
     registry

@@ -4,18 +4,26 @@
 //! a daemon beside each node. `failover`, `switchover`, `operations`,
 //! `resume`, `abort` and `audit` are clients of the daemon's operation API
 //! (`client` talks HTTP, `operate` renders and follows).
+//!
+//! `demo` and the hidden `standin-*` commands (the stand-in application the
+//! tests and the demo drive) need the test kit, so they exist only with the
+//! cargo feature `demo` (on by default; the Debian package is built without).
 
+mod assets;
 mod client;
+#[cfg(feature = "demo")]
 mod demo;
+mod logging;
 mod operate;
 mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use client::Connect;
+use logging::LogFormat;
 use operate::OperateArgs;
 
 #[derive(Parser)]
@@ -25,17 +33,12 @@ use operate::OperateArgs;
     about = "Supervise a two-node PostgreSQL cluster and fail it over safely."
 )]
 struct Cli {
-    /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PGWARDEN_LOG_FORMAT")]
+    /// Log format: text, one JSON object per line, or the systemd journal
+    /// (`auto`: the journal when stderr is systemd's journal stream, else text).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "PGWARDEN_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,7 @@ enum Command {
         #[arg(long, env = "PGWARDEN_CA_FILE")]
         ca_file: Option<PathBuf>,
     },
+    #[cfg(feature = "demo")]
     /// Build a local two-node demo cluster, run a daemon beside each node and a stand-in application; Ctrl-C cleans up.
     Demo {
         /// Keep the cluster in this directory instead of a temporary one.
@@ -146,7 +150,14 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Write the man pages (pgwarden.1, pgwarden-SUBCOMMAND.1) into DIR (packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
     /// The stand-in application used by the demo and the tests (writes heartbeats).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     StandinApp {
         #[arg(long)]
@@ -156,6 +167,7 @@ enum Command {
     },
     /// Start, stop or probe the stand-in application like a service manager would
     /// (the application's start/stop/is_running commands in test configs).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     StandinCtl {
         action: CtlAction,
@@ -174,7 +186,8 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[cfg(feature = "demo")]
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum CtlAction {
     Start,
     Stop,
@@ -186,7 +199,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::CheckConfig { config } => match pgwarden_daemon::load(&config) {
             Ok(loaded) => {
@@ -268,6 +281,7 @@ fn main() -> ExitCode {
             json,
             ca_file,
         } => report(runtime().block_on(status::run(url, config, ca_file, json))),
+        #[cfg(feature = "demo")]
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
         Command::Failover(args) => {
             operate::report(runtime().block_on(operate::run_operate("failover", args)))
@@ -308,6 +322,9 @@ fn main() -> ExitCode {
             json,
             connect,
         } => operate::report(runtime().block_on(operate::run_audit(connect, limit, json))),
+        Command::GenerateMan { dir } => report(assets::man(&dir)),
+        Command::GenerateCompletions { dir } => report(assets::completions(&dir)),
+        #[cfg(feature = "demo")]
         Command::StandinApp { config, ack_file } => {
             // 4 (EXIT_DB_UNREACHABLE) when no writable primary answers at start.
             let code = pgwarden_testkit::standin::run_main(
@@ -315,6 +332,7 @@ fn main() -> ExitCode {
             );
             exit_status(code)
         }
+        #[cfg(feature = "demo")]
         Command::StandinCtl {
             action,
             dir,
@@ -325,6 +343,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn standin_ctl(
     action: CtlAction,
     dir: PathBuf,
@@ -356,6 +375,7 @@ fn standin_ctl(
 }
 
 /// `15` (seconds) or a humantime duration (`500ms`, `1m`).
+#[cfg(feature = "demo")]
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
@@ -364,6 +384,7 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// An `i32` exit status from a library as the process's exit status.
+#[cfg(feature = "demo")]
 fn exit_status(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -395,19 +416,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PGWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
