@@ -54,27 +54,22 @@ fn a_peer_that_refuses_the_lock_request_refuses_the_operation() {
     assert_eq!(ops["operations"].as_array().unwrap().len(), 0, "{ops}");
 }
 
-/// The daemon holding the lock dies mid-operation and stays dead: its
-/// lease at the other daemon expires, which can then act again.
-#[test]
-fn the_lock_of_a_dead_holder_expires() {
-    let (mut env, _app) = Env::start_with_app(Options {
+/// A cluster whose pg-a daemon holds its operations at `fault` (see
+/// `PGWARDEN_FAULT_PAUSE`), a switchover to pg-b sent to it, and the daemon
+/// waited for at that point; the operation's id.
+fn switchover_held_at(fault: &str, reason: &str) -> (Env, util::App, String) {
+    let (env, app) = Env::start_with_app(Options {
         daemon_env: vec![
-            vec![(
-                "PGWARDEN_FAULT_PAUSE".to_owned(),
-                "fence_application:before".to_owned(),
-            )],
+            vec![("PGWARDEN_FAULT_PAUSE".to_owned(), fault.to_owned())],
             vec![],
         ],
         ..Default::default()
     });
     env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
-    let r = env.daemons[0].post(
-        "/v1/switchover",
-        r#"{"target": "pg-b", "reason": "lease test"}"#,
-        &env.token(),
-    );
+    let body = serde_json::json!({"target": "pg-b", "reason": reason}).to_string();
+    let r = env.daemons[0].post("/v1/switchover", &body, &env.token());
     assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
     poll_until(Duration::from_secs(60), "the fault point", || {
         env.daemons[0]
             .log_text()
@@ -82,6 +77,14 @@ fn the_lock_of_a_dead_holder_expires() {
             .then_some(())
     })
     .unwrap();
+    (env, app, id)
+}
+
+/// The daemon holding the lock dies mid-operation and stays dead: its
+/// lease at the other daemon expires, which can then act again.
+#[test]
+fn the_lock_of_a_dead_holder_expires() {
+    let (mut env, _app, _id) = switchover_held_at("fence_application:before", "lease test");
     let held = env.daemons[1].put("/v1/sync", r#"{"mode": "sync"}"#, &env.token());
     assert_eq!(held.status, 409, "the lock is held: {}", held.body);
     assert!(held.body.contains("runs operation"), "{}", held.body);
@@ -103,31 +106,7 @@ fn the_lock_of_a_dead_holder_expires() {
 /// hand meanwhile: resume re-verifies the fence and refuses to go on.
 #[test]
 fn resume_re_verifies_the_fence_before_it_acts() {
-    let (mut env, app) = Env::start_with_app(Options {
-        daemon_env: vec![
-            vec![(
-                "PGWARDEN_FAULT_PAUSE".to_owned(),
-                "stop_old_primary:before".to_owned(),
-            )],
-            vec![],
-        ],
-        ..Default::default()
-    });
-    env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
-    let r = env.daemons[0].post(
-        "/v1/switchover",
-        r#"{"target": "pg-b", "reason": "resume test"}"#,
-        &env.token(),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    poll_until(Duration::from_secs(60), "the fault point", || {
-        env.daemons[0]
-            .log_text()
-            .contains("fault injection: pausing the operation here")
-            .then_some(())
-    })
-    .unwrap();
+    let (mut env, app, id) = switchover_held_at("stop_old_primary:before", "resume test");
     assert_ne!(
         app.ctl("is-running").0,
         0,

@@ -151,8 +151,13 @@ fn local<'v>(s: &AppState, view: &'v ClusterView) -> &'v NodeView {
 /// 200 iff this daemon's node is the primary clients should write to: a
 /// reachable primary, and not one left behind on an older timeline.
 async fn primary(State(s): Shared) -> Response {
+    writable_answer(&s)
+}
+
+/// The answer of `/primary` and `/read-write`: one decision, one body.
+fn writable_answer(s: &AppState) -> Response {
     let view = s.latest().view.clone();
-    let me = local(&s, &view);
+    let me = local(s, &view);
     let writable = routes::is_writable_primary(&view, &me.name);
     let mut body = node_summary(me);
     body["writable"] = json!(writable);
@@ -204,17 +209,7 @@ fn no_params(q: Option<String>, answer: impl FnOnce() -> Response) -> Response {
 /// Patroni's `/read-write`: exactly `/primary` (the same decision function,
 /// so whatever takes writes away from a node does so on both routes).
 async fn read_write(State(s): Shared, RawQuery(q): RawQuery) -> Response {
-    no_params(q, || {
-        let view = s.latest().view.clone();
-        let me = local(&s, &view);
-        let writable = routes::is_writable_primary(&view, &me.name);
-        let mut body = node_summary(me);
-        body["writable"] = json!(writable);
-        if let Some(why) = routes::isolation(&view, &me.name) {
-            body["reason"] = json!(why);
-        }
-        (ok_or_unavailable(writable), Json(body)).into_response()
-    })
+    no_params(q, || writable_answer(&s))
 }
 
 /// Patroni's `/read-only`: the writable primary, or a streaming standby.
