@@ -126,7 +126,13 @@ fn journal_stream_logs_to_the_journal_and_falls_back_to_stderr_without_it() {
             warning.contains("WARN") && warning.contains(SOCKET),
             "{warning}"
         );
-        assert_eq!(env.daemons[0].get("/health").status, 200, "{text}");
+        // It works: healthy once it has polled both nodes.
+        env.wait_health(
+            0,
+            "healthy after the restart",
+            env.within_polls(3),
+            |c, _| c == 200,
+        );
     }
 
     // A journald: entries go there, not to stderr.
@@ -162,7 +168,12 @@ fn journal_stream_logs_to_the_journal_and_falls_back_to_stderr_without_it() {
             );
         }
     }
-    assert_eq!(env.daemons[0].get("/health").status, 200);
+    env.wait_health(
+        0,
+        "healthy after the restart",
+        env.within_polls(3),
+        |c, _| c == 200,
+    );
     let after = std::fs::read_to_string(&log).unwrap();
     assert!(
         !after[before..].contains("pgwarden listening"),

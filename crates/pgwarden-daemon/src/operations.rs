@@ -380,6 +380,14 @@ impl Operations {
             )));
         }
         let checks = self.preflight(kind, &request).await;
+        // A peer that took the lock while preflight ran (two daemons asked at
+        // the same instant) is a conflict, as before it, not a refusal.
+        if let Some(lock) = self.peer_lock() {
+            return Err(OpError::Conflict(format!(
+                "the daemon beside {} just started operation {}",
+                lock.holder, lock.operation_id
+            )));
+        }
         if !preflight::passed(&checks) {
             let failed: Vec<&str> = checks
                 .iter()
