@@ -179,9 +179,11 @@ fn a_lost_host_must_be_confirmed_fenced() {
     assert!(in_recovery(&tb, 1), "refused: nothing promoted");
 
     // The operator fences host a (here: stops its PostgreSQL and the
-    // application on it, as powering it off would), then says so.
-    tb.app_ctl(Host::A, "stop");
+    // application on it, as powering it off would), then says so. PostgreSQL
+    // first: its fast shutdown ends the application's commit that waits for
+    // the lost standby, which a SIGTERM of the application would wait out.
     tb.stop_node(0, StopMode::Fast).unwrap();
+    tb.app_ctl(Host::A, "stop");
     let r = post(
         &tb,
         Host::B,
