@@ -180,9 +180,11 @@ fn a_lost_host_must_be_confirmed_fenced() {
 
     // The operator fences host a (here: stops its PostgreSQL and the
     // application on it, as powering it off would), then says so. PostgreSQL
-    // first: its fast shutdown ends the application's commit that waits for
-    // the lost standby, which a SIGTERM of the application would wait out.
-    tb.stop_node(0, StopMode::Fast).unwrap();
+    // first, in immediate mode like a power-off: a clean shutdown would wait
+    // wal_sender_timeout (60 s) for the unreachable standby, and the
+    // application's commit waiting for that standby would make its SIGTERM
+    // wait out its stop timeout.
+    tb.stop_node(0, StopMode::Immediate).unwrap();
     tb.app_ctl(Host::A, "stop");
     let r = post(
         &tb,
