@@ -456,7 +456,16 @@ fn primary_wal_check(force: bool, config: &Config, view: &ClusterView, target: &
     let sync_required = !last.synchronous_standby_names.trim().is_empty();
     let link = last.standbys.iter().find(|s| s.name == target);
     let was_sync = link.is_some_and(|l| l.sync_state.as_deref() == Some("sync"));
-    if sync_required && !was_sync {
+    // Not connected at all while synchronous_standby_names was set, and no
+    // other standby synchronous: every commit since it left waited for it
+    // and was not acknowledged (a primary dying under SIGKILL is often last
+    // seen so, its walsender gone first). Only the LSN rule below applies.
+    let others_sync = last
+        .standbys
+        .iter()
+        .any(|s| s.name != target && s.sync_state.as_deref() == Some("sync"));
+    let commits_waited = link.is_none() && !others_sync;
+    if sync_required && !was_sync && !commits_waited {
         return forceable(
             force,
             NAME,
@@ -591,6 +600,12 @@ mod tests {
         unseen.last_primary = None;
         assert_eq!(check_of(&c, &unseen, false).verdict, Verdict::Fail);
         assert_eq!(check_of(&c, &unseen, true).verdict, Verdict::Warn);
+
+        // Not connected while synchronous_standby_names was set, no other
+        // sync standby: commits waited for it, the LSN rule decides.
+        let mut gone = view.clone();
+        gone.last_primary.as_mut().unwrap().standbys.clear();
+        assert_eq!(check_of(&c, &gone, false).verdict, Verdict::Pass);
 
         // Not the sync standby while synchronous_standby_names was set.
         let mut not_sync = view.clone();
