@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_core::config::{ApplicationConfig, Placement};
 use pgwarden_core::operation::{Operation, OperationKind, StepName, StepOutcome};
-use pgwarden_core::preflight::{self, PreflightInput, Shadow, Verdict};
+use pgwarden_core::preflight::{self, PreflightInput, Verdict};
 use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
@@ -24,7 +24,7 @@ use crate::effects::Effects;
 /// What a step needs: the config, the latest cluster view, the effects.
 pub struct StepContext {
     pub config: Arc<Config>,
-    pub effects: Arc<Effects>,
+    pub effects: Arc<dyn Effects>,
     pub view: Arc<ClusterView>,
     /// Hosts the request confirms fenced (`fenced_hosts`): their silence is
     /// accepted where pgwarden would otherwise stop.
@@ -37,17 +37,22 @@ pub struct StepContext {
 const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `check` until it yields `Some`, or `None` after `deadline`.
-async fn wait_for<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
+pub(crate) async fn wait_for<T, F, Fut>(
+    deadline: Duration,
+    every: Duration,
+    mut check: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let until = Instant::now() + deadline;
+    // tokio's clock, so that tests with a paused clock run the waits at once.
+    let until = tokio::time::Instant::now() + deadline;
     loop {
         if let Some(v) = check().await {
             return Some(v);
         }
-        if Instant::now() >= until {
+        if tokio::time::Instant::now() >= until {
             return None;
         }
         tokio::time::sleep(every).await;
@@ -82,45 +87,6 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
     }
 }
 
-/// Settings outside the application's config file that would override the
-/// switch: inmanta reads every `*.cfg` of the file's directory in name
-/// order, so a later file setting the same key wins.
-pub fn shadows(config: &Config) -> Vec<Shadow> {
-    let Some(app) = &config.application else {
-        return Vec::new();
-    };
-    let Some(dir) = app.config_file.parent() else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cfg") && *p != app.config_file)
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files
-        .into_iter()
-        .filter(|f| f.file_name() > app.config_file.file_name())
-    {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        for key in [&app.host_key, &app.port_key] {
-            if pgwarden_core::ini::get(&text, &app.config_section, key).is_some() {
-                out.push(Shadow {
-                    source: f.display().to_string(),
-                    key: key.clone(),
-                });
-            }
-        }
-    }
-    out
-}
-
 /// What a resumed failover or switchover re-checks before it acts again:
 /// the guards of the completed steps that protect the next side effect. A
 /// fence verified an hour ago is not trusted: the application may have been
@@ -145,12 +111,12 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
             }
             Err(e) => return Err(format!("cannot tell whether {} runs: {e}", app.name)),
         }
-        let (count, seen) = sessions(ctx, &app.db_user).await;
-        if count > 0 {
+        let now = sessions(ctx, op, &app.db_user).await;
+        if !now.none_left() {
             return Err(format!(
-                "sessions of {} are back ({}): the fence no longer holds",
+                "sessions of {} are back or cannot be counted ({}): the fence is not verified",
                 app.db_user,
-                seen.join(", ")
+                now.describe()
             ));
         }
         held.push(format!("{} still fenced", app.name));
@@ -202,7 +168,7 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
 /// fenced already (`confirmed`), which makes its silence accepted anyway.
 pub async fn silent_hosts(
     config: &Config,
-    effects: &Arc<Effects>,
+    effects: &Arc<dyn Effects>,
     view: &ClusterView,
     confirmed: &[String],
 ) -> Vec<String> {
@@ -230,24 +196,45 @@ pub async fn silent_hosts(
     silent
 }
 
-async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let silent = silent_hosts(&ctx.config, &ctx.effects, &ctx.view, &ctx.fenced_hosts).await;
-    let shadows = shadows(&ctx.config);
-    let blocker = ctx
-        .config
-        .application
-        .as_ref()
-        .and_then(crate::effects::config_file_blocker);
-    let checks = preflight::preflight(&PreflightInput {
-        config: &ctx.config,
-        view: &ctx.view,
-        kind: op.kind,
-        request: &op.request,
-        open_operation: None,
+/// The preflight checks of a failover, switchover or rejoin request, as the
+/// plan, the start of an operation and its preflight step all run them.
+pub async fn preflight_checks(
+    config: &Config,
+    effects: &Arc<dyn Effects>,
+    view: &ClusterView,
+    kind: OperationKind,
+    request: &pgwarden_core::operation::Request,
+    open_operation: Option<&str>,
+) -> Vec<preflight::Check> {
+    let silent = if kind == OperationKind::Rejoin {
+        Vec::new()
+    } else {
+        silent_hosts(config, effects, view, &request.fenced_hosts).await
+    };
+    let shadows = effects.shadows();
+    let blocker = effects.config_file_blocker();
+    preflight::preflight(&PreflightInput {
+        config,
+        view,
+        kind,
+        request,
+        open_operation,
         shadows: &shadows,
         config_file_blocker: blocker.as_deref(),
         silent_hosts: &silent,
-    });
+    })
+}
+
+async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let checks = preflight_checks(
+        &ctx.config,
+        &ctx.effects,
+        &ctx.view,
+        op.kind,
+        &op.request,
+        None,
+    )
+    .await;
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| c.verdict == Verdict::Fail)
@@ -337,19 +324,55 @@ fn ctx_confirmed(ctx: &StepContext, host: &str) -> bool {
     ctx.fenced_hosts.iter().any(|h| h == host)
 }
 
-/// Sessions of `role` per node, on every node that answers.
-async fn sessions(ctx: &StepContext, role: &str) -> (u64, Vec<String>) {
-    let mut total = 0;
-    let mut seen = Vec::new();
+/// The application's sessions, counted on every node.
+#[derive(Default)]
+struct Sessions {
+    total: u64,
+    /// "2 on pg-a", for the messages.
+    seen: Vec<String>,
+    /// Nodes whose count is unknown, with why.
+    unknown: Vec<String>,
+}
+
+impl Sessions {
+    fn none_left(&self) -> bool {
+        self.total == 0 && self.unknown.is_empty()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = self.seen.clone();
+        parts.extend(self.unknown.iter().map(|u| format!("unknown on {u}")));
+        parts.join(", ")
+    }
+}
+
+/// The node whose sessions need not be counted: the old primary once it is
+/// verified stopped, or in a failover, where it is down and
+/// stop_old_primary verifies it stopped (or the operator confirms its host
+/// fenced) before anything is promoted. Every other node must answer: a
+/// count that times out is not zero.
+fn uncounted_node(op: &Operation) -> Option<&str> {
+    (op.kind == OperationKind::Failover || op.completed(StepName::StopOldPrimary))
+        .then(|| op.facts.get("old_primary").map(String::as_str))
+        .flatten()
+}
+
+/// Sessions of `role` per node.
+async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> Sessions {
+    let mut out = Sessions::default();
     for n in &ctx.config.nodes {
-        if let Ok(count) = ctx.effects.node_quick(&n.name).sessions_of(role).await {
-            total += count;
-            if count > 0 {
-                seen.push(format!("{count} on {}", n.name));
+        match ctx.effects.node_quick(&n.name).sessions_of(role).await {
+            Ok(count) => {
+                out.total += count;
+                if count > 0 {
+                    out.seen.push(format!("{count} on {}", n.name));
+                }
             }
+            Err(_) if uncounted_node(op) == Some(n.name.as_str()) => {}
+            Err(e) => out.unknown.push(format!("{} ({e})", n.name)),
         }
     }
-    (total, seen)
+    out
 }
 
 /// Fences the application on every host of `runs_on`, each through that
@@ -441,7 +464,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
     // the remaining ones are terminated, then the count is verified.
     let role = &app.db_user;
     let clean = wait_for(app.session_grace, POLL, || async {
-        (sessions(ctx, role).await.0 == 0).then_some(())
+        sessions(ctx, op, role).await.none_left().then_some(())
     })
     .await;
     if clean.is_some() {
@@ -450,12 +473,19 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             app.name
         ));
     }
+    let now = sessions(ctx, op, role).await;
+    if !now.unknown.is_empty() {
+        return fail(format!(
+            "{} stopped, but the sessions of {role} cannot be counted on {}: fencing not verified, nothing promoted",
+            app.name,
+            now.unknown.join(", ")
+        ));
+    }
     if !app.terminate_lingering_sessions {
-        let (_, seen) = sessions(ctx, role).await;
         return fail(format!(
             "{} stopped but sessions of {role} remain ({}) and terminate_lingering_sessions is off: fencing not verified",
             app.name,
-            seen.join(", ")
+            now.describe()
         ));
     }
     let mut terminated = 0;
@@ -468,7 +498,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             .unwrap_or(0);
     }
     let gone = wait_for(Duration::from_secs(10), POLL, || async {
-        (sessions(ctx, role).await.0 == 0).then_some(())
+        sessions(ctx, op, role).await.none_left().then_some(())
     })
     .await;
     match gone {
@@ -476,13 +506,10 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             "{} stopped ({hosts_note}); {terminated} lingering session(s) of {role} terminated after {:?}; none remains",
             app.name, app.session_grace
         )),
-        None => {
-            let (_, seen) = sessions(ctx, role).await;
-            fail(format!(
-                "sessions of {role} remain after terminating them ({}): fencing not verified, nothing promoted",
-                seen.join(", ")
-            ))
-        }
+        None => fail(format!(
+            "sessions of {role} remain after terminating them ({}): fencing not verified, nothing promoted",
+            sessions(ctx, op, role).await.describe()
+        )),
     }
 }
 
@@ -901,3 +928,6 @@ fn done(op: &Operation) -> StepOutcome {
             .unwrap_or("?")
     ))
 }
+
+#[cfg(test)]
+mod tables;

@@ -32,7 +32,7 @@ use pgwarden_core::view::ClusterView;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-pub use executor::shadows;
+pub use effects::appconfig::shadows;
 pub use load::{load, Loaded, Secrets};
 
 /// `pg_ctl status` of this daemon's own node: running, not running, or
@@ -123,14 +123,13 @@ async fn run_daemon(
     let fenced_peers: FencedPeers = Default::default();
 
     let (op_tx, op_rx) = watch::channel(None);
-    let effects = Arc::new(effects::Effects::new(
+    let effects: Arc<dyn effects::Effects> = Arc::new(effects::RealEffects::new(
         config.clone(),
         loaded.secrets.clone(),
     ));
-    let effects_for_poller = effects.clone();
     let (ops, corrupt) = operations::Operations::open(
         config.clone(),
-        effects,
+        effects.clone(),
         published_rx.clone(),
         metrics.clone(),
         op_tx,
@@ -158,6 +157,7 @@ async fn run_daemon(
     let stale_guard = tokio::spawn(
         stale::run(
             config.clone(),
+            effects.clone(),
             audit.clone(),
             published_rx.clone(),
             guard_tx,
@@ -176,7 +176,7 @@ async fn run_daemon(
             guard_failure: guard_rx,
             notifier: notifier.clone(),
             poll_now,
-            effects: effects_for_poller,
+            effects: effects.clone(),
             fenced_peers,
             stop: stop_rx.clone(),
         },

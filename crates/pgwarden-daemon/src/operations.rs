@@ -17,12 +17,12 @@ use std::time::{Instant, SystemTime};
 use pgwarden_core::operation::{
     Operation, OperationKind, OperationState, Request, StepName, StepOutcome,
 };
-use pgwarden_core::preflight::{self, Check, PreflightInput};
+use pgwarden_core::preflight::{self, Check};
 use pgwarden_core::Config;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::effects::Effects;
+use crate::effects::{Effects, NodeSql};
 use crate::executor::{self, StepContext};
 use crate::journal::{Journal, JournalError};
 use crate::lock::{Lease, LockFile, PeerLock, LEASE_TTL};
@@ -63,7 +63,8 @@ pub struct Plan {
 /// application name, reloads, and waits until pg_stat_replication shows that
 /// standby with sync_state = sync.
 pub async fn require_synchronous(
-    node: &pgwarden_pg::Node,
+    node: &dyn NodeSql,
+    node_name: &str,
     app_name: &str,
     deadline: std::time::Duration,
 ) -> Result<(), String> {
@@ -75,19 +76,14 @@ pub async fn require_synchronous(
         .await
         .map_err(e)?;
     node.reload().await.map_err(e)?;
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming' AND application_name = {}",
-        pgwarden_pg::quote_literal(app_name)
-    );
     let until = Instant::now() + deadline;
     loop {
-        if node.value(&sql).await.map_err(e)? != "0" {
+        if node.sync_standbys_named(app_name).await.map_err(e)? > 0 {
             return Ok(());
         }
         if Instant::now() > until {
             return Err(format!(
-                "synchronous_standby_names is set on {}, but no standby named {app_name} became synchronous within {deadline:?}: check its primary_conninfo",
-                node.name
+                "synchronous_standby_names is set on {node_name}, but no standby named {app_name} became synchronous within {deadline:?}: check its primary_conninfo"
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -110,7 +106,7 @@ pub struct SyncAnswer {
 pub struct Operations {
     config: Arc<Config>,
     journal: Journal,
-    effects: Arc<Effects>,
+    effects: Arc<dyn Effects>,
     published: watch::Receiver<Arc<Published>>,
     metrics: Arc<Metrics>,
     /// The open operation, else the most recent one; waiters and the poll
@@ -181,7 +177,7 @@ impl Operations {
     /// and returns the manager with the journal files it had to set aside.
     pub fn open(
         config: Arc<Config>,
-        effects: Arc<Effects>,
+        effects: Arc<dyn Effects>,
         published: watch::Receiver<Arc<Published>>,
         metrics: Arc<Metrics>,
         current: watch::Sender<Option<Operation>>,
@@ -288,37 +284,19 @@ impl Operations {
     }
 
     async fn preflight(&self, kind: OperationKind, request: &Request) -> Vec<Check> {
-        let silent = if kind == OperationKind::Rejoin {
-            Vec::new()
-        } else {
-            executor::silent_hosts(
-                &self.config,
-                &self.effects,
-                &self.view(),
-                &request.fenced_hosts,
-            )
-            .await
-        };
         let open = self.open_operation().map(|o| o.id);
         let lock = self
             .peer_lock()
             .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
-        let shadows = executor::shadows(&self.config);
-        let blocker = self
-            .config
-            .application
-            .as_ref()
-            .and_then(crate::effects::config_file_blocker);
-        preflight::preflight(&PreflightInput {
-            config: &self.config,
-            view: &self.view(),
+        executor::preflight_checks(
+            &self.config,
+            &self.effects,
+            &self.view(),
             kind,
             request,
-            open_operation: open.as_deref().or(lock.as_deref()),
-            shadows: &shadows,
-            config_file_blocker: blocker.as_deref(),
-            silent_hosts: &silent,
-        })
+            open.as_deref().or(lock.as_deref()),
+        )
+        .await
     }
 
     /// A dry run: the checks and the steps, nothing changed.
@@ -573,17 +551,9 @@ impl Operations {
         let app_name = &self.config.replication.application_name;
         let node = self.effects.node(&primary);
         let failed = |e: pgwarden_pg::AdminError| OpError::Internal(format!("{primary}: {e}"));
-        let waiting = |n: &pgwarden_pg::Node| {
-            let n = n.clone();
-            async move {
-                n.value("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
-                    .await
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            }
-        };
-        let blocked_before = waiting(&node).await;
+        // Unknown counts as none waiting: it only sizes the warning.
+        let waiting = |n: Arc<dyn NodeSql>| async move { n.sync_rep_waiters().await.unwrap_or(0) };
+        let blocked_before = waiting(node.clone()).await;
         let mut answer = SyncAnswer {
             mode: if on { "sync" } else { "async" },
             primary: primary.clone(),
@@ -593,9 +563,14 @@ impl Operations {
             warning: None,
         };
         if on && !streaming.is_empty() {
-            require_synchronous(&node, app_name, std::time::Duration::from_secs(30))
-                .await
-                .map_err(OpError::Conflict)?;
+            require_synchronous(
+                &*node,
+                &primary,
+                app_name,
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .map_err(OpError::Conflict)?;
             answer.sync_standbys = streaming.clone();
         } else {
             // async, or sync forced with no standby: set the value, verify it took.
@@ -632,7 +607,7 @@ impl Operations {
                 Some("no standby streams: every commit waits until one connects".into());
         } else if !on {
             let until = Instant::now() + std::time::Duration::from_secs(10);
-            while waiting(&node).await > 0 && Instant::now() < until {
+            while waiting(node.clone()).await > 0 && Instant::now() < until {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             answer.released_writes = blocked_before;

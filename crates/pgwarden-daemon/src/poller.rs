@@ -45,7 +45,7 @@ pub(crate) struct Wiring {
     /// Poll every node at once (after an operation's step), not at the next tick.
     pub poll_now: Arc<tokio::sync::Notify>,
     /// Asks the other daemons whether they answer (`primary_isolated`).
-    pub effects: Arc<crate::effects::Effects>,
+    pub effects: Arc<dyn crate::effects::Effects>,
     /// Peers confirmed fenced by the operator while silent.
     pub fenced_peers: crate::FencedPeers,
     pub stop: watch::Receiver<bool>,
@@ -163,7 +163,7 @@ async fn poll_node(
 async fn check_daemon(
     node: usize,
     name: String,
-    effects: Arc<crate::effects::Effects>,
+    effects: Arc<dyn crate::effects::Effects>,
     interval: Duration,
     results: mpsc::Sender<(usize, bool)>,
     mut stop: watch::Receiver<bool>,

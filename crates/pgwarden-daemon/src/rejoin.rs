@@ -17,11 +17,11 @@ use std::time::Duration;
 use pgwarden_core::operation::{Operation, StepName, StepOutcome};
 use pgwarden_core::preflight::{self, PreflightInput, Verdict};
 use pgwarden_core::Config;
-use pgwarden_pg::{quote_literal, Node};
+use pgwarden_pg::quote_literal;
 
 use crate::effects::command::{self, as_user};
 use crate::effects::fsutil;
-use crate::effects::local_node_action;
+use crate::effects::NodeSql;
 use crate::executor::StepContext;
 
 /// A copy of 1 GB on this kind of machine takes well under a minute; a
@@ -138,7 +138,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     } else if asked == "basebackup" {
         ("basebackup", "asked for".to_owned())
     } else {
-        match rewind_possible(ctx, &dir, &pnode).await {
+        match rewind_possible(ctx, &dir, &*pnode).await {
             Ok(why) => ("rewind", why),
             Err(why) if asked == "rewind" => {
                 return fail(format!("pg_rewind was asked for but cannot work: {why}"))
@@ -147,12 +147,10 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         }
     };
     if method == "basebackup" {
-        let needed = pnode
-            .value("SELECT sum(pg_database_size(oid)) FROM pg_database")
-            .await
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let needed = match pnode.database_bytes().await {
+            Ok(n) => n,
+            Err(e) => return fail(format!("cannot size the copy of {primary}: {e}")),
+        };
         let parent = dir.parent().unwrap_or(Path::new("/"));
         if let Some(free) = free_bytes(parent) {
             // The copy needs the databases plus room for WAL streamed meanwhile.
@@ -176,7 +174,11 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
 }
 
 /// Why pg_rewind can work on `dir` from the primary, or why not.
-async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Result<String, String> {
+async fn rewind_possible(
+    ctx: &StepContext,
+    dir: &Path,
+    primary: &dyn NodeSql,
+) -> Result<String, String> {
     let control = crate::effects::node::pg_control(ctx.config.local(), dir).await?;
     let (hints, checksums) = (control.wal_log_hints, control.checksums);
     if !hints && !checksums {
@@ -184,11 +186,8 @@ async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Resul
             "neither wal_log_hints nor data checksums are on in this data directory".into(),
         );
     }
-    let sql = "SELECT has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
-               AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
-               AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')";
-    match primary.value(sql).await {
-        Ok(v) if v == "t" => Ok(format!(
+    match primary.may_read_files_for_rewind().await {
+        Ok(true) => Ok(format!(
             "{} on, and {} may read the primary's files",
             if hints {
                 "wal_log_hints"
@@ -197,7 +196,7 @@ async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Resul
             },
             ctx.config.monitor.user
         )),
-        Ok(_) => Err(format!(
+        Ok(false) => Err(format!(
             "{} lacks EXECUTE on pg_ls_dir, pg_stat_file or pg_read_binary_file on the primary",
             ctx.config.monitor.user
         )),
@@ -213,7 +212,11 @@ async fn stop_node(ctx: &StepContext) -> StepOutcome {
     if is_empty_dir(&dir) {
         return StepOutcome::Skipped("no data directory yet: nothing to stop".into());
     }
-    match local_node_action(&ctx.config, "stop").await {
+    match ctx
+        .effects
+        .node_action(&ctx.config.local_node, "stop")
+        .await
+    {
         Ok(s) => ok(s.message),
         Err(e) => fail(e),
     }
@@ -493,7 +496,11 @@ async fn start(ctx: &StepContext) -> StepOutcome {
     if ctx.effects.node_quick(me).is_in_recovery().await.is_ok() {
         return StepOutcome::Skipped(format!("{me} already runs"));
     }
-    match local_node_action(&ctx.config, "start").await {
+    match ctx
+        .effects
+        .node_action(&ctx.config.local_node, "start")
+        .await
+    {
         Ok(s) => ok(s.message),
         Err(e) => fail(e),
     }
@@ -509,7 +516,7 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
         match node.is_in_recovery().await {
             Ok(false) => {
                 // Never leave two writers: it came up as a primary.
-                let _ = local_node_action(&ctx.config, "stop").await;
+                let _ = ctx.effects.node_action(&me, "stop").await;
                 return fail(format!(
                     "{me} started as a primary instead of a standby and was stopped again"
                 ));
@@ -518,25 +525,19 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
                 // Streaming on the primary's current timeline: a rewound node
                 // first replays the old timeline up to the switch, then its
                 // receiver reconnects for the new one.
-                let receiving = node
-                    .value("SELECT coalesce((SELECT status || ' ' || received_tli FROM pg_stat_wal_receiver), 'none')")
-                    .await
-                    .unwrap_or_default();
-                let want = ctx
-                    .effects
-                    .node_quick(&primary)
-                    .timeline()
-                    .await
-                    .map(|t| format!("streaming {t}"));
-                seen = format!("receiver `{receiving}`, primary timeline {want:?}");
-                if want.as_ref().is_ok_and(|w| *w == receiving) {
-                    let lsn = node
-                        .value("SELECT pg_last_wal_replay_lsn()")
-                        .await
-                        .unwrap_or_default();
-                    return ok(format!(
-                        "{me} streams from {primary} on its timeline (replayed up to {lsn})"
-                    ));
+                let receiving = node.wal_receiver().await;
+                let want = ctx.effects.node_quick(&primary).timeline().await;
+                seen = format!("receiver {receiving:?}, primary timeline {want:?}");
+                if let (Ok(Some((status, tli))), Ok(want)) = (&receiving, &want) {
+                    if status == "streaming" && tli == want {
+                        let lsn = match node.replay_lsn().await {
+                            Ok(Some(l)) => l.to_string(),
+                            _ => "?".into(),
+                        };
+                        return ok(format!(
+                            "{me} streams from {primary} on its timeline (replayed up to {lsn})"
+                        ));
+                    }
                 }
             }
             Err(_) => {}
@@ -555,7 +556,7 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
     let node = ctx.effects.node(&primary);
     let app = &ctx.config.replication.application_name;
     if let Err(e) =
-        crate::operations::require_synchronous(&node, app, Duration::from_secs(60)).await
+        crate::operations::require_synchronous(&*node, &primary, app, Duration::from_secs(60)).await
     {
         return fail(e);
     }

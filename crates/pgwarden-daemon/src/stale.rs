@@ -19,7 +19,7 @@ use pgwarden_core::{Config, ProblemCode};
 use tokio::sync::watch;
 
 use crate::audit::{AuditEntry, AuditLog};
-use crate::effects::node::{pg_status, postmaster_gone, stop_local};
+use crate::effects::Effects;
 use crate::operations::now;
 use crate::Published;
 
@@ -31,6 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// of a stale local node failed (None: no failure to report).
 pub(crate) async fn run(
     config: Arc<Config>,
+    effects: Arc<dyn Effects>,
     audit: Arc<AuditLog>,
     mut published: watch::Receiver<Arc<Published>>,
     failure: watch::Sender<Option<String>>,
@@ -69,13 +70,12 @@ pub(crate) async fn run(
         }
         // A view polled before the last stop finished still shows it stale;
         // a node verified down needs no second stop (nor a second audit).
-        let me_node = config.local();
-        if pg_status(me_node).await.is_no() && postmaster_gone(me_node).await.is_yes() {
+        if effects.local_node_stopped().await.is_yes() {
             continue;
         }
         tracing::error!(node = %me, "{reason}: stopping it now (stop_stale_primary)");
         let result = tokio::select! {
-            r = stop_local(&config) => r,
+            r = effects.stop_local_node() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let (status, outcome) = match &result {

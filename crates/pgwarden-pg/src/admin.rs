@@ -268,6 +268,52 @@ impl Node {
         v.parse().map_err(|_| self.answer(&sql, &v))
     }
 
+    /// Sessions waiting for a synchronous standby to confirm their commit.
+    pub async fn sync_rep_waiters(&self) -> Result<u64, AdminError> {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+        let v = self.value(sql).await?;
+        v.parse().map_err(|_| self.answer(sql, &v))
+    }
+
+    /// Standbys named `application_name` streaming synchronously.
+    pub async fn sync_standbys_named(&self, application_name: &str) -> Result<u64, AdminError> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming' AND application_name = {}",
+            quote_literal(application_name)
+        );
+        let v = self.value(&sql).await?;
+        v.parse().map_err(|_| self.answer(&sql, &v))
+    }
+
+    /// The size of every database together: what a base backup copies.
+    pub async fn database_bytes(&self) -> Result<u64, AdminError> {
+        let sql = "SELECT sum(pg_database_size(oid))::bigint FROM pg_database";
+        let v = self.value(sql).await?;
+        v.parse().map_err(|_| self.answer(sql, &v))
+    }
+
+    /// Whether this role may read the files pg_rewind reads on a source.
+    pub async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError> {
+        let sql = "SELECT has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
+                   AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
+                   AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')";
+        Ok(self.value(sql).await? == "t")
+    }
+
+    /// The WAL receiver's status and timeline (`streaming`, 2), `None`
+    /// when there is no receiver.
+    pub async fn wal_receiver(&self) -> Result<Option<(String, u32)>, AdminError> {
+        let sql = "SELECT coalesce((SELECT status || ' ' || received_tli FROM pg_stat_wal_receiver), 'none')";
+        let v = self.value(sql).await?;
+        if v == "none" {
+            return Ok(None);
+        }
+        v.split_once(' ')
+            .and_then(|(status, tli)| Some((status.to_owned(), tli.parse().ok()?)))
+            .map(Some)
+            .ok_or_else(|| self.answer(sql, &v))
+    }
+
     /// Terminates every backend of `role`; returns how many were signalled.
     /// Needed because a killed client's backend busy in a long query does
     /// not notice that its client is gone.

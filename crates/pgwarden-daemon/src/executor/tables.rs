@@ -1,0 +1,366 @@
+//! Decision tables of the failover and switchover steps, in the fake world.
+//!
+//! For each scenario and step: the steps before it run without a fault,
+//! then the step runs once as it is, which lists every effect it calls
+//! (on which node or host), and once more for each of those effects with
+//! each [`Fault`]. Every such run must FAIL, with a message, unless the
+//! table below says why going on is right; and after every run, whatever
+//! its outcome, at most one node is writable and at most one application
+//! instance runs. An effect a step newly calls is tabled by itself: it is
+//! in the list the next time the test runs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use pgwarden_core::operation::{Operation, OperationKind, Request, StepName, StepOutcome};
+use pgwarden_core::view::ClusterView;
+use pgwarden_core::Config;
+
+use super::{reverify, run_step, StepContext};
+use crate::effects::fake::{FakeWorld, Fault, CONFIG};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scenario {
+    /// Both nodes and both daemons up, the application on pg-a.
+    Switchover,
+    /// PostgreSQL on pg-a died; its host, its daemon and the application
+    /// there still run (the guide's case).
+    FailoverPrimaryDied,
+}
+
+use Scenario::*;
+
+impl Scenario {
+    fn kind(self) -> OperationKind {
+        match self {
+            Switchover => OperationKind::Switchover,
+            FailoverPrimaryDied => OperationKind::Failover,
+        }
+    }
+}
+
+/// A case where an effect going wrong must NOT stop the step, and why.
+struct Proceeds {
+    scenario: Scenario,
+    step: StepName,
+    effect: &'static str,
+    /// The node or host the effect is on.
+    at: &'static str,
+    why: &'static str,
+}
+
+/// Every fault of these effects lets the step go on.
+const PROCEEDS: &[Proceeds] = &[
+    Proceeds {
+        scenario: Switchover,
+        step: StepName::StopOldPrimary,
+        effect: "current_lsn",
+        at: "pg-a",
+        why: "the final LSN is the shutdown checkpoint pg_controldata reads after the verified clean stop; the LSN before is only a fallback, and the CHECKPOINT only makes the shutdown quicker",
+    },
+    Proceeds {
+        scenario: FailoverPrimaryDied,
+        step: StepName::FenceApplication,
+        effect: "sessions_of",
+        at: "pg-a",
+        why: "a dead old primary's sessions cannot be counted; stop_old_primary verifies it stopped (or the operator confirms its host fenced) before anything is promoted",
+    },
+    Proceeds {
+        scenario: FailoverPrimaryDied,
+        step: StepName::StopOldPrimary,
+        effect: "is_in_recovery",
+        at: "pg-a",
+        why: "an old primary that does not answer over SQL is stopped through the daemon beside it, which verifies the stop",
+    },
+    Proceeds {
+        scenario: Switchover,
+        step: StepName::StartApplication,
+        effect: "daemon_answers",
+        at: "pg-a",
+        why: "the instance starts on the next host of runs_on whose daemon answers; that no other host runs one is verified after",
+    },
+    Proceeds {
+        scenario: FailoverPrimaryDied,
+        step: StepName::StartApplication,
+        effect: "daemon_answers",
+        at: "pg-a",
+        why: "the instance starts on the next host of runs_on whose daemon answers; that no other host runs one is verified after",
+    },
+];
+
+fn proceeds(s: Scenario, step: StepName, effect: &str, at: &str) -> Option<&'static str> {
+    PROCEEDS
+        .iter()
+        .find(|r| r.scenario == s && r.step == step && r.effect == effect && r.at == at)
+        .map(|r| r.why)
+}
+
+fn world(s: Scenario) -> Arc<FakeWorld> {
+    let w = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).expect("the fake config parses"));
+    if s == FailoverPrimaryDied {
+        w.with(|w| {
+            let a = w.nodes.get_mut("pg-a").unwrap();
+            a.running = false;
+            a.sessions.clear();
+        });
+    }
+    w
+}
+
+fn context(w: &Arc<FakeWorld>, fenced_hosts: &[&str]) -> StepContext {
+    let config = w.config();
+    StepContext {
+        view: Arc::new(ClusterView::build(&config, &[])),
+        config,
+        effects: w.clone(),
+        fenced_hosts: fenced_hosts.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+fn operation(s: Scenario, fenced_hosts: &[&str]) -> Operation {
+    let request = Request {
+        target: "pg-b".into(),
+        reason: "table test".into(),
+        force: false,
+        fenced_hosts: fenced_hosts.iter().map(|h| h.to_string()).collect(),
+    };
+    let mut op = Operation::new("op-1".into(), s.kind(), request, "t0");
+    // What preflight records (its checks are tabled in pgwarden-core).
+    op.facts.insert("old_primary".into(), "pg-a".into());
+    op
+}
+
+/// Runs every step before `step` (they must succeed), then `step`, with
+/// `fault` on `(effect, at)` from the start of `step`. Returns its outcome
+/// and the effects it called.
+async fn run_until(
+    w: &Arc<FakeWorld>,
+    s: Scenario,
+    step: StepName,
+    fault: Option<(&(String, String), Fault)>,
+) -> (StepOutcome, BTreeSet<(String, String)>) {
+    let ctx = context(w, &[]);
+    let mut op = operation(s, &[]);
+    // Preflight's own decisions are tabled in pgwarden-core.
+    op.start_step("t").unwrap();
+    op.finish_step(StepOutcome::Succeeded("tabled elsewhere".into()), "t")
+        .unwrap();
+    loop {
+        let next = op.start_step("t").unwrap();
+        if next == step {
+            break;
+        }
+        let outcome = run_step(&ctx, &mut op, next).await;
+        assert!(
+            !matches!(outcome, StepOutcome::Failed(_)),
+            "{s:?}: {next:?} before {step:?} failed without a fault: {outcome:?}"
+        );
+        op.finish_step(outcome, "t").unwrap();
+    }
+    let before = w.call_count();
+    if let Some(((effect, at), f)) = fault {
+        w.fault(effect, at, f);
+    }
+    let outcome = run_step(&ctx, &mut op, step).await;
+    (outcome, w.called_since(before))
+}
+
+/// At most one writable node, at most one application instance.
+fn assert_invariants(w: &FakeWorld, what: &str) {
+    w.with(|w| {
+        let writable: Vec<_> = w
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.running && !n.in_recovery)
+            .map(|(name, _)| name.clone())
+            .collect();
+        assert!(
+            writable.len() <= 1,
+            "{what}: two writable nodes {writable:?}"
+        );
+        let apps = w.hosts.values().filter(|h| h.app_running).count();
+        assert!(apps <= 1, "{what}: {apps} application instances");
+    });
+}
+
+const STEPS: [StepName; 6] = [
+    StepName::FenceApplication,
+    StepName::StopOldPrimary,
+    StepName::Promote,
+    StepName::ReconfigureNewPrimary,
+    StepName::SwitchApplication,
+    StepName::StartApplication,
+];
+
+#[tokio::test(start_paused = true)]
+async fn every_fault_of_every_effect_stops_the_step_unless_tabled() {
+    let mut tried = 0;
+    let mut proceeded = Vec::new();
+    for s in [Switchover, FailoverPrimaryDied] {
+        for step in STEPS {
+            let w = world(s);
+            let (outcome, calls) = run_until(&w, s, step, None).await;
+            assert!(
+                !matches!(outcome, StepOutcome::Failed(_)),
+                "{s:?} {step:?} fails without a fault: {outcome:?}"
+            );
+            assert!(!calls.is_empty(), "{s:?} {step:?} called no effect");
+            for call in &calls {
+                for fault in Fault::ALL {
+                    let w = world(s);
+                    let (outcome, _) = run_until(&w, s, step, Some((call, fault))).await;
+                    let what = format!("{s:?} {step:?} with {fault:?} on {} {}", call.0, call.1);
+                    tried += 1;
+                    assert_invariants(&w, &what);
+                    match (proceeds(s, step, &call.0, &call.1), outcome) {
+                        (None, StepOutcome::Failed(m)) => {
+                            assert!(!m.is_empty(), "{what}: failed without a reason");
+                        }
+                        (None, other) => panic!(
+                            "{what}: went on ({other:?}); fail the step, or table why going on is right"
+                        ),
+                        (Some(_), StepOutcome::Failed(m)) => {
+                            panic!("{what}: tabled to go on, but failed: {m}")
+                        }
+                        (Some(why), _) => proceeded.push(format!("{what}: {why}")),
+                    }
+                }
+            }
+        }
+    }
+    // The table is not vacuous: every row was reached.
+    for row in PROCEEDS {
+        assert!(
+            proceeded.iter().any(
+                |p| p.starts_with(&format!("{:?} {:?}", row.scenario, row.step))
+                    && p.contains(row.effect)
+            ),
+            "the table's row {:?} {:?} {} was never reached",
+            row.scenario,
+            row.step,
+            row.effect
+        );
+    }
+    assert!(tried > 100, "only {tried} faulty runs");
+    eprintln!(
+        "{tried} faulty runs; went on, as tabled, in {}",
+        proceeded.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_failover_and_switchover_end_with_one_primary_and_one_instance() {
+    for s in [Switchover, FailoverPrimaryDied] {
+        let w = world(s);
+        let ctx = context(&w, &[]);
+        let mut op = operation(s, &[]);
+        while let Ok(step) = op.start_step("t") {
+            let outcome = if step == StepName::Preflight {
+                StepOutcome::Succeeded("tabled elsewhere".into())
+            } else {
+                run_step(&ctx, &mut op, step).await
+            };
+            assert!(
+                !matches!(outcome, StepOutcome::Failed(_)),
+                "{s:?} {step:?}: {outcome:?}"
+            );
+            op.finish_step(outcome, "t").unwrap();
+            assert_invariants(&w, &format!("{s:?} after {step:?}"));
+        }
+        w.with(|w| {
+            let b = &w.nodes["pg-b"];
+            assert!(!b.in_recovery && b.timeline == 2, "{s:?}: {b:?}");
+            assert!(!w.nodes["pg-a"].running, "{s:?}: pg-a still runs");
+            let running: Vec<_> = w.hosts.iter().filter(|(_, h)| h.app_running).collect();
+            assert_eq!(running.len(), 1, "{s:?}: {running:?}");
+            for h in w.hosts.values() {
+                assert_eq!(h.app_points_to, ("10.0.0.2".to_owned(), 5432), "{s:?}");
+            }
+        });
+        assert_eq!(op.facts.get("new_timeline").map(String::as_str), Some("2"));
+    }
+}
+
+/// A failover whose old primary's host is silent (power lost): without the
+/// operator's confirmation nothing is promoted; with it, the step goes on.
+#[tokio::test(start_paused = true)]
+async fn a_silent_old_primary_host_needs_the_operators_confirmation() {
+    for confirmed in [false, true] {
+        let w = world(FailoverPrimaryDied);
+        w.with(|w| {
+            w.hosts.get_mut("pg-a").unwrap().daemon_up = false;
+        });
+        let fenced: &[&str] = if confirmed { &["pg-a"] } else { &[] };
+        let ctx = context(&w, fenced);
+        let mut op = operation(FailoverPrimaryDied, fenced);
+        let fence = run_step(&ctx, &mut op, StepName::FenceApplication).await;
+        let stop = run_step(&ctx, &mut op, StepName::StopOldPrimary).await;
+        match (confirmed, &fence, &stop) {
+            (false, StepOutcome::Failed(m), _) => {
+                assert!(m.contains("fenced_hosts"), "{m}");
+            }
+            (true, StepOutcome::Succeeded(_), StepOutcome::Succeeded(m)) => {
+                assert!(m.contains("confirmed"), "{m}");
+            }
+            other => panic!("confirmed={confirmed}: {other:?}"),
+        }
+    }
+}
+
+/// Resume trusts nothing done before the crash: each guard is asked again.
+#[tokio::test(start_paused = true)]
+async fn resume_re_verifies_the_fence_the_stop_and_the_target() {
+    let s = Switchover;
+    let w = world(s);
+    let ctx = context(&w, &[]);
+    let mut op = operation(s, &[]);
+    for step in [
+        StepName::Preflight,
+        StepName::FenceApplication,
+        StepName::StopOldPrimary,
+    ] {
+        op.start_step("t").unwrap();
+        let outcome = if step == StepName::Preflight {
+            StepOutcome::Succeeded("tabled elsewhere".into())
+        } else {
+            run_step(&ctx, &mut op, step).await
+        };
+        op.finish_step(outcome, "t").unwrap();
+    }
+    let held = reverify(&ctx, &op).await.expect("nothing changed");
+    assert_eq!(held.len(), 3, "{held:?}");
+    // Someone started the application by hand meanwhile.
+    w.with(|w| w.hosts.get_mut("pg-a").unwrap().app_running = true);
+    let e = reverify(&ctx, &op).await.unwrap_err();
+    assert!(e.contains("runs again"), "{e}");
+    w.with(|w| w.hosts.get_mut("pg-a").unwrap().app_running = false);
+    // The old primary came back as a primary.
+    w.with(|w| w.nodes.get_mut("pg-a").unwrap().running = true);
+    let e = reverify(&ctx, &op).await.unwrap_err();
+    assert!(e.contains("answers as a primary again"), "{e}");
+    w.with(|w| w.nodes.get_mut("pg-a").unwrap().running = false);
+    // Each guard's own answer going wrong stops the resume too, unless it
+    // is the old primary not answering (that is what "stopped" looks like).
+    for (effect, at) in [
+        ("app_status", "pg-a"),
+        ("app_status", "pg-b"),
+        ("is_in_recovery", "pg-b"),
+        ("sessions_of", "pg-b"),
+    ] {
+        for fault in Fault::ALL {
+            let w2 = world(s);
+            w2.with(|x| {
+                w.with(|y| {
+                    x.nodes = y.nodes.clone();
+                    x.hosts = y.hosts.clone();
+                })
+            });
+            w2.fault(effect, at, fault);
+            let ctx2 = context(&w2, &[]);
+            assert!(
+                reverify(&ctx2, &op).await.is_err(),
+                "resume went on with {fault:?} on {effect} {at}"
+            );
+        }
+    }
+}
