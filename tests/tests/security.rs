@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use pgwarden_testkit::{poll_until, state_dir, Secret};
 use util::{http, mode, pgwarden_bin, Daemon, Env, Options, Response};
 
-/// The daemon's MAX_BODY (crates/pgwarden-daemon/src/api.rs).
+/// The daemon's MAX_BODY (crates/pgwarden-daemon/src/http/api.rs).
 const MAX_BODY: usize = 64 * 1024;
 /// The daemon's BODY_TIMEOUT.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// An id no journal holds.
 const NO_SUCH_OP: &str = "20260101T000000Z-switchover-000000";
 
-/// Every route behind the API's `guard` (crates/pgwarden-daemon/src/api.rs)
+/// Every route behind the API's `guard` (crates/pgwarden-daemon/src/http/api.rs)
 /// as (method, path, a body that would do something if accepted). Sent to
 /// the daemon beside the primary: a `node/stop` that got through would stop
 /// pg-a, a `sync` would release synchronous replication, a `rejoin` would

@@ -5,21 +5,14 @@
 //! config and hands in a shutdown future (SIGTERM / SIGINT). Every task
 //! watches one shutdown signal and ends when it flips.
 
-mod api;
 mod audit;
 mod effects;
-mod executor;
 mod http;
-mod journal;
 mod load;
-mod lock;
 mod metrics;
 mod notify;
-mod operations;
-mod page;
+mod ops;
 mod poller;
-mod rejoin;
-mod server;
 mod stale;
 pub mod tls;
 
@@ -31,6 +24,8 @@ use std::time::Instant;
 use pgwarden_core::view::ClusterView;
 use tokio::sync::watch;
 use tracing::Instrument;
+
+use poller::{FencedPeers, Published};
 
 pub use effects::appconfig::shadows;
 pub use load::{load, Loaded, Secrets};
@@ -52,32 +47,12 @@ pub enum DaemonError {
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
-    Journal(#[from] journal::JournalError),
+    Journal(#[from] ops::journal::JournalError),
     #[error("cannot open the audit log in {dir}: {source} (check state_dir)")]
     Audit {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Peer hosts the operator confirmed fenced (`PUT /v1/sync` with
-/// `fenced_hosts`) while their daemon was silent. A std Mutex: held only to
-/// read or change the set.
-pub(crate) type FencedPeers = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
-
-/// What the poll loop publishes after each poll, read by every HTTP handler.
-/// One value behind one `watch`, so a scrape and a health check always see
-/// the same poll.
-pub(crate) struct Published {
-    pub view: Arc<ClusterView>,
-    /// The rendered /metrics text of this view.
-    pub metrics: axum::body::Bytes,
-    /// When the poll loop last ran (liveness).
-    pub loop_at: Instant,
-    /// When the poll behind each node's latest result started (in the
-    /// order of `nodes`): an operation waits for polls started after its
-    /// last step, so its answer and the view agree.
-    pub polls_started: Vec<Option<Instant>>,
 }
 
 /// Runs the daemon until `shutdown` completes: binds `listen`, polls every
@@ -127,7 +102,7 @@ async fn run_daemon(
         config.clone(),
         loaded.secrets.clone(),
     ));
-    let (ops, corrupt) = operations::Operations::open(
+    let (ops, corrupt) = ops::Operations::open(
         config.clone(),
         effects.clone(),
         published_rx.clone(),
@@ -201,11 +176,11 @@ async fn run_daemon(
     });
     let router = http::router(state);
     let server = match loaded.tls {
-        None => tokio::spawn(server::serve(listener, router, stop_rx.clone())),
+        None => tokio::spawn(http::server::serve(listener, router, stop_rx.clone())),
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls).map_err(DaemonError::Serve)?;
             tracing::info!("serving HTTPS only (tls)");
-            tokio::spawn(server::serve(listener, router, stop_rx.clone()))
+            tokio::spawn(http::server::serve(listener, router, stop_rx.clone()))
         }
     };
 

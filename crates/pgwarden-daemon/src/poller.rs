@@ -20,7 +20,26 @@ use tracing::Instrument;
 
 use crate::load::Secrets;
 use crate::metrics::Metrics;
-use crate::Published;
+
+/// Peer hosts the operator confirmed fenced (`PUT /v1/sync` with
+/// `fenced_hosts`) while their daemon was silent. A std Mutex: held only to
+/// read or change the set.
+pub(crate) type FencedPeers = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+/// What the poll loop publishes after each poll, read by every HTTP handler.
+/// One value behind one `watch`, so a scrape and a health check always see
+/// the same poll.
+pub(crate) struct Published {
+    pub view: Arc<ClusterView>,
+    /// The rendered /metrics text of this view.
+    pub metrics: axum::body::Bytes,
+    /// When the poll loop last ran (liveness).
+    pub loop_at: Instant,
+    /// When the poll behind each node's latest result started (in the
+    /// order of `nodes`): an operation waits for polls started after its
+    /// last step, so its answer and the view agree.
+    pub polls_started: Vec<Option<Instant>>,
+}
 
 struct PollResult {
     node: usize,
@@ -47,7 +66,7 @@ pub(crate) struct Wiring {
     /// Asks the other daemons whether they answer (`primary_isolated`).
     pub effects: Arc<dyn crate::effects::Effects>,
     /// Peers confirmed fenced by the operator while silent.
-    pub fenced_peers: crate::FencedPeers,
+    pub fenced_peers: crate::poller::FencedPeers,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -193,7 +212,7 @@ struct ViewLoop {
     operation: watch::Receiver<Option<pgwarden_core::operation::Operation>>,
     guard_failure: watch::Receiver<Option<String>>,
     notifier: Arc<crate::notify::Notifier>,
-    fenced_peers: crate::FencedPeers,
+    fenced_peers: crate::poller::FencedPeers,
     stop: watch::Receiver<bool>,
 }
 

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::effects::Effects;
-use crate::operations::now;
-use crate::Published;
+use crate::ops::now;
+use crate::poller::Published;
 
 /// First pause after a failed stop; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);

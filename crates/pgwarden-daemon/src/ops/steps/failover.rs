@@ -7,7 +7,6 @@
 //! needs (the old primary, its final LSN, the new timeline) is recorded in
 //! the operation's `facts`, which the journal persists.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,60 +17,12 @@ use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
 
+use super::{fact, fail, ok, wait_for, StepContext, POLL};
 use crate::effects::app::AppCommand;
 use crate::effects::Effects;
 
-/// What a step needs: the config, the latest cluster view, the effects.
-pub struct StepContext {
-    pub config: Arc<Config>,
-    pub effects: Arc<dyn Effects>,
-    pub view: Arc<ClusterView>,
-    /// Hosts the request confirms fenced (`fenced_hosts`): their silence is
-    /// accepted where pgwarden would otherwise stop.
-    pub fenced_hosts: Vec<String>,
-}
-
-/// How often conditions are re-checked while waiting for them: often, as
-/// every check is a cheap command or a statement on a cached connection,
-/// and the application is down while we wait.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Polls `check` until it yields `Some`, or `None` after `deadline`.
-pub(crate) async fn wait_for<T, F, Fut>(
-    deadline: Duration,
-    every: Duration,
-    mut check: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    // tokio's clock, so that tests with a paused clock run the waits at once.
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-fn ok(msg: impl Into<String>) -> StepOutcome {
-    StepOutcome::Succeeded(msg.into())
-}
-
-fn fail(msg: impl Into<String>) -> StepOutcome {
-    StepOutcome::Failed(msg.into())
-}
-
-/// Runs one step of `op` and says how it ended.
-pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
-    if op.kind == OperationKind::Rejoin {
-        return crate::rejoin::run_step(ctx, op, step).await;
-    }
+/// Runs one step of a failover or switchover.
+pub(super) async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
     match step {
         StepName::Preflight => preflight_step(ctx, op).await,
         StepName::FenceApplication => fence_application(ctx, op).await,
@@ -211,8 +162,12 @@ pub async fn preflight_checks(
     } else {
         silent_hosts(config, effects, view, &request.fenced_hosts).await
     };
-    let shadows = effects.shadows();
-    let blocker = effects.config_file_blocker();
+    // Only a failover or switchover rewrites the application's config.
+    let (shadows, blocker) = if kind == OperationKind::Rejoin {
+        (Vec::new(), None)
+    } else {
+        (effects.shadows(), effects.config_file_blocker())
+    };
     preflight::preflight(&PreflightInput {
         config,
         view,
@@ -511,14 +466,6 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             sessions(ctx, op, role).await.describe()
         )),
     }
-}
-
-fn fact<'o>(op: &'o Operation, name: &str) -> Result<&'o str, StepOutcome> {
-    op.facts.get(name).map(String::as_str).ok_or_else(|| {
-        fail(format!(
-            "the journal lacks `{name}` (recorded by an earlier step)"
-        ))
-    })
 }
 
 async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
@@ -928,6 +875,3 @@ fn done(op: &Operation) -> StepOutcome {
             .unwrap_or("?")
     ))
 }
-
-#[cfg(test)]
-mod tables;

@@ -22,12 +22,18 @@ use pgwarden_core::Config;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::effects::{Effects, NodeSql};
-use crate::executor::{self, StepContext};
-use crate::journal::{Journal, JournalError};
-use crate::lock::{Lease, LockFile, PeerLock, LEASE_TTL};
+use crate::effects::Effects;
 use crate::metrics::Metrics;
-use crate::Published;
+use crate::poller::Published;
+use journal::{Journal, JournalError};
+use lock::{Lease, LockFile};
+use steps::StepContext;
+
+pub mod journal;
+pub mod lock;
+mod peers;
+pub mod steps;
+mod sync;
 
 /// Why a request about operations was refused; maps to an HTTP status.
 #[derive(Debug)]
@@ -59,50 +65,6 @@ pub struct Plan {
     pub plan: Vec<StepName>,
 }
 
-/// Sets `synchronous_standby_names` on the primary `node` to the standby's
-/// application name, reloads, and waits until pg_stat_replication shows that
-/// standby with sync_state = sync.
-pub async fn require_synchronous(
-    node: &dyn NodeSql,
-    node_name: &str,
-    app_name: &str,
-    deadline: std::time::Duration,
-) -> Result<(), String> {
-    // Quoted: application names may hold characters (`-`) that
-    // synchronous_standby_names would otherwise not parse.
-    let value = format!("\"{app_name}\"");
-    let e = |e: pgwarden_pg::AdminError| e.to_string();
-    node.alter_system("synchronous_standby_names", Some(&value))
-        .await
-        .map_err(e)?;
-    node.reload().await.map_err(e)?;
-    let until = Instant::now() + deadline;
-    loop {
-        if node.sync_standbys_named(app_name).await.map_err(e)? > 0 {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            return Err(format!(
-                "synchronous_standby_names is set on {node_name}, but no standby named {app_name} became synchronous within {deadline:?}: check its primary_conninfo"
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// The answer to `PUT /v1/sync`.
-#[derive(Clone, Debug, Serialize)]
-pub struct SyncAnswer {
-    pub mode: &'static str,
-    pub primary: String,
-    pub synchronous_standby_names: String,
-    /// Standbys streaming synchronously after the change (mode sync).
-    pub sync_standbys: Vec<String>,
-    /// Sessions that were waiting for the standby and were released (mode async).
-    pub released_writes: u64,
-    pub warning: Option<String>,
-}
-
 pub struct Operations {
     config: Arc<Config>,
     journal: Journal,
@@ -122,7 +84,7 @@ pub struct Operations {
     lease: std::sync::Mutex<Lease>,
     /// Peers the operator confirmed fenced in `PUT /v1/sync` while their
     /// daemon was silent; the poll loop drops one once it answers again.
-    fenced_peers: crate::FencedPeers,
+    fenced_peers: crate::poller::FencedPeers,
     /// Asks the poll loop to poll every node now: what a step changed
     /// shows in /health and /v1/status without waiting for the next tick.
     poll_now: Arc<tokio::sync::Notify>,
@@ -182,7 +144,7 @@ impl Operations {
         metrics: Arc<Metrics>,
         current: watch::Sender<Option<Operation>>,
         poll_now: Arc<tokio::sync::Notify>,
-        fenced_peers: crate::FencedPeers,
+        fenced_peers: crate::poller::FencedPeers,
     ) -> Result<(Arc<Operations>, Vec<JournalError>), JournalError> {
         let journal = Journal::open(&config.state_dir)?;
         let (ops, corrupt) = journal.recover()?;
@@ -250,35 +212,6 @@ impl Operations {
         self.list().into_iter().find(|o| o.id == id)
     }
 
-    fn peer_lock(&self) -> Option<PeerLock> {
-        self.peer_lock.read()
-    }
-
-    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
-        self.lease.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Renews the lease of the open operation at every peer, every third of
-    /// its TTL, until `stop` flips: also after a restart, for an operation
-    /// found interrupted, which still holds the lock until resumed or aborted.
-    pub async fn keep_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let Some(op) = self.open_operation() else {
-                continue;
-            };
-            if self.lease().operation_id() != Some(op.id.as_str()) {
-                self.lease().begin(&op.id);
-            }
-            // A renewal never fails the operation by itself: the check
-            // before the next step decides.
-            let _ = self.lock_peers(&op.id, false).await;
-        }
-    }
-
     fn view(&self) -> Arc<pgwarden_core::ClusterView> {
         self.published.borrow().view.clone()
     }
@@ -288,7 +221,7 @@ impl Operations {
         let lock = self
             .peer_lock()
             .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
-        executor::preflight_checks(
+        steps::preflight_checks(
             &self.config,
             &self.effects,
             &self.view(),
@@ -481,215 +414,6 @@ impl Operations {
         Ok(op)
     }
 
-    /// `PUT /v1/sync`: sets (`on`) or clears `synchronous_standby_names` on
-    /// the primary, verified. Setting it with no streaming standby would
-    /// block every write, so that needs `force`. Clearing it releases writes
-    /// waiting for a lost standby; the answer says what that costs.
-    ///
-    /// Going async while a peer daemon is silent is refused unless
-    /// `fenced_hosts` names it: that peer may have promoted its node, and an
-    /// async primary alone would then acknowledge writes the other side
-    /// never sees. Naming it also tells this daemon that its primary is
-    /// alone on purpose (no `primary_isolated` while the peer stays silent).
-    pub async fn set_sync(
-        &self,
-        on: bool,
-        force: bool,
-        fenced_hosts: &[String],
-    ) -> Result<SyncAnswer, OpError> {
-        let _gate = self.gate.lock().await;
-        let silent =
-            executor::silent_hosts(&self.config, &self.effects, &self.view(), fenced_hosts).await;
-        let unconfirmed: Vec<&str> = silent
-            .iter()
-            .filter(|h| !fenced_hosts.contains(h))
-            .map(String::as_str)
-            .collect();
-        if !on && !unconfirmed.is_empty() {
-            return Err(OpError::Conflict(format!(
-                "the daemon on host {} does not answer: its node may have been promoted, and this primary would then acknowledge writes that are lost; \
-                 if that host is fenced (powered off, or PostgreSQL stopped and disabled there), confirm it with \"fenced_hosts\": [{}]",
-                unconfirmed.join(", "),
-                unconfirmed.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        {
-            let mut confirmed = self.fenced_peers.lock().unwrap_or_else(|p| p.into_inner());
-            confirmed.extend(silent.iter().filter(|h| fenced_hosts.contains(h)).cloned());
-        }
-        if let Some(open) = self.open_operation() {
-            return Err(OpError::Conflict(format!(
-                "operation {} is open: finish or abort it first",
-                open.id
-            )));
-        }
-        if let Some(lock) = self.peer_lock() {
-            return Err(OpError::Conflict(format!(
-                "the daemon beside {} runs operation {}: change synchronous replication after it",
-                lock.holder, lock.operation_id
-            )));
-        }
-        let view = self.view();
-        let primary = view.primary.clone().ok_or_else(|| {
-            OpError::Conflict("there is no single reachable primary to configure".into())
-        })?;
-        let streaming: Vec<String> = view
-            .node(&primary)
-            .map(|p| {
-                p.replication
-                    .iter()
-                    .filter(|l| l.streaming)
-                    .map(|l| l.standby.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if on && streaming.is_empty() && !force {
-            return Err(OpError::Conflict(format!(
-                "no standby streams from {primary}: with synchronous_standby_names set every commit would wait forever; start the standby first, or pass force"
-            )));
-        }
-        let app_name = &self.config.replication.application_name;
-        let node = self.effects.node(&primary);
-        let failed = |e: pgwarden_pg::AdminError| OpError::Internal(format!("{primary}: {e}"));
-        // Unknown counts as none waiting: it only sizes the warning.
-        let waiting = |n: Arc<dyn NodeSql>| async move { n.sync_rep_waiters().await.unwrap_or(0) };
-        let blocked_before = waiting(node.clone()).await;
-        let mut answer = SyncAnswer {
-            mode: if on { "sync" } else { "async" },
-            primary: primary.clone(),
-            synchronous_standby_names: String::new(),
-            sync_standbys: Vec::new(),
-            released_writes: 0,
-            warning: None,
-        };
-        if on && !streaming.is_empty() {
-            require_synchronous(
-                &*node,
-                &primary,
-                app_name,
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .map_err(OpError::Conflict)?;
-            answer.sync_standbys = streaming.clone();
-        } else {
-            // async, or sync forced with no standby: set the value, verify it took.
-            let value = if on {
-                format!("\"{app_name}\"")
-            } else {
-                String::new()
-            };
-            node.alter_system("synchronous_standby_names", Some(&value))
-                .await
-                .map_err(failed)?;
-            node.reload().await.map_err(failed)?;
-            let until = Instant::now() + std::time::Duration::from_secs(10);
-            while node
-                .setting("synchronous_standby_names")
-                .await
-                .map_err(failed)?
-                != value
-            {
-                if Instant::now() > until {
-                    return Err(OpError::Internal(format!(
-                        "{primary} did not take the new synchronous_standby_names after a reload"
-                    )));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-        answer.synchronous_standby_names = node
-            .setting("synchronous_standby_names")
-            .await
-            .map_err(failed)?;
-        if on && streaming.is_empty() {
-            answer.warning =
-                Some("no standby streams: every commit waits until one connects".into());
-        } else if !on {
-            let until = Instant::now() + std::time::Duration::from_secs(10);
-            while waiting(node.clone()).await > 0 && Instant::now() < until {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            answer.released_writes = blocked_before;
-            answer.warning = Some(format!(
-                "commits no longer wait for a standby: the ones made from now on (and the {blocked_before} released) exist on {primary} only until a standby catches up, and are lost if {primary} dies first; run `pgwarden sync sync` once the standby streams"
-            ));
-        }
-        tracing::warn!(mode = answer.mode, primary = %primary, "synchronous replication changed");
-        Ok(answer)
-    }
-
-    /// `application.health_url` asked from this host.
-    pub async fn app_healthy_here(&self) -> pgwarden_core::Answer {
-        match self.effects.app_healthy_on(&self.config.local_node).await {
-            Ok(a) => a,
-            Err(e) => pgwarden_core::Answer::Unknown(e.message),
-        }
-    }
-
-    /// Points this host's application config file at `host:port`.
-    pub fn switch_config_here(
-        &self,
-        operation: &str,
-        host: &str,
-        port: u16,
-    ) -> Result<bool, String> {
-        self.effects
-            .switch_application_config(operation, host, port)
-    }
-
-    /// An operation of this journal, else of a peer's (a rejoin runs on the
-    /// rejoining node's daemon, wherever it was asked for).
-    pub async fn find(&self, id: &str) -> Option<serde_json::Value> {
-        if let Some(op) = self.get(id) {
-            return serde_json::to_value(op).ok();
-        }
-        for n in self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.name != self.config.local_node)
-        {
-            let Some(api) = &n.api else { continue };
-            let url = format!(
-                "{}/v1/operations/{id}?local=true",
-                api.trim_end_matches('/')
-            );
-            if let Ok(v) = self.effects.get(&url).await {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// Forwards a rejoin of `node` to the daemon beside it.
-    pub async fn forward_rejoin(
-        &self,
-        node: &str,
-        query: &str,
-        body: &serde_json::Value,
-    ) -> Result<(u16, serde_json::Value), OpError> {
-        let api = self
-            .config
-            .node(node)
-            .and_then(|n| n.api.clone())
-            .ok_or_else(|| {
-                OpError::Conflict(format!(
-                    "nodes[{node}].api is not configured: send the rejoin to {node}'s daemon"
-                ))
-            })?;
-        let url = format!("{}/v1/rejoin{query}", api.trim_end_matches('/'));
-        // A copy of a large database can take hours when the caller waits.
-        self.effects
-            .forward(&url, body, std::time::Duration::from_secs(6 * 3600))
-            .await
-            .map_err(|e| {
-                OpError::Unavailable(format!(
-                    "the rejoin runs on {node}'s own daemon, which does not answer: {e}"
-                ))
-            })
-    }
-
     /// Waits until operation `id` is no longer running.
     pub async fn wait(&self, id: &str) -> Option<Operation> {
         let mut rx = self.current.subscribe();
@@ -705,7 +429,7 @@ impl Operations {
     }
 
     /// A resumed operation first re-verifies what the steps it already
-    /// completed guaranteed (see [`executor::reverify`]); if that no longer
+    /// completed guaranteed (see [`steps::reverify`]); if that no longer
     /// holds, its next step fails with the reason and nothing runs.
     async fn run_resumed(self: Arc<Self>, mut op: Operation) {
         let ctx = StepContext {
@@ -714,7 +438,7 @@ impl Operations {
             view: self.view(),
             fenced_hosts: op.request.fenced_hosts.clone(),
         };
-        match executor::reverify(&ctx, &op).await {
+        match steps::reverify(&ctx, &op).await {
             Ok(held) => {
                 if !held.is_empty() {
                     tracing::info!(operation = %op.id, "re-verified before resuming: {}", held.join("; "));
@@ -764,7 +488,7 @@ impl Operations {
                 fenced_hosts: op.request.fenced_hosts.clone(),
             };
             let step_started = Instant::now();
-            let outcome = executor::run_step(&ctx, &mut op, step).await;
+            let outcome = steps::run_step(&ctx, &mut op, step).await;
             match &outcome {
                 StepOutcome::Failed(m) => {
                     tracing::error!(operation = %op.id, ?step, "step failed: {m}")
@@ -834,193 +558,5 @@ impl Operations {
                 && !o.completed(StepName::StartApplication)
         });
         self.metrics.set_operation(running, fenced);
-    }
-
-    /// Asks every peer daemon to hold (or keep holding) the lock of `id`.
-    /// Only a connection that cannot be made means "unreachable" (the lock
-    /// is then not shared with it); any other failure (a refusal, an
-    /// authentication error, a timeout after the request was sent, an
-    /// answer that cannot be read) refuses, since that daemon may be
-    /// holding or doing something we cannot see.
-    async fn lock_peers(&self, id: &str, first: bool) -> Result<String, OpError> {
-        let mut notes = Vec::new();
-        let mut locked = Vec::new();
-        for n in self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.name != self.config.local_node)
-        {
-            let Some(api) = &n.api else {
-                notes.push(format!("{}: no api configured", n.name));
-                continue;
-            };
-            let url = format!("{}/v1/internal/lock", api.trim_end_matches('/'));
-            let body = serde_json::json!({
-                "holder": self.config.local_node,
-                "operation_id": id,
-                "ttl_ms": LEASE_TTL.as_millis() as u64,
-            });
-            let asked = Instant::now();
-            let mut answer = self.effects.post(&url, &body).await;
-            // Two daemons starting at the same instant refuse each other's
-            // lock. Exactly one must go on: the one whose node name sorts
-            // first asks again while the other gives up.
-            let tie_until = asked + std::time::Duration::from_secs(2);
-            while first
-                && self.config.local_node < n.name
-                && Instant::now() < tie_until
-                && matches!(&answer, Err(e) if e.code.as_deref() == Some("starting"))
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                answer = self.effects.post(&url, &body).await;
-            }
-            match answer {
-                Ok(_) => {
-                    self.lease().confirmed(id, &n.name, asked);
-                    locked.push(n.name.clone());
-                    notes.push(format!("held by the daemon beside {}", n.name));
-                }
-                Err(e) if e.unreachable => notes.push(format!(
-                    "the daemon beside {} is unreachable, lock not shared: {}",
-                    n.name, e.message
-                )),
-                Err(e) => {
-                    if e.status == Some(409) {
-                        self.lease().lost(
-                            id,
-                            format!(
-                                "the daemon beside {} holds another lock: {}",
-                                n.name, e.message
-                            ),
-                        );
-                    }
-                    // Taking it for the first time: give back what was taken.
-                    if first {
-                        for name in &locked {
-                            self.unlock_peer(name, id).await;
-                        }
-                    }
-                    return Err(OpError::Conflict(format!(
-                        "the daemon beside {} did not grant the operation lock: {}",
-                        n.name, e.message
-                    )));
-                }
-            }
-        }
-        Ok(notes.join("; "))
-    }
-
-    async fn unlock_peer(&self, node: &str, id: &str) {
-        if let Some(api) = self.config.node(node).and_then(|n| n.api.as_ref()) {
-            let url = format!("{}/v1/internal/unlock", api.trim_end_matches('/'));
-            if let Err(e) = self
-                .effects
-                .post(&url, &serde_json::json!({"operation_id": id}))
-                .await
-            {
-                tracing::warn!(node, "could not release the peer's lock: {}", e.message);
-            }
-        }
-    }
-
-    async fn unlock_peers(&self, id: &str) {
-        for n in self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.name != self.config.local_node)
-        {
-            self.unlock_peer(&n.name, id).await;
-        }
-    }
-
-    /// A peer's lock whose operation is over there (finished, aborted, or
-    /// unknown) is stale: drop it. An unreachable holder keeps it.
-    async fn clear_stale_peer_lock(&self) {
-        let Some(lock) = self.peer_lock() else { return };
-        let Some(api) = self.config.node(&lock.holder).and_then(|n| n.api.clone()) else {
-            return;
-        };
-        let url = format!(
-            "{}/v1/operations/{}",
-            api.trim_end_matches('/'),
-            lock.operation_id
-        );
-        match self.effects.get(&url).await {
-            Ok(v)
-                if !matches!(
-                    v["state"].as_str(),
-                    Some("running" | "failed" | "interrupted")
-                ) =>
-            {
-                tracing::info!(operation = %lock.operation_id, "dropping a stale lock: the operation ended at {}", lock.holder);
-                self.peer_lock.remove();
-            }
-            Err(e) if e.status == Some(404) => self.peer_lock.remove(),
-            _ => {}
-        }
-    }
-
-    /// The peer asks us to hold (or renew) the lock for its operation, for
-    /// `ttl` from now.
-    pub fn hold_for_peer(
-        &self,
-        holder: &str,
-        operation_id: &str,
-        ttl: std::time::Duration,
-    ) -> Result<(), OpError> {
-        // Held until the lock file is written: see `start`.
-        let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mine) = starting.as_ref() {
-            return Err(OpError::Starting(format!(
-                "this daemon is starting operation {mine} itself"
-            )));
-        }
-        if let Some(open) = self.open_operation() {
-            return Err(OpError::Conflict(format!(
-                "operation {} is open here",
-                open.id
-            )));
-        }
-        match (self.peer_lock(), self.peer_lock.read_any()) {
-            (Some(lock), _) if lock.operation_id != operation_id => {
-                return Err(OpError::Conflict(format!(
-                    "the lock is held for operation {} of {}",
-                    lock.operation_id, lock.holder
-                )));
-            }
-            (None, Some(expired)) if expired.operation_id != operation_id => {
-                tracing::warn!(
-                    operation = %expired.operation_id,
-                    holder = %expired.holder,
-                    "the lock of this operation expired (its daemon did not renew it): granting it to {operation_id} of {holder}"
-                );
-            }
-            _ => {}
-        }
-        let since = self
-            .peer_lock
-            .read_any()
-            .filter(|l| l.operation_id == operation_id)
-            .map(|l| l.since)
-            .unwrap_or_else(now);
-        let lock = PeerLock::new(holder, operation_id, since, ttl);
-        self.peer_lock.write(&lock).map_err(|e| {
-            OpError::Internal(format!(
-                "cannot write {}: {e}",
-                self.peer_lock.path.display()
-            ))
-        })
-    }
-
-    pub fn release_for_peer(&self, operation_id: &str) {
-        if self
-            .peer_lock
-            .read_any()
-            .is_some_and(|l| l.operation_id == operation_id)
-        {
-            self.peer_lock.remove();
-        }
     }
 }

@@ -15,28 +15,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgwarden_core::operation::{Operation, StepName, StepOutcome};
-use pgwarden_core::preflight::{self, PreflightInput, Verdict};
+use pgwarden_core::preflight::Verdict;
 use pgwarden_core::Config;
 use pgwarden_pg::quote_literal;
 
+use super::{fail, ok, preflight_checks, require_synchronous, wait_for, StepContext};
 use crate::effects::command::{self, as_user};
 use crate::effects::fsutil;
 use crate::effects::NodeSql;
-use crate::executor::StepContext;
 
 /// A copy of 1 GB on this kind of machine takes well under a minute; a
 /// large production database may take hours.
 const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// Configuration files that belong to the node, not to the primary.
 const OWN_FILES: [&str; 3] = ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"];
-
-fn ok(msg: impl Into<String>) -> StepOutcome {
-    StepOutcome::Succeeded(msg.into())
-}
-
-fn fail(msg: impl Into<String>) -> StepOutcome {
-    StepOutcome::Failed(msg.into())
-}
 
 pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
     match step {
@@ -90,16 +82,15 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let checks = preflight::preflight(&PreflightInput {
-        config: &ctx.config,
-        view: &ctx.view,
-        kind: op.kind,
-        request: &op.request,
-        open_operation: None,
-        shadows: &[],
-        config_file_blocker: None,
-        silent_hosts: &[],
-    });
+    let checks = preflight_checks(
+        &ctx.config,
+        &ctx.effects,
+        &ctx.view,
+        op.kind,
+        &op.request,
+        None,
+    )
+    .await;
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| c.verdict == Verdict::Fail)
@@ -510,54 +501,59 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let me = ctx.config.local_node.clone();
     let node = ctx.effects.node_quick(&me);
     let primary = op.facts.get("primary").cloned().unwrap_or_default();
-    let until = std::time::Instant::now() + Duration::from_secs(120);
-    let mut seen = String::from("no answer");
-    loop {
-        match node.is_in_recovery().await {
-            Ok(false) => {
-                // Never leave two writers: it came up as a primary.
-                let _ = ctx.effects.node_action(&me, "stop").await;
-                return fail(format!(
-                    "{me} started as a primary instead of a standby and was stopped again"
-                ));
-            }
-            Ok(true) => {
-                // Streaming on the primary's current timeline: a rewound node
-                // first replays the old timeline up to the switch, then its
-                // receiver reconnects for the new one.
-                let receiving = node.wal_receiver().await;
-                let want = ctx.effects.node_quick(&primary).timeline().await;
-                seen = format!("receiver {receiving:?}, primary timeline {want:?}");
-                if let (Ok(Some((status, tli))), Ok(want)) = (&receiving, &want) {
-                    if status == "streaming" && tli == want {
-                        let lsn = match node.replay_lsn().await {
-                            Ok(Some(l)) => l.to_string(),
-                            _ => "?".into(),
-                        };
-                        return ok(format!(
-                            "{me} streams from {primary} on its timeline (replayed up to {lsn})"
-                        ));
-                    }
+    let seen = std::sync::Mutex::new(String::from("no answer"));
+    let ended = wait_for(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || async {
+            match node.is_in_recovery().await {
+                Ok(false) => {
+                    // Never leave two writers: it came up as a primary.
+                    let _ = ctx.effects.node_action(&me, "stop").await;
+                    Some(fail(format!(
+                        "{me} started as a primary instead of a standby and was stopped again"
+                    )))
                 }
+                Ok(true) => {
+                    // Streaming on the primary's current timeline: a rewound node
+                    // first replays the old timeline up to the switch, then its
+                    // receiver reconnects for the new one.
+                    let receiving = node.wal_receiver().await;
+                    let want = ctx.effects.node_quick(&primary).timeline().await;
+                    *seen.lock().unwrap() =
+                        format!("receiver {receiving:?}, primary timeline {want:?}");
+                    let (Ok(Some((status, tli))), Ok(want)) = (&receiving, &want) else {
+                        return None;
+                    };
+                    if status != "streaming" || tli != want {
+                        return None;
+                    }
+                    let lsn = match node.replay_lsn().await {
+                        Ok(Some(l)) => l.to_string(),
+                        _ => "?".into(),
+                    };
+                    Some(ok(format!(
+                        "{me} streams from {primary} on its timeline (replayed up to {lsn})"
+                    )))
+                }
+                Err(_) => None,
             }
-            Err(_) => {}
-        }
-        if std::time::Instant::now() > until {
-            return fail(format!(
-                "{me} does not stream from {primary} on its timeline after 120s ({seen}): see its server log"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await;
+    ended.unwrap_or_else(|| {
+        fail(format!(
+            "{me} does not stream from {primary} on its timeline after 120s ({}): see its server log",
+            seen.lock().unwrap()
+        ))
+    })
 }
 
 async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let primary = op.facts.get("primary").cloned().unwrap_or_default();
     let node = ctx.effects.node(&primary);
     let app = &ctx.config.replication.application_name;
-    if let Err(e) =
-        crate::operations::require_synchronous(&*node, &primary, app, Duration::from_secs(60)).await
-    {
+    if let Err(e) = require_synchronous(&*node, &primary, app, Duration::from_secs(60)).await {
         return fail(e);
     }
     let mut msg = format!(

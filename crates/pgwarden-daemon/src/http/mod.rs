@@ -18,12 +18,16 @@ use pgwarden_core::Config;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::Published;
+use crate::poller::Published;
+
+pub mod api;
+pub mod page;
+pub mod server;
 
 pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub published: watch::Receiver<Arc<Published>>,
-    pub ops: Arc<crate::operations::Operations>,
+    pub ops: Arc<crate::ops::Operations>,
     pub audit: Arc<crate::audit::AuditLog>,
     /// The API token mutating requests must present.
     pub token: Option<pgwarden_core::Secret>,
@@ -56,8 +60,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/sync", get(sync_standby).options(sync_standby))
         .route("/async", get(async_standby).options(async_standby))
         .route("/v1/status", get(status))
-        .merge(crate::api::routes(state.clone()))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .merge(crate::http::api::routes(state.clone()))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::api::MAX_BODY,
+        ))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
@@ -254,7 +260,7 @@ async fn async_standby(State(s): Shared, RawQuery(q): RawQuery) -> Response {
     (ok_or_unavailable(ok), Json(body)).into_response()
 }
 
-/// The status page for a browser (see [`crate::page`]).
+/// The status page for a browser (see [`crate::http::page`]).
 async fn page(State(s): Shared) -> Response {
     let view = s.latest().view.clone();
     // The journal and the audit log are files: read them off the async
@@ -264,7 +270,7 @@ async fn page(State(s): Shared) -> Response {
     let read = tokio::task::spawn_blocking(move || {
         let op = ops.current().or_else(|| ops.list().into_iter().next());
         let entries = audit
-            .tail(crate::page::AUDIT_ENTRIES)
+            .tail(crate::http::page::AUDIT_ENTRIES)
             .map_err(|e| e.to_string());
         (op, entries)
     })
@@ -274,7 +280,7 @@ async fn page(State(s): Shared) -> Response {
         Err(e) => (None, Err(format!("the reader failed: {e}"))),
     };
     let generated_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let html = crate::page::render(&crate::page::Page {
+    let html = crate::http::page::render(&crate::http::page::Page {
         config: &s.config,
         view: &view,
         operation: op.as_ref(),

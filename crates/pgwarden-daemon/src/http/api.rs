@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::audit::{caller_id, token_matches, AuditEntry, Redactor};
 use crate::http::{error, AppState};
-use crate::operations::{now, OpError};
+use crate::ops::{now, OpError};
 
 /// Request bodies are small JSON documents; anything larger is refused.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -645,7 +645,7 @@ async fn lock(State(s): Shared, body: Bytes) -> Response {
     let ttl = b
         .ttl_ms
         .map(std::time::Duration::from_millis)
-        .unwrap_or(crate::lock::LEASE_TTL);
+        .unwrap_or(crate::ops::lock::LEASE_TTL);
     match s.ops.hold_for_peer(&b.holder, &b.operation_id, ttl) {
         Ok(()) => Json(json!({"held": true, "operation_id": b.operation_id})).into_response(),
         Err(e) => op_error(e),
