@@ -1,7 +1,7 @@
 //! Operations as data: a failover, switchover or rejoin is a kind, an ordered
 //! list of named steps, and the state of each, journaled as it changes.
 //!
-//! This module holds only the transitions; the steps (the daemon's `ops/steps`)
+//! This module holds only the transitions; the daemon's operation manager (`ops/`)
 //! persists the operation before and after every transition and performs the
 //! side effects. The order it follows, which is what makes a crash at any
 //! point safe, is:
