@@ -233,7 +233,7 @@ async fn build_views(
     } = wiring;
     let mut ready = false;
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
-    let mut last_primary = LastPrimaryRecord::load(&config.state_dir);
+    let mut last_primary = LastPrimaryRecord::load(&config.state_dir, config.replication.max_lag_on_failover);
     let mut polls_started = vec![None; config.nodes.len()];
     let mut ticker = tokio::time::interval(config.poll.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -368,11 +368,18 @@ fn log_problem_changes(before: &ClusterView, after: &ClusterView) {
 /// something new; a later `seen_at` alone is kept in memory.
 struct LastPrimaryRecord {
     path: std::path::PathBuf,
+    /// The latest sight, kept in memory every poll.
     last: Option<LastPrimary>,
+    /// What the file holds.
+    on_disk: Option<LastPrimary>,
+    /// How far the primary's LSN may move before the file is rewritten: a
+    /// quarter of `max_lag_on_failover`, so a restarted daemon's record
+    /// never hides more than that of a gap.
+    lsn_step: u64,
 }
 
 impl LastPrimaryRecord {
-    fn load(state_dir: &std::path::Path) -> LastPrimaryRecord {
+    fn load(state_dir: &std::path::Path, max_lag_on_failover: u64) -> LastPrimaryRecord {
         let path = state_dir.join("last_primary.json");
         let last = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -380,21 +387,26 @@ impl LastPrimaryRecord {
                 .ok(),
             Err(_) => None,
         };
-        LastPrimaryRecord { path, last }
+        LastPrimaryRecord {
+            path,
+            on_disk: last.clone(),
+            last,
+            lsn_step: max_lag_on_failover / 4,
+        }
     }
 
     /// Records the primary of `view` if it answered now; returns the record.
     fn update(&mut self, view: &ClusterView) -> Option<LastPrimary> {
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if let Some(seen) = LastPrimary::from_view(view, &now) {
-            let changed = self.last.as_ref().is_none_or(|l| l.differs_from(&seen));
-            if changed {
+            if seen.worth_persisting(self.on_disk.as_ref(), self.lsn_step) {
                 let bytes = serde_json::to_vec(&seen).expect("a record serializes");
-                if let Err(e) = crate::effects::fsutil::write_atomic(&self.path, &bytes, 0o600) {
-                    tracing::error!(
+                match crate::effects::fsutil::write_atomic(&self.path, &bytes, 0o600) {
+                    Ok(()) => self.on_disk = Some(seen.clone()),
+                    Err(e) => tracing::error!(
                         "cannot record the primary's last state in {}: {e}",
                         self.path.display()
-                    );
+                    ),
                 }
             }
             self.last = Some(seen);
