@@ -101,7 +101,10 @@ mod tests {
             seen_at: "t2".into(),
             ..disk.clone()
         };
-        assert!(!later.worth_persisting(Some(&disk), 1024), "only seen_at changed");
+        assert!(
+            !later.worth_persisting(Some(&disk), 1024),
+            "only seen_at changed"
+        );
         let lsn = disk.current_lsn.unwrap();
         later.current_lsn = Some(Lsn(lsn.0 + 1024));
         assert!(!later.worth_persisting(Some(&disk), 1024));

@@ -233,7 +233,8 @@ async fn build_views(
     } = wiring;
     let mut ready = false;
     let mut observations = vec![NodeObservation::default(); config.nodes.len()];
-    let mut last_primary = LastPrimaryRecord::load(&config.state_dir, config.replication.max_lag_on_failover);
+    let mut last_primary =
+        LastPrimaryRecord::load(&config.state_dir, config.replication.max_lag_on_failover);
     let mut polls_started = vec![None; config.nodes.len()];
     let mut ticker = tokio::time::interval(config.poll.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -301,13 +301,18 @@ impl Sessions {
     }
 }
 
-/// The node whose sessions need not be counted: the old primary once it is
-/// verified stopped, or in a failover, where it is down and
-/// stop_old_primary verifies it stopped (or the operator confirms its host
-/// fenced) before anything is promoted. Every other node must answer: a
-/// count that times out is not zero.
+/// The node whose sessions need not be counted: the old primary in a
+/// failover (it is down), or once stop_old_primary has begun (it may have
+/// stopped it before a crash). In both cases stop_old_primary verifies it
+/// stopped (or the operator confirms its host fenced) before anything is
+/// promoted, and a stopped node has no sessions. Every other node must
+/// answer: a count that times out is not zero.
 fn uncounted_node(op: &Operation) -> Option<&str> {
-    (op.kind == OperationKind::Failover || op.completed(StepName::StopOldPrimary))
+    let stop_begun = op
+        .steps
+        .iter()
+        .any(|s| s.name == StepName::StopOldPrimary && s.attempts > 0);
+    (op.kind == OperationKind::Failover || stop_begun)
         .then(|| op.facts.get("old_primary").map(String::as_str))
         .flatten()
 }

@@ -307,6 +307,37 @@ async fn a_silent_old_primary_host_needs_the_operators_confirmation() {
     }
 }
 
+/// A switchover killed after its stop of the old primary, before the
+/// journal said so: the resume finds the old primary refusing connections,
+/// which is what the interrupted step did, and goes on to repeat it.
+#[tokio::test(start_paused = true)]
+async fn a_resume_after_the_old_primary_was_stopped_goes_on() {
+    let s = Switchover;
+    let w = world(s);
+    let ctx = context(&w, &[]);
+    let mut op = operation(s, &[]);
+    for step in [StepName::Preflight, StepName::FenceApplication] {
+        op.start_step("t").unwrap();
+        let outcome = if step == StepName::Preflight {
+            StepOutcome::Succeeded("tabled elsewhere".into())
+        } else {
+            run_step(&ctx, &mut op, step).await
+        };
+        op.finish_step(outcome, "t").unwrap();
+    }
+    assert_eq!(op.start_step("t").unwrap(), StepName::StopOldPrimary);
+    w.with(|w| w.nodes.get_mut("pg-a").unwrap().running = false);
+    let held = reverify(&ctx, &op)
+        .await
+        .expect("the stop is what the step does");
+    assert!(held.iter().any(|h| h.contains("fenced")), "{held:?}");
+    // Before the stop began, the old primary must answer.
+    let mut before = operation(s, &[]);
+    before.steps = op.steps.clone();
+    before.steps[2].attempts = 0;
+    assert!(reverify(&ctx, &before).await.is_err());
+}
+
 /// Resume trusts nothing done before the crash: each guard is asked again.
 #[tokio::test(start_paused = true)]
 async fn resume_re_verifies_the_fence_the_stop_and_the_target() {
