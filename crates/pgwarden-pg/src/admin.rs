@@ -331,6 +331,68 @@ impl Node {
 mod tests {
     use super::*;
 
+    /// A server that accepts connections and never says a word (a hung
+    /// postmaster, a half-open link).
+    async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (port, task)
+    }
+
+    fn node(port: u16, timeout: Duration) -> Node {
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            user: "pgwarden".into(),
+            password: None,
+            dbname: "postgres".into(),
+        };
+        Node::new("pg-x".into(), target, timeout)
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_answers_is_a_timeout_not_an_answer() {
+        let (port, _server) = silent_server().await;
+        let n = node(port, Duration::from_millis(200));
+        match n.is_in_recovery().await {
+            Err(AdminError::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(200)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_lock_is_taken_inside_the_timeout() {
+        let (port, _server) = silent_server().await;
+        let slow = node(port, Duration::from_secs(600));
+        let holder = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.is_in_recovery().await })
+        };
+        // The slow caller holds the connection; a quick caller of the same
+        // node must get its own timeout, not wait behind it.
+        while slow.conn.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let quick = slow.with_timeout(Duration::from_millis(200));
+        assert!(matches!(
+            quick.is_in_recovery().await,
+            Err(AdminError::Timeout { .. })
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{:?}",
+            started.elapsed()
+        );
+        holder.abort();
+    }
+
     #[test]
     fn literals_and_identifiers_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
