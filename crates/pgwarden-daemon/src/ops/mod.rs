@@ -35,23 +35,27 @@ mod peers;
 pub mod steps;
 mod sync;
 
-/// Why a request about operations was refused; maps to an HTTP status.
-#[derive(Debug)]
+/// Why a request about operations was refused. The HTTP layer maps each
+/// kind to a status and an `error` code; the message is for a human.
+#[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    #[error("{0}")]
     NotFound(String),
     /// Another operation holds the lock, or the state does not allow it.
+    #[error("{0}")]
     Conflict(String),
     /// Preflight refused: the failed checks are listed.
-    Preflight {
-        message: String,
-        checks: Vec<Check>,
-    },
+    #[error("{message}")]
+    Preflight { message: String, checks: Vec<Check> },
     /// Another daemon that must do the work does not answer.
+    #[error("{0}")]
     Unavailable(String),
     /// This daemon is starting an operation itself at this very moment (a
     /// lock request from the peer crossed ours): the peer decides by name
     /// which of the two goes on.
+    #[error("{0}")]
     Starting(String),
+    #[error("{0}")]
     Internal(String),
 }
 
