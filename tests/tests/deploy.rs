@@ -215,6 +215,8 @@ fn metric_names_in(text: &str) -> BTreeSet<String> {
             .map_or(text.len(), |n| at + n);
         found.insert(text[at..end].to_owned());
     }
+    // The external label that moves the runbook links (deploy/README.md).
+    found.remove("pgwarden_docs_url");
     found
 }
 

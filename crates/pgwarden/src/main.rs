@@ -2,7 +2,7 @@
 //! `run` starts the daemon, `check-config` validates a config, `status` reads
 //! a daemon's `/v1/status`, `demo` builds a local two-node cluster and runs
 //! a daemon beside each node. `failover`, `switchover`, `operations`,
-//! `resume`, `abort` and `audit` are clients of the daemon's operation API
+//! `resume`, `abort`, `audit` and `history` are clients of the daemon's operation API
 //! (`client` talks HTTP, `operate` renders and follows).
 //!
 //! `demo` and the hidden `standin-*` commands (the stand-in application the
@@ -13,6 +13,7 @@ mod assets;
 mod client;
 #[cfg(feature = "demo")]
 mod demo;
+mod history;
 mod logging;
 mod operate;
 mod status;
@@ -54,19 +55,24 @@ enum Command {
         config: PathBuf,
     },
     /// Show both nodes as a daemon sees them.
+    ///
+    /// The daemon: --url, else PGWARDEN_URL, else the `listen` of --config,
+    /// else of /etc/pgwarden/pgwarden.yaml when it exists, else
+    /// http://127.0.0.1:8008. No token is needed.
+    ///
+    /// Exit status: 0 healthy, with no problem; 1 unhealthy (a critical
+    /// problem: /health answers 503) or degraded (a warning); 2 the daemon
+    /// could not be asked (unreachable, an error answer, an unreadable
+    /// config) or bad usage. With --watch: that of the last answer.
     Status {
-        /// Base URL of a pgwarden daemon (default: the `listen` of --config, else http://127.0.0.1:8008).
-        #[arg(long)]
-        url: Option<String>,
-        /// Take the URL from this config file's `listen`.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Print the raw /v1/status JSON.
         #[arg(long)]
         json: bool,
-        /// PEM certificates to trust for an https:// daemon [default: the config's tls.ca_file or tls.cert_file].
-        #[arg(long, env = "PGWARDEN_CA_FILE")]
-        ca_file: Option<PathBuf>,
+        /// Redraw every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_interval)]
+        watch: Option<std::time::Duration>,
+        #[command(flatten)]
+        connect: Connect,
     },
     #[cfg(feature = "demo")]
     /// Build a local two-node demo cluster, run a daemon beside each node and a stand-in application; Ctrl-C cleans up.
@@ -98,6 +104,19 @@ enum Command {
         /// With an ID: follow the operation live until it ends (as `failover` does).
         #[arg(long, short, requires = "id")]
         follow: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Every daemon's operations in one list, oldest first: kind, the node it
+    /// ran on, from which node to which, timelines, outcome.
+    ///
+    /// The first daemon is found as for `status`; the others are the
+    /// nodes[].api of the config. Exit status: 0 every daemon answered; 1 some
+    /// did not (named below the list: their operations are missing); 2 none did.
+    History {
+        /// Print JSON: `operations` (oldest first, each with its `daemon`) and `unanswered`.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: Connect,
     },
@@ -276,11 +295,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Status {
-            url,
-            config,
             json,
-            ca_file,
-        } => report(runtime().block_on(status::run(url, config, ca_file, json))),
+            watch,
+            connect,
+        } => ExitCode::from(runtime().block_on(status::run(connect, json, watch))),
         #[cfg(feature = "demo")]
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
         Command::Failover(args) => {
@@ -296,6 +314,9 @@ fn main() -> ExitCode {
             connect,
         } => {
             operate::report(runtime().block_on(operate::run_operations(connect, id, json, follow)))
+        }
+        Command::History { json, connect } => {
+            operate::report(runtime().block_on(history::run(connect, json)))
         }
         Command::Rejoin(args) => operate::report(runtime().block_on(operate::run_rejoin(args))),
         Command::Sync {
@@ -381,6 +402,18 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s).map_err(|e| format!("{e}: give seconds or a duration like 500ms"))
+}
+
+/// `--watch` seconds: a positive number, at least 0.1 (a daemon's status
+/// changes once per poll; faster redraws only load it).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86400.0).contains(&secs) {
+        return Err("give between 0.1 and 86400 seconds".into());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// An `i32` exit status from a library as the process's exit status.
