@@ -237,12 +237,24 @@ fn main() -> ExitCode {
                         s.source, s.key
                     );
                 }
+                // The other daemon calls nodes[local].api: a listen that does
+                // not serve it fails only when that host first calls.
+                let me = loaded.config.local();
+                if let Some(api) = &me.api {
+                    if let Some(why) =
+                        pgwarden_core::listen::api_not_served(api, loaded.config.listen, resolve)
+                    {
+                        eprintln!(
+                            "warning: nodes[{}].api {api} is not served by this daemon's listen: {why}",
+                            me.name
+                        );
+                    }
+                }
                 for note in &loaded.notes {
                     println!("note: {note}");
                 }
                 // pgwarden stops, starts and rebuilds only its own node; a
                 // status it cannot read means no stop could be verified.
-                let me = loaded.config.local();
                 if me.data_dir.is_none() {
                     println!(
                         "local PostgreSQL ({}): not checked: nodes[{}].data_dir is not set, so pgwarden cannot stop, verify or rejoin it",
@@ -402,6 +414,16 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s).map_err(|e| format!("{e}: give seconds or a duration like 500ms"))
+}
+
+/// The addresses of a host name, as the other daemon's resolver would find
+/// them (the same /etc/hosts and DNS, assumed).
+fn resolve(host: &str) -> Option<Vec<std::net::IpAddr>> {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .ok()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
 }
 
 /// `--watch` seconds: a positive number, at least 0.1 (a daemon's status
