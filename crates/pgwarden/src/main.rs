@@ -262,6 +262,20 @@ fn main() -> ExitCode {
                     );
                     return ExitCode::SUCCESS;
                 }
+                // Before the first standby is cloned (docs/install.md) its data
+                // directory exists and is empty: pg_ctl status cannot tell
+                // that from a wrong path, but nothing can run on an empty
+                // directory. The unit runs check-config before the daemon,
+                // which must run for `pgwarden rejoin` to clone into it.
+                if let Some(dir) = me.data_dir.as_ref().filter(|d| is_empty_dir(d)) {
+                    println!(
+                        "local PostgreSQL ({}): no cluster yet: {} is empty; `pgwarden rejoin {}` clones the standby into it",
+                        me.name,
+                        dir.display(),
+                        me.name
+                    );
+                    return ExitCode::SUCCESS;
+                }
                 match runtime().block_on(pgwarden_daemon::local_pg_status(&loaded.config)) {
                     pgwarden_core::Answer::Yes => {
                         println!("local PostgreSQL ({}): running (pg_ctl status)", me.name)
@@ -414,6 +428,12 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s).map_err(|e| format!("{e}: give seconds or a duration like 500ms"))
+}
+
+/// An existing directory with nothing in it (not an absent one: that may be
+/// a wrong `data_dir`, which stays an error).
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// The addresses of a host name, as the other daemon's resolver would find
