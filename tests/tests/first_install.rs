@@ -1,7 +1,9 @@
 //! The trips of a first install as shipped: the example config's commands
-//! must be the ones the shipped polkit rule allows, and a daemon run as the
+//! must be the ones the shipped polkit rule allows, a daemon run as the
 //! shipped unit runs it (`postgres`, `NoNewPrivileges=yes`) must not reach
-//! for `sudo` to become the user it already is.
+//! for `sudo` to become the user it already is, and the install guide's
+//! grants (deploy/postgresql/grants.sql) must be enough for a monitor role
+//! that is not a superuser to switch over and rejoin.
 
 mod util;
 
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use pgwarden_testkit::{ClusterOptions, DaemonLayout, Secret, TestCluster};
+use util::{Env, Options};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -163,4 +166,74 @@ fn postgres_ids() -> (u32, u32) {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     (id("-u"), id("-g"))
+}
+
+/// docs/install.md step 2: the monitor role is no superuser, only what
+/// deploy/postgresql/grants.sql grants. With the daemons restarted on it, a
+/// switchover (fence, promote, ALTER SYSTEM, the slot)
+/// and a rejoin by pg_rewind succeed, and the invariants hold.
+#[test]
+fn the_install_guides_grants_are_enough_without_superuser() {
+    let (mut env, app) = Env::start_with_app(Options::default());
+    env.wait_health(1, "healthy first", env.within_polls(3), |c, _| c == 200);
+    let monitor = env.cluster.credentials().monitor_user.clone();
+    assert_eq!(monitor, "pgwarden", "the role grants.sql names");
+    env.cluster
+        .psql(0, &format!("ALTER ROLE {monitor} NOSUPERUSER"))
+        .unwrap();
+    env.cluster
+        .psql(0, &read("deploy/postgresql/grants.sql"))
+        .unwrap();
+    // Replicated: the standby's catalog says the same.
+    pgwarden_testkit::poll_until(
+        env.within_polls(3),
+        "the standby to see the role without superuser",
+        || {
+            let v = env
+                .cluster
+                .psql(
+                    1,
+                    &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{monitor}'"),
+                )
+                .ok()?;
+            (v == "f").then_some(())
+        },
+    )
+    .unwrap();
+    // New sessions of the daemons, as the role is now.
+    for i in 0..2 {
+        env.restart_daemon(i, &[]);
+    }
+    env.wait_health(
+        1,
+        "healthy as a non-superuser",
+        env.within_polls(5),
+        |c, _| c == 200,
+    );
+    env.wait_all_polled();
+
+    let r = env.daemons[1].post(
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "install guide"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    env.assert_invariants(&app, 1);
+
+    let r = env.daemons[1].post(
+        "/v1/rejoin?wait=true",
+        r#"{"node": "pg-a", "reason": "install guide"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    assert_eq!(r.json()["facts"]["method"], "rewind", "{}", r.body);
+    for i in 0..2 {
+        env.wait_health(
+            i,
+            "healthy after the rejoin",
+            env.within_polls(5),
+            |c, _| c == 200,
+        );
+    }
+    env.assert_invariants(&app, 1);
 }

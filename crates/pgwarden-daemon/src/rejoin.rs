@@ -184,8 +184,11 @@ async fn rewind_possible(ctx: &StepContext, dir: &Path, primary: &Node) -> Resul
             "neither wal_log_hints nor data checksums are on in this data directory".into(),
         );
     }
+    // Every function pg_rewind calls on the source: it reads
+    // global/pg_control with the one-argument pg_read_binary_file.
     let sql = "SELECT has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
                AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
+               AND has_function_privilege('pg_read_binary_file(text)', 'EXECUTE') \
                AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')";
     match primary.value(sql).await {
         Ok(v) if v == "t" => Ok(format!(
