@@ -237,3 +237,137 @@ fn the_install_guides_grants_are_enough_without_superuser() {
     }
     env.assert_invariants(&app, 1);
 }
+
+/// The `s/^OLD$/NEW/` edits of the guide's `sed -i` line for pg-b, read
+/// from docs/install.md itself, so the guide and this test cannot drift.
+fn guide_edits_for_pg_b() -> Vec<(String, String)> {
+    let guide = read("docs/install.md");
+    let line = guide
+        .lines()
+        .find(|l| l.starts_with("sed -i ") && l.contains("local_node: pg-b"))
+        .expect("docs/install.md's sed line for pg-b");
+    let edits: Vec<(String, String)> = line
+        .split("'s/^")
+        .skip(1)
+        .map(|e| {
+            let (old, rest) = e.split_once("$/").expect("s/^OLD$/NEW/");
+            let new = rest.split_once("/'").expect("s/^OLD$/NEW/").0;
+            (old.to_owned(), new.to_owned())
+        })
+        .collect();
+    assert_eq!(edits.len(), 2, "{line}");
+    edits
+}
+
+/// The guide's config (the example, as pg-a; with the guide's two edits, as
+/// pg-b) passes `check-config` with no warning: pg-a beside a running
+/// PostgreSQL, pg-b before its first clone (an empty data directory). Only
+/// the paths of this machine replace the guide's (secrets, state_dir,
+/// data_dir).
+#[test]
+fn the_install_guides_config_passes_check_config_on_both_hosts() {
+    let example = read("config/pgwarden.example.yaml");
+    let mut pg_b = example.clone();
+    for (old, new) in guide_edits_for_pg_b() {
+        let before = pg_b.clone();
+        pg_b = pg_b.replacen(&format!("\n{old}\n"), &format!("\n{new}\n"), 1);
+        assert_ne!(
+            pg_b, before,
+            "the guide's edit {old:?} matches no line of the example"
+        );
+    }
+    assert!(pg_b.contains("\nlocal_node: pg-b\n") && pg_b.contains("\nlisten: 10.0.0.2:8008\n"));
+
+    let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("main");
+    std::fs::create_dir(&empty).unwrap();
+    let here = |text: &str, data_dir: &Path| {
+        let mut t = text.replace(
+            "/var/lib/postgresql/15/main",
+            &data_dir.display().to_string(),
+        );
+        t = t.replace(
+            "/var/lib/pgwarden",
+            &dir.path().join("state").display().to_string(),
+        );
+        // The application the guide's step 5 fills in: its database.cfg.
+        let inmanta_d = dir.path().join("inmanta.d");
+        std::fs::create_dir_all(&inmanta_d).unwrap();
+        let cfg = inmanta_d.join("database.cfg");
+        std::fs::write(&cfg, "[database]\nhost = 10.0.0.1\nport = 5432\n").unwrap();
+        t = t.replace(
+            "/etc/inmanta/inmanta.d/database.cfg",
+            &cfg.display().to_string(),
+        );
+        for f in ["api.token", "monitor.password", "replication.password"] {
+            let path = dir.path().join(f);
+            std::fs::write(&path, "s3cret").unwrap();
+            t = t.replace(&format!("/etc/pgwarden/{f}"), &path.display().to_string());
+        }
+        let live = |l: &&str| !l.trim_start().starts_with('#') && l.contains("/etc/pgwarden/");
+        assert_eq!(t.lines().find(live), None, "a path of the guide left");
+        t
+    };
+    for (host, text, data_dir, says) in [
+        (
+            "pg-a",
+            &example,
+            cluster.node(0).data_dir.clone(),
+            "local PostgreSQL (pg-a): running (pg_ctl status)".to_owned(),
+        ),
+        (
+            "pg-b",
+            &pg_b,
+            empty.clone(),
+            format!(
+                "local PostgreSQL (pg-b): no cluster yet: {} is empty",
+                empty.display()
+            ),
+        ),
+    ] {
+        let config = dir.path().join(format!("{host}.yaml"));
+        std::fs::write(&config, here(text, &data_dir)).unwrap();
+        let out = Command::new(util::pgwarden_bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{host}: {stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("OK (cluster inmanta, local node {host}, 2 nodes)")),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&says), "{host}: {stdout}");
+        assert!(!stderr.contains("warning"), "{host}: {stderr}");
+    }
+}
+
+/// The guide's firewall parses (`nft -c` checks it against the kernel
+/// without loading it).
+#[test]
+fn the_install_guides_firewall_parses() {
+    let nft = util::tool("nft", "nftables");
+    let file = format!("{ROOT}/deploy/nftables/pgwarden.nft");
+    let out = Command::new(nft)
+        .args(["-c", "-f", &file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = read("deploy/nftables/pgwarden.nft");
+    for port in [
+        "tcp dport 8008 ip saddr",
+        "tcp dport 5432 ip saddr",
+        "tcp dport { 5432, 8008 } drop",
+    ] {
+        assert!(text.contains(port), "{port}");
+    }
+}
