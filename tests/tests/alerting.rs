@@ -229,11 +229,14 @@ fn check_annotations(annotations: &Value) {
             .is_some_and(|d| d.contains("pg-b") && !d.contains("{{")),
         "{annotations}"
     );
+    // The base is the external label prometheus_config() sets, so the link
+    // opens this checkout's runbook, at the alert's section.
     let url = annotations["runbook_url"].as_str().unwrap_or_default();
-    let anchor = url
-        .split_once("/docs/runbook.md#")
-        .map(|(_, a)| a)
-        .unwrap_or_else(|| panic!("runbook_url {url:?} does not point into docs/runbook.md"));
+    let (file, anchor) = url
+        .strip_prefix(&docs_url())
+        .and_then(|rest| rest.split_once('#'))
+        .unwrap_or_else(|| panic!("runbook_url {url:?} is not under {}", docs_url()));
+    assert_eq!(file, "runbook.md", "{url}");
     assert_eq!(anchor, "standby-not-streaming");
     let runbook = std::fs::read_to_string(RUNBOOK).expect("docs/runbook.md");
     assert!(
@@ -256,18 +259,28 @@ fn alertmanager_config(webhook: &str) -> String {
     )
 }
 
+/// The `pgwarden_docs_url` external label of the test's Prometheus: this
+/// checkout's docs/ directory.
+fn docs_url() -> String {
+    let runbook = std::fs::canonicalize(RUNBOOK).expect("docs/runbook.md");
+    format!("file://{}/", runbook.parent().unwrap().display())
+}
+
 /// Like deploy/prometheus/prometheus.yml, at a 1s scrape and evaluation
-/// interval, loading the shipped rules themselves.
+/// interval, loading the shipped rules themselves, with the runbook links'
+/// external label set.
 fn prometheus_config(daemons: &[String], alertmanager: &str) -> String {
     let rules = std::fs::canonicalize(ALERTS).expect("deploy/prometheus/alerts.yml");
     let targets: Vec<String> = daemons.iter().map(|d| format!("\"{d}\"")).collect();
     format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n  \
+         external_labels:\n    pgwarden_docs_url: \"{docs}\"\n\
          rule_files:\n  - {rules}\n\
          alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{alertmanager}\"]\n\
          scrape_configs:\n  - job_name: pgwarden\n    metrics_path: /metrics\n    \
          static_configs:\n      - targets: [{targets}]\n",
         rules = rules.display(),
+        docs = docs_url(),
         targets = targets.join(", ")
     )
 }

@@ -230,3 +230,73 @@ fn check_config_warns_when_another_cfg_file_overrides_the_switch() {
         o.stderr
     );
 }
+
+/// The example config's first trip: `listen: 127.0.0.1:8008` while
+/// `nodes[local].api` names the host's address. Fine on the host itself;
+/// the other daemon's first call fails. check-config says so (a warning:
+/// exit 0), and is quiet when listen serves it.
+#[test]
+fn check_config_warns_when_the_local_api_is_not_served_by_listen() {
+    let with = |listen: &str| {
+        GOOD.replace("listen: 127.0.0.1:0", &format!("listen: {listen}"))
+            .replacen(
+                "    port: 5432\n",
+                "    port: 5432\n    api: http://10.0.0.1:8008\n",
+                1,
+            )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(dir.path(), "check-config", &with("127.0.0.1:8008"));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "warning: nodes[pg-a].api http://10.0.0.1:8008 is not served by this daemon's listen: \
+             it reaches 10.0.0.1 but `listen` is 127.0.0.1:8008"
+        ),
+        "{}",
+        o.stderr
+    );
+    for served in ["0.0.0.0:8008", "10.0.0.1:8008"] {
+        let o = check(dir.path(), "check-config", &with(served));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        assert!(!o.stderr.contains("warning"), "{served}: {}", o.stderr);
+    }
+}
+
+/// Before the first standby is cloned its data directory is empty; the
+/// unit's ExecStartPre (check-config) must let its daemon start, since that
+/// daemon runs the rejoin. An absent directory (maybe a wrong path) and a
+/// directory that is not a cluster stay errors.
+#[test]
+fn an_empty_data_directory_is_the_first_clones_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("main");
+    std::fs::create_dir(&data).unwrap();
+    let bin = pgwarden_testkit::find_pg_bin_dir(None).expect("PostgreSQL 15 binaries");
+    let with = |data_dir: &Path| {
+        GOOD.replacen(
+            "    port: 5432\n",
+            &format!(
+                "    port: 5432\n    data_dir: {}\n    bin_dir: {}\n    os_user: postgres\n",
+                data_dir.display(),
+                bin.display()
+            ),
+            1,
+        )
+    };
+    let o = check(dir.path(), "check-config", &with(&data));
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains(&format!(
+            "local PostgreSQL (pg-a): no cluster yet: {} is empty; `pgwarden rejoin pg-a` clones the standby into it",
+            data.display()
+        )),
+        "{}",
+        o.stdout
+    );
+    let o = check(dir.path(), "check-config", &with(&dir.path().join("typo")));
+    assert_eq!(o.code, Some(2), "{}{}", o.stdout, o.stderr);
+    std::fs::write(data.join("stray"), "x").unwrap();
+    let o = check(dir.path(), "check-config", &with(&data));
+    assert_eq!(o.code, Some(2), "{}{}", o.stdout, o.stderr);
+}

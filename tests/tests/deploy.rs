@@ -44,7 +44,12 @@ const HEALTH_RS: &str = concat!(
     "/../crates/pgwarden-core/src/health.rs"
 );
 const RUNBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/runbook.md");
-const RUNBOOK_URL: &str = "https://github.com/pgwarden/pgwarden/blob/main/docs/runbook.md#";
+/// Where the package installs docs/*.md (crates/pgwarden/Cargo.toml), the
+/// runbook links' base unless Prometheus sets `pgwarden_docs_url`.
+const INSTALLED_DOCS: &str = "/usr/share/doc/pgwarden/";
+const RUNBOOK_URL: &str = "{{ with $externalLabels.pgwarden_docs_url }}{{ . }}{{ else }}file:///usr/share/doc/pgwarden/{{ end }}runbook.md#";
+const PACKAGE_MANIFEST: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/pgwarden/Cargo.toml");
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
@@ -210,6 +215,8 @@ fn metric_names_in(text: &str) -> BTreeSet<String> {
             .map_or(text.len(), |n| at + n);
         found.insert(text[at..end].to_owned());
     }
+    // The external label that moves the runbook links (deploy/README.md).
+    found.remove("pgwarden_docs_url");
     found
 }
 
@@ -408,6 +415,22 @@ fn runbook_anchors() -> BTreeSet<String> {
         }
     }
     anchors
+}
+
+/// The default base of the runbook links is a real place: the package
+/// installs docs/runbook.md there (flat, as docs/*.md).
+#[test]
+fn runbook_links_default_to_the_installed_runbook() {
+    assert!(RUNBOOK_URL.contains(&format!("file://{INSTALLED_DOCS}{{{{ end }}}}runbook.md#")));
+    let manifest = read(PACKAGE_MANIFEST);
+    assert!(
+        manifest.contains(&format!(
+            r#"["../../docs/*.md", "{}", "644"]"#,
+            INSTALLED_DOCS.trim_start_matches('/')
+        )),
+        "the package no longer installs docs/*.md into {INSTALLED_DOCS}"
+    );
+    assert!(Path::new(RUNBOOK).is_file());
 }
 
 /// Every anchor the alerts link to must exist in docs/runbook.md: a heading

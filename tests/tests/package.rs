@@ -380,6 +380,12 @@ fn the_debian_package_installs_upgrades_keeping_the_operators_files_and_purges_c
         "./usr/lib/systemd/system/pgwarden.service",
         "./usr/share/polkit-1/rules.d/49-pgwarden.rules",
         "./usr/share/doc/pgwarden/examples/pgwarden.sudoers",
+        // docs/install.md runs these two; the alerts' runbook_url opens runbook.md.
+        "./usr/share/doc/pgwarden/examples/grants.sql",
+        "./usr/share/doc/pgwarden/examples/pgwarden.nft",
+        "./usr/share/doc/pgwarden/install.md",
+        "./usr/share/doc/pgwarden/design.md",
+        "./usr/share/doc/pgwarden/runbook.md",
         "./etc/pgwarden/pgwarden.yaml",
         "./usr/share/man/man1/pgwarden.1.gz",
         "./usr/share/man/man1/pgwarden-run.1.gz",

@@ -188,11 +188,11 @@ fn both_daemons_serve_https_and_a_switchover_runs_over_it() {
         "--ca-file",
         wrong_ca.to_str().unwrap(),
     ]);
-    // Refused for the certificate, not for a flag the CLI does not know
-    // (exit 2) or an unreachable daemon.
+    // Refused for the certificate (the daemon cannot be asked: exit 2), not
+    // for a flag the CLI does not know or an unreachable daemon: the text says.
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(2),
         "another certificate is not trusted: {}",
         text(&o)
     );

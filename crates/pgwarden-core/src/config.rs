@@ -207,7 +207,8 @@ pub struct NodeConfig {
     pub stop: Option<Vec<String>>,
     /// The OS user that owns `data_dir` (e.g. postgres): pg_rewind,
     /// pg_basebackup and `pg_ctl status` run as it (runuser when pgwarden
-    /// runs as root, sudo -n otherwise). Unset: as pgwarden's own user. A
+    /// runs as root, sudo -n when it is another user). Unset, or pgwarden's
+    /// own user: directly. A
     /// rejoin also writes into the data directory and renames it, so
     /// pgwarden must run as root or as that owner.
     #[serde(default)]

@@ -27,6 +27,11 @@ pub struct Check {
     pub name: &'static str,
     pub verdict: Verdict,
     pub message: String,
+    /// `force` lifts this check (a `fail` it would turn into a `warn`), or
+    /// lifted it (a `warn` ending in "(ignored: force)"): so the CLI can
+    /// say exactly what `--force` changes before anyone asks for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forceable: bool,
 }
 
 /// Another place that sets the application's database host or port and so
@@ -62,6 +67,7 @@ fn pass(name: &'static str, message: impl Into<String>) -> Check {
         name,
         verdict: Verdict::Pass,
         message: message.into(),
+        forceable: false,
     }
 }
 
@@ -70,6 +76,7 @@ fn fail(name: &'static str, message: impl Into<String>) -> Check {
         name,
         verdict: Verdict::Fail,
         message: message.into(),
+        forceable: false,
     }
 }
 
@@ -80,9 +87,13 @@ fn forceable(force: bool, name: &'static str, message: String) -> Check {
             name,
             verdict: Verdict::Warn,
             message: format!("{message} (ignored: force)"),
+            forceable: true,
         }
     } else {
-        fail(name, message)
+        Check {
+            forceable: true,
+            ..fail(name, message)
+        }
     }
 }
 
@@ -331,6 +342,7 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
                     app.config_file.display(),
                     list.join("; ")
                 ),
+                forceable: false,
             }
         });
     }
@@ -384,6 +396,7 @@ fn host_fenced_check(config: &Config, request: &Request, silent_hosts: &[String]
                 "the daemon on host {} does not answer; the operator confirms it is fenced",
                 silent_hosts.join(", ")
             ),
+            forceable: false,
         }
     }
 }
@@ -719,6 +732,35 @@ application:
         );
         assert_eq!(verdict(&forced, "primary_down"), Verdict::Warn);
         assert!(passed(&forced));
+    }
+
+    /// `forceable` marks exactly the checks force lifts, before and after
+    /// it is given; a check force cannot lift is never marked.
+    #[test]
+    fn forceable_marks_what_force_lifts() {
+        let marked = |checks: &[Check]| -> Vec<&str> {
+            checks
+                .iter()
+                .filter(|c| c.forceable)
+                .map(|c| c.name)
+                .collect()
+        };
+        let obs = [failed(1), ok(standby())];
+        let checks = run(OperationKind::Failover, &obs, "pg-b", false);
+        assert_eq!(marked(&checks), ["primary_down"], "{checks:#?}");
+        let forced = run(OperationKind::Failover, &obs, "pg-b", true);
+        assert_eq!(marked(&forced), ["primary_down"], "{forced:#?}");
+        let json = serde_json::to_value(&checks).unwrap();
+        assert_eq!(json[0].get("forceable"), None, "false is left out: {json}");
+        // A switchover with no primary fails even forced: nothing is marked.
+        let switch = run(
+            OperationKind::Switchover,
+            &[failed(3), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert!(switch.iter().any(|c| c.verdict == Verdict::Fail));
+        assert!(marked(&switch).is_empty(), "{switch:#?}");
     }
 
     #[test]

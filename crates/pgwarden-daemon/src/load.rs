@@ -149,7 +149,7 @@ fn default_os_user(config: &mut Config) -> Option<String> {
 }
 
 /// The login name of `uid` (getpwuid_r).
-fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 4096];
     // SAFETY: zeroed passwd out-struct, a buffer of the size passed, and a
     // result pointer; getpwuid_r fills them or leaves result null.

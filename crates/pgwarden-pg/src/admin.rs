@@ -292,10 +292,13 @@ impl Node {
         v.parse().map_err(|_| self.answer(sql, &v))
     }
 
-    /// Whether this role may read the files pg_rewind reads on a source.
+    /// Whether this role may call every function pg_rewind calls on a
+    /// source (it reads global/pg_control with the one-argument
+    /// pg_read_binary_file).
     pub async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError> {
         let sql = "SELECT has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
                    AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
+                   AND has_function_privilege('pg_read_binary_file(text)', 'EXECUTE') \
                    AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')";
         Ok(self.value(sql).await? == "t")
     }

@@ -50,11 +50,7 @@ impl Connect {
     /// environment variables) win over the config file; the config file is
     /// only read when something is still missing.
     pub fn resolve(&self, need_token: bool) -> Result<Resolved, ApiError> {
-        let config_path = match &self.config {
-            Some(p) => Some(p.clone()),
-            None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
-            None => None,
-        };
+        let config_path = self.config_path();
         let missing = self.url.is_none()
             || (need_token && self.token_file.is_none())
             || (self.ca_file.is_none()
@@ -73,12 +69,7 @@ impl Connect {
             (None, Some(c)) => url_of_config(c),
             (None, None) => DEFAULT_URL.to_owned(),
         };
-        let ca_file = self.ca_file.clone().or_else(|| {
-            config
-                .as_ref()
-                .and_then(|c| c.tls.as_ref())
-                .map(|t| pgwarden_daemon::tls::trust_file(t).to_owned())
-        });
+        let ca_file = self.ca_file(config.as_ref());
         let token = if need_token {
             let file = match (&self.token_file, &config) {
                 (Some(f), _) => f.clone(),
@@ -95,6 +86,33 @@ impl Connect {
                 .as_ref()
                 .and_then(|c| c.application.as_ref())
                 .map(|a| a.name.clone()),
+        })
+    }
+}
+
+impl Connect {
+    /// The config file that applies: --config, else the default one when
+    /// it exists.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) => Some(p.clone()),
+            None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+            None => None,
+        }
+    }
+
+    /// The config of [`Connect::config_path`], parsed (no file it names is
+    /// read); None when there is none.
+    pub fn read_config(&self) -> Result<Option<pgwarden_core::Config>, ApiError> {
+        self.config_path().map(|p| read_config(&p)).transpose()
+    }
+
+    /// The trust file for https:// daemons: --ca-file, else the config's.
+    pub fn ca_file(&self, config: Option<&pgwarden_core::Config>) -> Option<PathBuf> {
+        self.ca_file.clone().or_else(|| {
+            config
+                .and_then(|c| c.tls.as_ref())
+                .map(|t| pgwarden_daemon::tls::trust_file(t).to_owned())
         })
     }
 }
@@ -262,6 +280,11 @@ impl Client {
             .user_agent(concat!("pgwarden-cli/", env!("CARGO_PKG_VERSION")));
         let http = http_client(builder, ca_file)?;
         Ok(Client { base, token, http })
+    }
+
+    /// The daemon's base URL, e.g. `http://10.0.0.1:8008`.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     fn url(&self, path: &str) -> String {

@@ -2,7 +2,7 @@
 //! `run` starts the daemon, `check-config` validates a config, `status` reads
 //! a daemon's `/v1/status`, `demo` builds a local two-node cluster and runs
 //! a daemon beside each node. `failover`, `switchover`, `operations`,
-//! `resume`, `abort` and `audit` are clients of the daemon's operation API
+//! `resume`, `abort`, `audit` and `history` are clients of the daemon's operation API
 //! (`client` talks HTTP, `operate` renders and follows).
 //!
 //! `demo` and the hidden `standin-*` commands (the stand-in application the
@@ -13,6 +13,7 @@ mod assets;
 mod client;
 #[cfg(feature = "demo")]
 mod demo;
+mod history;
 mod logging;
 mod operate;
 mod status;
@@ -54,19 +55,24 @@ enum Command {
         config: PathBuf,
     },
     /// Show both nodes as a daemon sees them.
+    ///
+    /// The daemon: --url, else PGWARDEN_URL, else the `listen` of --config,
+    /// else of /etc/pgwarden/pgwarden.yaml when it exists, else
+    /// http://127.0.0.1:8008. No token is needed.
+    ///
+    /// Exit status: 0 healthy, with no problem; 1 unhealthy (a critical
+    /// problem: /health answers 503) or degraded (a warning); 2 the daemon
+    /// could not be asked (unreachable, an error answer, an unreadable
+    /// config) or bad usage. With --watch: that of the last answer.
     Status {
-        /// Base URL of a pgwarden daemon (default: the `listen` of --config, else http://127.0.0.1:8008).
-        #[arg(long)]
-        url: Option<String>,
-        /// Take the URL from this config file's `listen`.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Print the raw /v1/status JSON.
         #[arg(long)]
         json: bool,
-        /// PEM certificates to trust for an https:// daemon [default: the config's tls.ca_file or tls.cert_file].
-        #[arg(long, env = "PGWARDEN_CA_FILE")]
-        ca_file: Option<PathBuf>,
+        /// Redraw every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_interval)]
+        watch: Option<std::time::Duration>,
+        #[command(flatten)]
+        connect: Connect,
     },
     #[cfg(feature = "demo")]
     /// Build a local two-node demo cluster, run a daemon beside each node and a stand-in application; Ctrl-C cleans up.
@@ -98,6 +104,19 @@ enum Command {
         /// With an ID: follow the operation live until it ends (as `failover` does).
         #[arg(long, short, requires = "id")]
         follow: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Every daemon's operations in one list, oldest first: kind, the node it
+    /// ran on, from which node to which, timelines, outcome.
+    ///
+    /// The first daemon is found as for `status`; the others are the
+    /// nodes[].api of the config. Exit status: 0 every daemon answered; 1 some
+    /// did not (named below the list: their operations are missing); 2 none did.
+    History {
+        /// Print JSON: `operations` (oldest first, each with its `daemon`) and `unanswered`.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: Connect,
     },
@@ -218,16 +237,42 @@ fn main() -> ExitCode {
                         s.source, s.key
                     );
                 }
+                // The other daemon calls nodes[local].api: a listen that does
+                // not serve it fails only when that host first calls.
+                let me = loaded.config.local();
+                if let Some(api) = &me.api {
+                    if let Some(why) =
+                        pgwarden_core::listen::api_not_served(api, loaded.config.listen, resolve)
+                    {
+                        eprintln!(
+                            "warning: nodes[{}].api {api} is not served by this daemon's listen: {why}",
+                            me.name
+                        );
+                    }
+                }
                 for note in &loaded.notes {
                     println!("note: {note}");
                 }
                 // pgwarden stops, starts and rebuilds only its own node; a
                 // status it cannot read means no stop could be verified.
-                let me = loaded.config.local();
                 if me.data_dir.is_none() {
                     println!(
                         "local PostgreSQL ({}): not checked: nodes[{}].data_dir is not set, so pgwarden cannot stop, verify or rejoin it",
                         me.name, me.name
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                // Before the first standby is cloned (docs/install.md) its data
+                // directory exists and is empty: pg_ctl status cannot tell
+                // that from a wrong path, but nothing can run on an empty
+                // directory. The unit runs check-config before the daemon,
+                // which must run for `pgwarden rejoin` to clone into it.
+                if let Some(dir) = me.data_dir.as_ref().filter(|d| is_empty_dir(d)) {
+                    println!(
+                        "local PostgreSQL ({}): no cluster yet: {} is empty; `pgwarden rejoin {}` clones the standby into it",
+                        me.name,
+                        dir.display(),
+                        me.name
                     );
                     return ExitCode::SUCCESS;
                 }
@@ -276,11 +321,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Status {
-            url,
-            config,
             json,
-            ca_file,
-        } => report(runtime().block_on(status::run(url, config, ca_file, json))),
+            watch,
+            connect,
+        } => ExitCode::from(runtime().block_on(status::run(connect, json, watch))),
         #[cfg(feature = "demo")]
         Command::Demo { dir, bin_dir } => report(demo::run(dir, bin_dir)),
         Command::Failover(args) => {
@@ -296,6 +340,9 @@ fn main() -> ExitCode {
             connect,
         } => {
             operate::report(runtime().block_on(operate::run_operations(connect, id, json, follow)))
+        }
+        Command::History { json, connect } => {
+            operate::report(runtime().block_on(history::run(connect, json)))
         }
         Command::Rejoin(args) => operate::report(runtime().block_on(operate::run_rejoin(args))),
         Command::Sync {
@@ -381,6 +428,34 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s).map_err(|e| format!("{e}: give seconds or a duration like 500ms"))
+}
+
+/// An existing directory with nothing in it (not an absent one: that may be
+/// a wrong `data_dir`, which stays an error).
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// The addresses of a host name, as the other daemon's resolver would find
+/// them (the same /etc/hosts and DNS, assumed).
+fn resolve(host: &str) -> Option<Vec<std::net::IpAddr>> {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .ok()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+}
+
+/// `--watch` seconds: a positive number, at least 0.1 (a daemon's status
+/// changes once per poll; faster redraws only load it).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86400.0).contains(&secs) {
+        return Err("give between 0.1 and 86400 seconds".into());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// An `i32` exit status from a library as the process's exit status.

@@ -57,6 +57,8 @@ pub struct Operation {
     pub created_at: Option<String>,
     pub finished_at: Option<String>,
     pub steps: Vec<Step>,
+    /// What steps recorded (`old_primary`, `timeline_before`, ...): strings.
+    pub facts: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -84,6 +86,8 @@ pub struct Check {
     pub name: String,
     pub verdict: String,
     pub message: String,
+    /// `--force` lifts (or lifted) this check.
+    pub forceable: bool,
 }
 
 /// The answer to a dry run.
@@ -171,7 +175,7 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
     } else {
@@ -221,6 +225,78 @@ pub fn render_dry_run(d: &DryRun) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What `--force` changes, from the dry run's `forceable` marks: with
+/// `--force`, the checks it lifted; without, the failed checks it would
+/// lift and those it cannot. Empty when it changes nothing worth saying.
+pub fn force_lines(checks: &[Check], forced: bool) -> Vec<String> {
+    let names = |pred: &dyn Fn(&Check) -> bool| -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| pred(c))
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    if forced {
+        let lifted = names(&|c| c.forceable && c.verdict == "warn");
+        return if lifted.is_empty() {
+            vec!["--force lifts no check here: every check passes without it".into()]
+        } else {
+            vec![format!(
+                "--force lifts {} check(s): {}",
+                lifted.len(),
+                lifted.join(", ")
+            )]
+        };
+    }
+    let liftable = names(&|c| c.forceable && c.verdict == "fail");
+    let stuck = names(&|c| !c.forceable && c.verdict == "fail");
+    let mut out = Vec::new();
+    if !liftable.is_empty() {
+        out.push(format!("--force would lift: {}", liftable.join(", ")));
+    }
+    if !stuck.is_empty() {
+        out.push(format!("--force cannot lift: {}", stuck.join(", ")));
+    }
+    out
+}
+
+/// The only node `--to` can name: the one reachable standby in
+/// `/v1/status`; else a sentence naming the candidates (or why there is
+/// none) for the operator to choose.
+pub fn only_candidate(status: &Value) -> Result<String, String> {
+    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+    let candidates: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n["role"] == "standby" && n["reachable"] == true)
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    match candidates.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => {
+            let seen: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let state = if n["reachable"] == true {
+                        n["role"].as_str().unwrap_or("unknown")
+                    } else {
+                        "unreachable"
+                    };
+                    format!("{} {state}", n["name"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            Err(format!(
+                "no candidate: no node is a reachable standby ({}); pass --to NODE",
+                seen.join(", ")
+            ))
+        }
+        several => Err(format!(
+            "{} candidates ({}): pass --to NODE",
+            several.len(),
+            several.join(", ")
+        )),
+    }
 }
 
 fn failed_checks(checks: &[Check]) -> usize {
@@ -338,7 +414,7 @@ fn next_hint(id: &str, flags: &str) -> String {
     format!("inspect with: pgwarden operations {id}{flags}; then pgwarden resume {id}{flags} or pgwarden abort {id}{flags}")
 }
 
-fn total_duration(op: &Operation) -> Option<Duration> {
+pub fn total_duration(op: &Operation) -> Option<Duration> {
     between(op.created_at.as_deref()?, op.finished_at.as_deref()?)
 }
 
@@ -600,9 +676,10 @@ pub fn describe_error(e: &anyhow::Error) -> (String, u8) {
 /// Flags of `pgwarden failover` and `pgwarden switchover`.
 #[derive(Args, Clone, Debug)]
 pub struct OperateArgs {
-    /// The standby to promote (a node name of the config, e.g. pg-b).
+    /// The standby to promote (a node name of the config, e.g. pg-b)
+    /// [default: the only reachable standby, when there is exactly one].
     #[arg(long, value_name = "NODE")]
-    pub to: String,
+    pub to: Option<String>,
     /// Only run the preflight checks and show the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -744,8 +821,17 @@ pub async fn run_operate(kind: &str, args: OperateArgs) -> anyhow::Result<u8> {
     let flags = hint_flags(&args.connect);
     let reason = args.reason.clone().unwrap_or_else(default_reason);
     let path = format!("/v1/{kind}");
+    let target = match &args.to {
+        Some(t) => t.clone(),
+        None => {
+            let status = client.get("/v1/status").await?;
+            let chosen = only_candidate(&status).map_err(Refused)?;
+            outln!("No --to given: {chosen} is the only candidate (the one reachable standby)");
+            chosen
+        }
+    };
     let mut body = json!({
-        "target": args.to,
+        "target": target,
         "reason": reason,
         "dry_run": true,
         "force": args.force,
@@ -758,7 +844,7 @@ pub async fn run_operate(kind: &str, args: OperateArgs) -> anyhow::Result<u8> {
         dry.kind = kind.to_owned();
     }
     if dry.target.is_empty() {
-        dry.target = args.to.clone();
+        dry.target = target.clone();
     }
     out!("{}", render_dry_run(&dry));
     let failed = failed_checks(&dry.checks);
@@ -768,10 +854,12 @@ pub async fn run_operate(kind: &str, args: OperateArgs) -> anyhow::Result<u8> {
         } else {
             outln!("Refused: {failed} check(s) failed");
         }
-        if !args.force {
-            outln!("(use --force to lift the checks that allow it)");
-        }
+        print_lines(&force_lines(&dry.checks, args.force));
         return Ok(EXIT_REFUSED);
+    }
+    // Said before the question, so nobody confirms a force blind.
+    if args.force {
+        print_lines(&force_lines(&dry.checks, true));
     }
     if args.dry_run {
         outln!("Dry run: nothing was changed; run again without --dry-run to proceed.");
@@ -779,7 +867,7 @@ pub async fn run_operate(kind: &str, args: OperateArgs) -> anyhow::Result<u8> {
     }
 
     confirm(
-        &confirm_question(kind, &args.to, resolved.application.as_deref()),
+        &confirm_question(kind, &target, resolved.application.as_deref()),
         args.yes,
     )?;
 
@@ -1058,6 +1146,67 @@ mod tests {
 
     const T0: f64 = 1_714_564_801.234; // 2024-05-01T12:00:01.234Z
 
+    fn check(name: &str, verdict: &str, forceable: bool) -> Check {
+        Check {
+            name: name.into(),
+            verdict: verdict.into(),
+            message: String::new(),
+            forceable,
+        }
+    }
+
+    #[test]
+    fn force_lines_name_exactly_what_force_lifts() {
+        let refused = [
+            check("target_is_standby", "pass", false),
+            check("primary_down", "fail", true),
+            check("host_fenced", "fail", false),
+            check("lag_within_limit", "pass", false),
+        ];
+        assert_eq!(
+            force_lines(&refused, false),
+            [
+                "--force would lift: primary_down",
+                "--force cannot lift: host_fenced"
+            ]
+        );
+        let forced = [
+            check("primary_down", "warn", true),
+            check("application_config_effective", "warn", false),
+        ];
+        assert_eq!(
+            force_lines(&forced, true),
+            ["--force lifts 1 check(s): primary_down"]
+        );
+        assert_eq!(
+            force_lines(&[check("primary_down", "pass", false)], true),
+            ["--force lifts no check here: every check passes without it"]
+        );
+        assert!(force_lines(&[check("x", "pass", false)], false).is_empty());
+    }
+
+    #[test]
+    fn the_only_reachable_standby_is_the_candidate() {
+        let node = |name: &str, role: &str, reachable: bool| json!({"name": name, "role": role, "reachable": reachable});
+        let two = json!({"nodes": [node("pg-a", "primary", true), node("pg-b", "standby", true)]});
+        assert_eq!(only_candidate(&two).unwrap(), "pg-b");
+        // A failover: the old primary no longer answers.
+        let lost =
+            json!({"nodes": [node("pg-a", "unknown", false), node("pg-b", "standby", true)]});
+        assert_eq!(only_candidate(&lost).unwrap(), "pg-b");
+        let three = json!({"nodes": [node("pg-a", "primary", true), node("pg-b", "standby", true), node("pg-c", "standby", true)]});
+        assert_eq!(
+            only_candidate(&three).unwrap_err(),
+            "2 candidates (pg-b, pg-c): pass --to NODE"
+        );
+        let none =
+            json!({"nodes": [node("pg-a", "primary", true), node("pg-b", "standby", false)]});
+        assert_eq!(
+            only_candidate(&none).unwrap_err(),
+            "no candidate: no node is a reachable standby (pg-a primary, pg-b unreachable); pass --to NODE"
+        );
+    }
+
     fn step(
         name: &str,
         state: &str,
@@ -1088,6 +1237,7 @@ mod tests {
             created_at: Some(rfc3339(T0)),
             finished_at: None,
             steps,
+            facts: Default::default(),
         }
     }
 

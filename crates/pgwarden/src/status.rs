@@ -1,63 +1,135 @@
 //! `pgwarden status`: a readable table of both nodes (like `patronictl
-//! list`), from a daemon's `/v1/status`.
+//! list`), from a daemon's `/v1/status`; `--watch` redraws it, and the exit
+//! status says whether the cluster is healthy, so scripts need no JSON.
+//!
+//! The daemon is found as every client command finds it ([`Connect`]):
+//! `--url`, else `PGWARDEN_URL`, else the `listen` of `--config`, else of
+//! /etc/pgwarden/pgwarden.yaml when it exists. No token is read: an operator
+//! without access to the secret files can still ask.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::Value;
 
-pub async fn run(
-    url: Option<String>,
-    config: Option<PathBuf>,
-    ca_file: Option<PathBuf>,
-    json: bool,
-) -> anyhow::Result<()> {
-    // Only `listen` and `tls` are needed: no secret file is read, so an
-    // operator without access to them can still ask.
-    let config = match &config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Some(
-                pgwarden_core::Config::parse_str(&path.display().to_string(), &text)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?,
-            )
+use crate::client::{ApiError, Connect};
+
+/// Exit status: the cluster is healthy and reports no problem.
+pub const EXIT_HEALTHY: u8 = 0;
+/// Exit status: unhealthy (a critical problem, `/health` answers 503) or
+/// degraded (healthy, but a warning is listed).
+pub const EXIT_UNHEALTHY: u8 = 1;
+/// Exit status: the daemon could not be asked (unreachable, an error
+/// answer, an unreadable config); clap's usage errors exit 2 as well.
+pub const EXIT_CANNOT_ASK: u8 = 2;
+
+/// How long one `/v1/status` may take: the daemon answers from its last
+/// poll, so a slow answer means a daemon in trouble.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One status, or with `watch` a redraw every interval until Ctrl-C; the
+/// exit status is that of the last answer (see the `EXIT_*` constants).
+pub async fn run(connect: Connect, json: bool, watch: Option<Duration>) -> u8 {
+    let client = match connect.resolve(false) {
+        Ok(r) => r.client,
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            return EXIT_CANNOT_ASK;
         }
-        None => None,
     };
-    let base = match (url, &config) {
-        (Some(u), _) => u,
-        (None, Some(c)) => crate::client::url_of_config(c),
-        (None, None) => crate::client::DEFAULT_URL.to_owned(),
+    let Some(every) = watch else {
+        return match ask(&client).await {
+            Ok(status) => {
+                show(&status, json);
+                exit_code(&status)
+            }
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                EXIT_CANNOT_ASK
+            }
+        };
     };
-    let ca_file = ca_file.or_else(|| {
-        config
-            .as_ref()
-            .and_then(|c| c.tls.as_ref())
-            .map(|t| pgwarden_daemon::tls::trust_file(t).to_owned())
-    });
-    let http = crate::client::http_client(reqwest::Client::builder(), ca_file.as_deref())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let url = format!("{}/v1/status", base.trim_end_matches('/'));
-    let status: Value = http
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the pgwarden daemon at {url} (is it running? pass --url)")
-        })?
-        .error_for_status()
-        .with_context(|| format!("{url} answered with an error"))?
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer with status JSON"))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", render(&status));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    // Clearing the screen only makes sense on a terminal; a pipe gets one
+    // frame after the other, each starting with its header line.
+    let redraw = std::io::stdout().is_terminal();
+    let mut code = EXIT_CANNOT_ASK;
+    loop {
+        let answer = tokio::select! {
+            _ = &mut ctrl_c => return code,
+            a = ask(&client) => a,
+        };
+        let mut frame = String::new();
+        if redraw {
+            frame.push_str("\x1b[H\x1b[2J");
+        }
+        frame.push_str(&format!(
+            "Every {}: pgwarden status, {}\n",
+            humantime::format_duration(every),
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        ));
+        match answer {
+            Ok(status) => {
+                frame.push_str(&if json {
+                    format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&status).unwrap_or_default()
+                    )
+                } else {
+                    render(&status)
+                });
+                code = exit_code(&status);
+            }
+            // The daemon may come back (a restart): say so and keep watching.
+            Err(e) => {
+                frame.push_str(&format!("pgwarden: {e}\n"));
+                code = EXIT_CANNOT_ASK;
+            }
+        }
+        frame.push('\n');
+        if !emit(&frame) {
+            return code;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return code,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
-    Ok(())
+}
+
+async fn ask(client: &crate::client::Client) -> Result<Value, ApiError> {
+    client.get_with_timeout("/v1/status", ASK_TIMEOUT).await
+}
+
+fn show(status: &Value, json: bool) {
+    if json {
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(status).unwrap_or_default()
+        ));
+    } else {
+        emit(&render(status));
+    }
+}
+
+/// Writes to stdout; false when the reader has gone (`| head`).
+fn emit(text: &str) -> bool {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.flush())
+        .is_ok()
+}
+
+/// The exit status of a `/v1/status` answer: healthy with no problem is 0;
+/// anything else, or an answer without `healthy`, is 1.
+pub fn exit_code(status: &Value) -> u8 {
+    let no_problem = status["problems"].as_array().is_some_and(|p| p.is_empty());
+    if status["healthy"].as_bool() == Some(true) && no_problem {
+        EXIT_HEALTHY
+    } else {
+        EXIT_UNHEALTHY
+    }
 }
 
 /// The table: one line per node, then the problems.
@@ -214,6 +286,18 @@ fn human(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_code_is_healthy_only_without_any_problem() {
+        let ok = serde_json::json!({"healthy": true, "problems": []});
+        assert_eq!(exit_code(&ok), EXIT_HEALTHY);
+        let warned = serde_json::json!({"healthy": true, "problems": [{"code": "lag_high", "severity": "warning"}]});
+        assert_eq!(exit_code(&warned), EXIT_UNHEALTHY);
+        let bad = serde_json::json!({"healthy": false, "problems": [{"code": "node_down", "severity": "critical"}]});
+        assert_eq!(exit_code(&bad), EXIT_UNHEALTHY);
+        // An answer this CLI does not understand is no proof of health.
+        assert_eq!(exit_code(&serde_json::json!({})), EXIT_UNHEALTHY);
+    }
 
     #[test]
     fn a_down_primary_is_shown_as_last_seen() {

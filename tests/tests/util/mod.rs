@@ -384,6 +384,57 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The invariants after an operation that left node `primary` the
+    /// primary, on one machine (the loopback twin of
+    /// `testbed::assert_invariants`):
+    /// - `/primary` answers 200 on the primary's daemon only, and every
+    ///   other node is in recovery or stopped (at most one writable node);
+    /// - the application runs (one instance: both daemons share a machine);
+    /// - every heartbeat the application acknowledged is on the primary.
+    pub fn assert_invariants(&self, app: &App, primary: usize) {
+        poll_until(
+            self.within_polls(4),
+            "/primary to answer 200 on the primary's daemon only",
+            || {
+                self.daemons
+                    .iter()
+                    .enumerate()
+                    .all(|(i, d)| (d.get("/primary").status == 200) == (i == primary))
+                    .then_some(())
+            },
+        )
+        .unwrap();
+        for i in (0..self.daemons.len()).filter(|&i| i != primary) {
+            let writable = self
+                .cluster
+                .psql(i, "SELECT NOT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "t");
+            assert!(
+                !writable,
+                "node {i} is writable besides the primary {primary}"
+            );
+        }
+        assert_eq!(app.ctl("is-running").0, 0, "the application runs");
+        // Read the acks first: a heartbeat acknowledged after the query is no false loss.
+        let acked = app.acks();
+        let c = self.cluster.credentials();
+        let present: std::collections::HashSet<i64> = self
+            .cluster
+            .psql_db(primary, &c.app_db, "SELECT id FROM heartbeat")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .filter(|a| !present.contains(a))
+            .copied()
+            .collect();
+        assert!(lost.is_empty(), "acknowledged heartbeats lost: {lost:?}");
+    }
+}
+
 /// Whether a /health body lists `code` (for `node`, when given).
 pub fn has_problem(health: &serde_json::Value, code: &str, node: Option<&str>) -> bool {
     health["problems"].as_array().is_some_and(|ps| {

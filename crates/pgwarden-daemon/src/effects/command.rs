@@ -46,11 +46,17 @@ impl Finished {
 }
 
 /// `argv` run as `os_user`: through runuser when we are root, through
-/// `sudo -n` otherwise (which then needs a sudoers rule), or as is.
+/// `sudo -n` otherwise (which then needs a sudoers rule), or as is. As is
+/// also when `os_user` is pgwarden's own user: sudo would change nothing,
+/// and under the shipped unit (`NoNewPrivileges=yes`) it cannot run at all.
 pub fn as_user(os_user: Option<&str>, argv: Vec<String>) -> Vec<String> {
     let Some(user) = os_user else { return argv };
     // SAFETY: geteuid has no preconditions.
-    let prefix: Vec<&str> = if unsafe { libc::geteuid() } == 0 {
+    let euid = unsafe { libc::geteuid() };
+    if crate::load::user_name(euid).as_deref() == Some(user) {
+        return argv;
+    }
+    let prefix: Vec<&str> = if euid == 0 {
         vec!["runuser", "-u", user, "--"]
     } else {
         vec!["sudo", "-n", "-u", user, "--"]
@@ -233,6 +239,26 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sudo only to become someone else: for pgwarden's own user it would
+    /// change nothing, and the shipped unit's NoNewPrivileges blocks it.
+    #[test]
+    fn os_user_switches_user_only_for_another_user() {
+        let cmd = argv(&["pg_ctl", "status"]);
+        assert_eq!(as_user(None, cmd.clone()), cmd);
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let me = crate::load::user_name(euid).expect("this process's user has a name");
+        assert_eq!(as_user(Some(&me), cmd.clone()), cmd);
+        let other = if euid == 0 { "nobody" } else { "root" };
+        let switched = as_user(Some(other), cmd.clone());
+        let prefix = if euid == 0 {
+            argv(&["runuser", "-u", other, "--"])
+        } else {
+            argv(&["sudo", "-n", "-u", other, "--"])
+        };
+        assert_eq!(switched, [prefix, cmd].concat());
+    }
 
     fn argv(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
