@@ -257,14 +257,27 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         return fail(format!("refused: {}", failed.join("; ")));
     }
     // The node the target takes over from: the current primary if one is
-    // known, else (failover of a dead primary) the other configured node.
+    // known, else (failover of a dead primary) the other node of the pair;
+    // a replica is never it (a forced replica target takes over from the
+    // primary last seen).
     let target = &op.request.target;
+    let pair =
+        |n: &&pgwarden_core::view::NodeView| &n.name != target && !ctx.config.is_replica(&n.name);
+    let last_seen = ctx.view.last_primary.as_ref().map(|l| l.node.as_str());
     let old = ctx
         .view
         .nodes
         .iter()
-        .find(|n| &n.name != target && n.role == Role::Primary)
-        .or_else(|| ctx.view.nodes.iter().find(|n| &n.name != target))
+        .filter(pair)
+        .find(|n| n.role == Role::Primary)
+        .or_else(|| {
+            ctx.view
+                .nodes
+                .iter()
+                .filter(pair)
+                .find(|n| Some(n.name.as_str()) == last_seen)
+        })
+        .or_else(|| ctx.view.nodes.iter().find(pair))
         .map(|n| n.name.clone());
     if let Some(old) = old {
         op.facts.insert("old_primary".into(), old);
