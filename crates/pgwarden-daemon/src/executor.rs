@@ -37,7 +37,11 @@ pub struct StepContext {
 const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `check` until it yields `Some`, or `None` after `deadline`.
-async fn wait_for<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
+pub(crate) async fn wait_for<T, F, Fut>(
+    deadline: Duration,
+    every: Duration,
+    mut check: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -75,6 +79,7 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
         StepName::SwitchApplication => switch_application(ctx, op).await,
         StepName::StartApplication => start_application(ctx, op).await,
+        StepName::RepointReplicas => crate::replicas::repoint_replicas(ctx, op).await,
         StepName::Done => done(op),
         other => fail(format!(
             "step {other:?} belongs to another kind of operation"

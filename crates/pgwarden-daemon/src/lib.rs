@@ -19,6 +19,7 @@ mod operations;
 mod page;
 mod poller;
 mod rejoin;
+mod replicas;
 mod server;
 mod stale;
 pub mod tls;

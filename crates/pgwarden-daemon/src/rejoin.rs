@@ -1,6 +1,8 @@
 //! The steps of a rejoin: turn this daemon's own node (a former primary, or
 //! a node with an empty data directory) into the synchronous standby of the
-//! current primary. Run by the node's own daemon, since it rewrites the data
+//! current primary, or, for a `role: replica` node, into an asynchronous
+//! replica of it (its own application_name, no slot, never in
+//! synchronous_standby_names). Run by the node's own daemon, since it rewrites the data
 //! directory; another daemon forwards the request.
 //!
 //! The data directory is rebuilt with pg_rewind when it allows it (wal_log_hints
@@ -48,8 +50,13 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
         StepName::WaitStreaming => wait_streaming(ctx, op).await,
         StepName::EnableSynchronous => enable_synchronous(ctx, op).await,
         StepName::Done => ok(format!(
-            "{} is the synchronous standby of {}",
+            "{} is the {} of {}",
             ctx.config.local_node,
+            if ctx.config.local().is_replica() {
+                "asynchronous replica"
+            } else {
+                "synchronous standby"
+            },
             op.facts
                 .get("primary")
                 .map(String::as_str)
@@ -118,8 +125,11 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Err(o) => return o,
     };
     let pnode = ctx.effects.node(&primary);
-    if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
-        return fail(format!("the replication slot on {primary}: {e}"));
+    // The pair's slot is the standby's; a replica streams without one.
+    if !ctx.config.local().is_replica() {
+        if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
+            return fail(format!("the replication slot on {primary}: {e}"));
+        }
     }
     // What the operator asked for (kept across resumes: `method` becomes
     // the method chosen).
@@ -370,12 +380,20 @@ async fn basebackup(
             new.display().to_string(),
             "-X".into(),
             "stream".into(),
-            "-S".into(),
-            r.slot.clone(),
             "-c".into(),
             "fast".into(),
             "-w".into(),
-        ],
+        ]
+        .into_iter()
+        // A replica copies over a temporary slot: the pair's slot is in
+        // use by the standby.
+        .chain(
+            (!ctx.config.local().is_replica())
+                .then(|| ["-S".to_owned(), r.slot.clone()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect(),
     );
     let pw = ctx.effects.replication_password();
     let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
@@ -435,6 +453,44 @@ fn set_auto_conf(text: &str, settings: &[(&str, Option<String>)]) -> String {
     out.join("\n") + "\n"
 }
 
+/// The `primary_conninfo` of this daemon's node streaming from `primary`,
+/// under the node's own application_name (the standby's is
+/// `replication.application_name`, a replica's its own, so neither is ever
+/// taken for the other in `synchronous_standby_names`).
+pub(crate) fn primary_conninfo(
+    ctx_config: &Config,
+    effects: &crate::effects::Effects,
+    primary: &pgwarden_core::config::NodeConfig,
+) -> String {
+    let r = &ctx_config.replication;
+    let me = ctx_config.local();
+    let mut conninfo = format!(
+        "host={} port={} user={} application_name={}",
+        primary.host,
+        primary.port,
+        r.user,
+        me.walreceiver_name(r)
+    );
+    if let Some(pw) = effects.replication_password() {
+        // In postgresql.auto.conf (0600, the data directory owner's), as
+        // pg_basebackup -R writes it; pgwarden never reports it.
+        conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
+    }
+    conninfo
+}
+
+/// Sets `settings` in this node's postgresql.auto.conf (other lines kept),
+/// owned like its data directory. Takes effect at the next start, or the
+/// next reload for primary_conninfo and primary_slot_name (PostgreSQL 13+).
+pub(crate) fn write_auto_conf(
+    dir: &Path,
+    settings: &[(&str, Option<String>)],
+) -> std::io::Result<()> {
+    let auto = dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).unwrap_or_default();
+    copy_bytes_owned(&auto, set_auto_conf(&text, settings).as_bytes(), dir)
+}
+
 fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let dir = match data_dir(&ctx.config) {
         Ok(d) => d,
@@ -445,27 +501,19 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
         return fail("the journal lacks the primary");
     };
     let r = &ctx.config.replication;
-    let mut conninfo = format!(
-        "host={} port={} user={} application_name={}",
-        p.host, p.port, r.user, r.application_name
-    );
-    if let Some(pw) = ctx.effects.replication_password() {
-        // In postgresql.auto.conf (0600, the data directory owner's), as
-        // pg_basebackup -R writes it; pgwarden never reports it.
-        conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
-    }
-    let auto = dir.join("postgresql.auto.conf");
-    let text = std::fs::read_to_string(&auto).unwrap_or_default();
-    let updated = set_auto_conf(
-        &text,
+    let me = ctx.config.local();
+    let conninfo = primary_conninfo(&ctx.config, &ctx.effects, p);
+    let slot = (!me.is_replica()).then(|| r.slot.clone());
+    let write = write_auto_conf(
+        &dir,
         &[
             ("primary_conninfo", Some(conninfo)),
-            ("primary_slot_name", Some(r.slot.clone())),
+            ("primary_slot_name", slot.clone()),
             // A standby must not wait for standbys of its own.
             ("synchronous_standby_names", None),
         ],
-    );
-    let write = copy_bytes_owned(&auto, updated.as_bytes(), &dir).and_then(|_| {
+    )
+    .and_then(|_| {
         let signal = dir.join("standby.signal");
         if signal.exists() {
             Ok(())
@@ -475,8 +523,14 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
     });
     match write {
         Ok(()) => ok(format!(
-            "standby.signal written; primary_conninfo -> {}:{} as application_name {}, primary_slot_name {}",
-            p.host, p.port, r.application_name, r.slot
+            "standby.signal written; primary_conninfo -> {}:{} as application_name {}, {}",
+            p.host,
+            p.port,
+            me.walreceiver_name(r),
+            match slot {
+                Some(slot) => format!("primary_slot_name {slot}"),
+                None => "no slot (an asynchronous replica)".to_owned(),
+            }
         )),
         Err(e) => fail(format!("cannot configure {}: {e}", dir.display())),
     }
@@ -552,17 +606,26 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
 
 async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let primary = op.facts.get("primary").cloned().unwrap_or_default();
-    let node = ctx.effects.node(&primary);
-    let app = &ctx.config.replication.application_name;
-    if let Err(e) =
-        crate::operations::require_synchronous(&node, app, Duration::from_secs(60)).await
-    {
-        return fail(e);
-    }
-    let mut msg = format!(
-        "{primary} waits for {} (sync_state = sync)",
-        ctx.config.local_node
-    );
+    let mut msg = if ctx.config.local().is_replica() {
+        // Never in synchronous_standby_names: a replica's absence must not
+        // block the primary's commits.
+        format!(
+            "{} is a replica: it stays asynchronous, outside synchronous_standby_names",
+            ctx.config.local_node
+        )
+    } else {
+        let node = ctx.effects.node(&primary);
+        let app = &ctx.config.replication.application_name;
+        if let Err(e) =
+            crate::operations::require_synchronous(&node, app, Duration::from_secs(60)).await
+        {
+            return fail(e);
+        }
+        format!(
+            "{primary} waits for {} (sync_state = sync)",
+            ctx.config.local_node
+        )
+    };
     // Only now is the replacement proven: the old directory may go.
     if let Some(old) = op.facts.get("old_data_dir").map(PathBuf::from) {
         if op.facts.get("keep_old_data").map(String::as_str) == Some("true") {

@@ -16,8 +16,10 @@ pub mod app;
 pub mod command;
 pub mod fsutil;
 pub mod node;
+pub mod replica;
 
 pub use node::{local_node_action, NodeState};
+pub use replica::follow_local;
 
 /// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
 const SQL_TIMEOUT: Duration = Duration::from_secs(60);
