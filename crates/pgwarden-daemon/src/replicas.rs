@@ -33,9 +33,11 @@ pub async fn repoint_replicas(ctx: &StepContext, op: &mut Operation) -> StepOutc
         Some(t) => t,
         None => match ctx.effects.node(&target).timeline().await {
             Ok(t) => t,
-            Err(e) => return StepOutcome::Failed(format!(
+            Err(e) => {
+                return StepOutcome::Failed(format!(
                 "the new primary's timeline is unknown, so no replica can be verified on it: {e}"
-            )),
+            ))
+            }
         },
     };
     let replicas: Vec<&NodeConfig> = ctx.config.replicas().filter(|r| r.name != target).collect();
