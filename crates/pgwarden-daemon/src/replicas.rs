@@ -58,7 +58,7 @@ pub async fn repoint_replicas(ctx: &StepContext, op: &mut Operation) -> StepOutc
                 op.facts
                     .insert(format!("replica_{}_repointed_ms", r.name), ms.to_string());
                 lines.push(format!(
-                    "{} streams from {target} on timeline {timeline} ({ms} ms after the re-point)",
+                    "{} streams from {target} on timeline {timeline} ({ms} ms from the re-point request)",
                     r.name
                 ));
             }
