@@ -328,3 +328,126 @@ fn a_rejoin_clones_a_replica_outside_synchronous_standby_names() {
     }
     env.assert_invariants(&app, 0);
 }
+
+#[test]
+fn a_replica_that_cannot_follow_fails_nothing_and_is_rebuilt_later() {
+    let (mut env, app) = with_replica();
+    app.wait_acks(5);
+    // The replica's host is gone: PostgreSQL and its daemon.
+    env.daemons[RO].kill();
+    env.cluster.stop_node(RO, StopMode::Immediate).unwrap();
+    env.wait_health(0, "ro-1 down", env.within_polls(6), |c, h| {
+        c == 200 && has_problem(h, "node_down", Some("ro-1"))
+    });
+    // A silent replica host without the application needs no fenced_hosts.
+    let r = env.daemons[0].post(
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "maintenance"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let step = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "repoint_replicas")
+        .cloned()
+        .unwrap();
+    assert_eq!(step["state"], "succeeded", "{step}");
+    let message = step["message"].as_str().unwrap();
+    assert!(message.contains("ro-1 is NOT re-pointed"), "{message}");
+    assert!(message.contains("pgwarden rejoin ro-1"), "{message}");
+    assert_eq!(op["facts"]["replicas_not_repointed"], "ro-1", "{op}");
+    env.assert_invariants(&app, 1);
+    // Until then a warning (pg-a, stopped by the switchover, is the pair's
+    // critical problem until it is rejoined).
+    let h = env.wait_health(1, "the replica's warning", env.within_polls(6), |_, h| {
+        has_problem(h, "replica_not_streaming", Some("ro-1"))
+    });
+    for p in h["problems"].as_array().unwrap() {
+        if p["node"] == "ro-1" {
+            assert_eq!(p["severity"], "warning", "{h}");
+        }
+    }
+
+    // The host is back, still following the old primary (stopped): a
+    // rejoin points it at the current one.
+    env.cluster.start_node(RO).unwrap();
+    env.restart_daemon(RO, &[]);
+    let r = env.daemons[1].post(
+        "/v1/rejoin?wait=true",
+        r#"{"node": "ro-1", "reason": "back"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[RO].log_text());
+    assert_eq!(r.json()["state"], "succeeded", "{}", r.body);
+    poll_until(Duration::from_secs(30), "ro-1 to stream from pg-b", || {
+        (receiver(&env, RO) == format!("streaming|{}|2", env.cluster.node(1).port)).then_some(())
+    })
+    .unwrap();
+    assert_follows(&env, 1, 2);
+}
+
+#[test]
+fn a_forced_failover_to_the_replica_is_the_last_resort() {
+    let (env, app) = with_replica();
+    app.wait_acks(5);
+    // The primary and its standby are both lost.
+    env.cluster.stop_node(1, StopMode::Immediate).unwrap();
+    env.cluster.stop_node(0, StopMode::Immediate).unwrap();
+    env.wait_health(RO, "both down", env.within_polls(6), |_, h| {
+        has_problem(h, "node_down", Some("pg-a")) && has_problem(h, "node_down", Some("pg-b"))
+    });
+    let r = env.daemons[RO].post(
+        "/v1/failover?wait=true",
+        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 422, "unforced: {}", r.body);
+    let r = env.daemons[RO].post(
+        "/v1/failover?wait=true",
+        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost", "force": true}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[RO].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    // The loss report, as for a standby: what it lacked of the primary's last sight.
+    let lost: u64 = op["facts"]["bytes_possibly_lost"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no loss report: {op}"));
+    println!("forced failover to the replica: bytes_possibly_lost = {lost}");
+    let preflight = op["steps"][0]["message"].as_str().unwrap();
+    assert!(
+        preflight.contains("ro-1 is a `role: replica` node")
+            && preflight.contains("(ignored: force)"),
+        "{preflight}"
+    );
+    assert_eq!(op["facts"]["old_primary"], "pg-a", "{op}");
+    assert_eq!(
+        env.cluster.psql(RO, "SELECT pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    assert_eq!(app.ctl("is-running").0, 0, "the application runs");
+    let cfg = std::fs::read_to_string(&app.config_file).unwrap();
+    assert!(
+        cfg.contains(&format!("port={}\n", env.cluster.node(RO).port)),
+        "{cfg}"
+    );
+    poll_until(
+        env.within_polls(4),
+        "/primary on ro-1's daemon only",
+        || {
+            let codes: Vec<u16> = env
+                .daemons
+                .iter()
+                .map(|d| d.get("/primary").status)
+                .collect();
+            (codes == [503, 503, 200]).then_some(())
+        },
+    )
+    .unwrap();
+}

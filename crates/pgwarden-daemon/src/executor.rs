@@ -205,6 +205,11 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
 /// gone since, the step that needs it finds out and fails. One the check did
 /// not hear is asked again now, unless the operator confirmed its host
 /// fenced already (`confirmed`), which makes its silence accepted anyway.
+///
+/// A `role: replica` host without an application instance is left out: the
+/// operation changes nothing there before `repoint_replicas`, which reports
+/// a silent one instead of failing, and its PostgreSQL is polled like any
+/// node (a promoted replica is a split brain).
 pub async fn silent_hosts(
     config: &Config,
     effects: &Arc<Effects>,
@@ -213,7 +218,15 @@ pub async fn silent_hosts(
 ) -> Vec<String> {
     let mut silent = Vec::new();
     let mut unchecked = Vec::new();
-    for n in config.nodes.iter().filter(|n| n.name != config.local_node) {
+    let app_hosts = config
+        .application
+        .as_ref()
+        .map(|a| a.hosts(&config.nodes))
+        .unwrap_or_default();
+    let verified = |n: &&pgwarden_core::config::NodeConfig| {
+        n.name != config.local_node && (!n.is_replica() || app_hosts.contains(&n.name))
+    };
+    for n in config.nodes.iter().filter(verified) {
         match view.node(&n.name).and_then(|v| v.daemon_answered) {
             Some(true) => {}
             _ if confirmed.contains(&n.name) => silent.push(n.name.clone()),
