@@ -213,6 +213,43 @@ pub struct NodeConfig {
     /// pgwarden must run as root or as that owner.
     #[serde(default)]
     pub os_user: Option<String>,
+    /// `member` (default): one of the primary/standby pair. `replica`: an
+    /// asynchronous read-only replica (DESIGN.md "More than two nodes"),
+    /// never in synchronous_standby_names, never a target unless forced.
+    #[serde(default)]
+    pub role: NodeRole,
+    /// The application_name this node's walreceiver connects with, which is
+    /// how its `pg_stat_replication` row is told apart from the others on
+    /// one address. Replicas only (default: the node's name); the pair's
+    /// standby connects as `replication.application_name`.
+    #[serde(default)]
+    pub application_name: Option<String>,
+}
+
+/// `nodes[].role`: whether a node belongs to the failover pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// The primary or its synchronous standby (exactly two nodes).
+    #[default]
+    Member,
+    /// An asynchronous read-only replica of the primary.
+    Replica,
+}
+
+impl NodeConfig {
+    pub fn is_replica(&self) -> bool {
+        self.role == NodeRole::Replica
+    }
+
+    /// The application_name in this node's `primary_conninfo`, and so in its
+    /// `pg_stat_replication` row on the primary.
+    pub fn walreceiver_name<'a>(&'a self, replication: &'a ReplicationConfig) -> &'a str {
+        match self.role {
+            NodeRole::Member => &replication.application_name,
+            NodeRole::Replica => self.application_name.as_deref().unwrap_or(&self.name),
+        }
+    }
 }
 
 /// The application (inmanta-server) that is fenced before a switch.
@@ -497,17 +534,25 @@ impl Config {
                 "cluster: give the cluster a name, e.g. `inmanta`".into(),
             );
         }
-        if self.nodes.len() < 2 {
+        let members = self.members().count();
+        if members < 2 {
             bad(
                 vec![key("nodes")],
                 format!(
-                    "nodes: list at least two nodes (a primary and a standby); found {}",
-                    self.nodes.len()
+                    "nodes: list at least two nodes (a primary and a standby) that are not `role: replica`; found {members}"
+                ),
+            );
+        } else if members > 2 {
+            bad(
+                vec![key("nodes")],
+                format!(
+                    "nodes: the primary/standby pair is two nodes, found {members} without `role: replica`: give every further node `role: replica` (an asynchronous read-only replica)"
                 ),
             );
         }
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
+        let mut walreceivers = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let at = |k: &str| vec![key("nodes"), PathSeg::Index(i), key(k)];
             if !valid_name(&n.name) {
@@ -565,6 +610,40 @@ impl Config {
             for (k, cmd) in [("start", &n.start), ("stop", &n.stop)] {
                 if let Some(cmd) = cmd {
                     check_command(cmd, at(k), &format!("nodes[{i}].{k}"), &mut bad);
+                }
+            }
+            if let Some(app) = &n.application_name {
+                if !n.is_replica() {
+                    bad(
+                        at("application_name"),
+                        format!(
+                            "nodes[{i}].application_name: only a `role: replica` node has its own; the primary/standby pair connects as replication.application_name (`{}`)",
+                            self.replication.application_name
+                        ),
+                    );
+                } else if !valid_name(app) {
+                    bad(
+                        at("application_name"),
+                        format!("nodes[{i}].application_name `{app}` must be letters, digits, `-`, `_` or `.`"),
+                    );
+                }
+            }
+            if n.is_replica() {
+                let own = n.walreceiver_name(&self.replication);
+                if own == self.replication.application_name {
+                    bad(
+                        at(if n.application_name.is_some() { "application_name" } else { "name" }),
+                        format!(
+                            "nodes[{i}] is a replica connecting as `{own}`, the synchronous standby's application_name: synchronous_standby_names would make it synchronous; give it another application_name"
+                        ),
+                    );
+                } else if !walreceivers.insert(own.to_owned()) {
+                    bad(
+                        at(if n.application_name.is_some() { "application_name" } else { "name" }),
+                        format!(
+                            "nodes[{i}] connects as application_name `{own}` like another replica: each replica needs its own to be told apart in pg_stat_replication"
+                        ),
+                    );
                 }
             }
         }
@@ -674,6 +753,21 @@ impl Config {
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The two nodes of the primary/standby pair (not `role: replica`).
+    pub fn members(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| !n.is_replica())
+    }
+
+    /// The `role: replica` nodes.
+    pub fn replicas(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.is_replica())
+    }
+
+    /// Whether `name` is a configured `role: replica` node.
+    pub fn is_replica(&self, name: &str) -> bool {
+        self.node(name).is_some_and(NodeConfig::is_replica)
     }
 }
 
@@ -1019,6 +1113,74 @@ application:
             "{e}"
         );
         assert_eq!(e.problems[0].line, 31, "{e}");
+    }
+
+    const REPLICA: &str = "  - name: ro-1\n    host: 10.0.0.3\n    port: 5432\n    role: replica\n";
+
+    fn with_nodes(extra: &str) -> String {
+        EXAMPLE.replace("application:\n", &format!("{extra}application:\n"))
+    }
+
+    #[test]
+    fn a_replica_connects_as_its_own_name() {
+        let c = Config::parse_str("x", &with_nodes(REPLICA)).unwrap();
+        let ro = c.node("ro-1").unwrap();
+        assert!(ro.is_replica() && c.is_replica("ro-1") && !c.is_replica("pg-b"));
+        assert_eq!(ro.walreceiver_name(&c.replication), "ro-1");
+        assert_eq!(
+            c.node("pg-b").unwrap().walreceiver_name(&c.replication),
+            "inmanta"
+        );
+        assert_eq!(c.members().count(), 2);
+        let named = format!("{REPLICA}    application_name: reports\n");
+        let c = Config::parse_str("x", &with_nodes(&named)).unwrap();
+        assert_eq!(
+            c.node("ro-1").unwrap().walreceiver_name(&c.replication),
+            "reports"
+        );
+    }
+
+    #[test]
+    fn the_pair_stays_two_nodes() {
+        let third = REPLICA.replace("    role: replica\n", "");
+        let e = err(&with_nodes(&third));
+        assert!(
+            e.to_string().contains("found 3 without `role: replica`"),
+            "{e}"
+        );
+        let lone = EXAMPLE.replace(
+            "    api: http://10.0.0.2:8008\n",
+            "    api: http://10.0.0.2:8008\n    role: replica\n",
+        );
+        let e = err(&lone);
+        assert!(e.to_string().contains("at least two nodes"), "{e}");
+    }
+
+    #[test]
+    fn a_replica_never_shares_the_standby_application_name() {
+        let e = err(&with_nodes(&format!(
+            "{REPLICA}    application_name: inmanta\n"
+        )));
+        assert!(e.to_string().contains("would make it synchronous"), "{e}");
+        let two = format!(
+            "{REPLICA}{}",
+            REPLICA
+                .replace("ro-1", "ro-2")
+                .replace("10.0.0.3", "10.0.0.4")
+        );
+        let clash = two.replacen(
+            "    role: replica\n",
+            "    role: replica\n    application_name: ro-2\n",
+            1,
+        );
+        let e = err(&with_nodes(&clash));
+        assert!(e.to_string().contains("like another replica"), "{e}");
+        let member_named = EXAMPLE.replace(
+            "    api: http://10.0.0.2:8008\n",
+            "    api: http://10.0.0.2:8008\n    application_name: other\n",
+        );
+        let e = err(&member_named);
+        assert!(e.to_string().contains("only a `role: replica` node"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub enum ProblemCode {
     /// This daemon has not polled the node yet (it just started): what the
     /// node is, is unknown, and unknown is not healthy.
     NodeNotPolled,
+    /// A `role: replica` node does not stream from the primary, or streams
+    /// on another timeline. A warning: the pair is unaffected.
+    ReplicaNotStreaming,
+    /// A `role: replica` node is further behind than `health.max_lag_*`.
+    ReplicaLagHigh,
 }
 
 impl ProblemCode {
@@ -88,6 +93,8 @@ impl ProblemCode {
             ProblemCode::StalePrimaryNotStopped => "stale_primary_not_stopped",
             ProblemCode::PrimaryIsolated => "primary_isolated",
             ProblemCode::NodeNotPolled => "node_not_polled",
+            ProblemCode::ReplicaNotStreaming => "replica_not_streaming",
+            ProblemCode::ReplicaLagHigh => "replica_lag_high",
         }
     }
 }
@@ -135,16 +142,29 @@ fn warning(code: ProblemCode, node: Option<&str>, message: String) -> Problem {
 }
 
 /// Every problem of `view`, in a stable order (cluster-wide first, then by node).
+///
+/// A `role: replica` node's own trouble (not polled, down, not streaming,
+/// behind) is a warning: the pair still fails over and serves writes without
+/// it, so it must not turn `/health` 503 nor block an operation. What makes
+/// a replica dangerous (it accepts writes: split brain; it is another
+/// cluster: system identifier) stays critical.
 pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
     use ProblemCode::*;
     let mut out = Vec::new();
+    let severe = |name: &str| {
+        if config.is_replica(name) {
+            warning
+        } else {
+            critical
+        }
+    };
 
     for n in view
         .nodes
         .iter()
         .filter(|n| n.polled_at.is_none() && n.snapshot.is_none() && n.consecutive_failures == 0)
     {
-        out.push(critical(
+        out.push(severe(&n.name)(
             NodeNotPolled,
             Some(&n.name),
             format!(
@@ -155,7 +175,7 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
     }
 
     for n in view.nodes.iter().filter(|n| n.down) {
-        out.push(critical(
+        out.push(severe(&n.name)(
             NodeDown,
             Some(&n.name),
             format!(
@@ -340,6 +360,10 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
         if n.role == Role::Primary {
             continue; // already reported as split brain
         }
+        if config.is_replica(name) {
+            out.extend(replica_problems(config, primary, p, n));
+            continue;
+        }
         if let Some(s) = &n.snapshot {
             if s.timeline != p.timeline {
                 out.push(critical(
@@ -406,6 +430,76 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
                     ),
                 ));
             }
+        }
+    }
+    out
+}
+
+/// A replica's problems (warnings): it streams from the primary on its
+/// timeline, within `health.max_lag_*`.
+fn replica_problems(
+    config: &Config,
+    primary: &crate::view::NodeView,
+    p: &crate::snapshot::NodeSnapshot,
+    n: &crate::view::NodeView,
+) -> Vec<Problem> {
+    use ProblemCode::*;
+    let (name, pname) = (n.name.as_str(), primary.name.as_str());
+    let mut out = Vec::new();
+    if let Some(s) = &n.snapshot {
+        if s.timeline != p.timeline {
+            out.push(warning(
+                ReplicaNotStreaming,
+                Some(name),
+                format!(
+                    "replica {name} is on timeline {} but the primary {pname} is on timeline {}: re-point it (or rebuild it with `pgwarden rejoin {name}`)",
+                    s.timeline, p.timeline
+                ),
+            ));
+        }
+    }
+    match primary.replication.iter().find(|l| l.standby == name) {
+        Some(l) if l.streaming => {
+            let behind = if l.lag_bytes.replay > config.health.max_lag_bytes {
+                Some(format!(
+                    "{} (limit health.max_lag_bytes = {})",
+                    human_bytes(l.lag_bytes.replay),
+                    human_bytes(config.health.max_lag_bytes)
+                ))
+            } else {
+                l.row
+                    .replay_lag_seconds
+                    .filter(|secs| *secs > config.health.max_lag_time.as_secs_f64())
+                    .map(|secs| {
+                        format!(
+                            "{secs:.1}s (limit health.max_lag_time = {}s)",
+                            config.health.max_lag_time.as_secs()
+                        )
+                    })
+            };
+            if let Some(behind) = behind {
+                out.push(warning(
+                    ReplicaLagHigh,
+                    Some(name),
+                    format!("replica {name} replays {behind} behind the primary {pname}: reads there are stale"),
+                ));
+            }
+        }
+        other => {
+            let state = other
+                .and_then(|l| l.row.state.clone())
+                .map(|s| format!("its replication is in state {s}"))
+                .unwrap_or_else(|| "it has no replication connection".into());
+            let why = if n.down || !n.reachable {
+                " and the node does not answer"
+            } else {
+                ""
+            };
+            out.push(warning(
+                ReplicaNotStreaming,
+                Some(name),
+                format!("replica {name} is not streaming from the primary {pname}: {state}{why}"),
+            ));
         }
     }
     out
@@ -788,6 +882,96 @@ mod tests {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+    }
+
+    /// The reported layout: pg-a primary, pg-b its sync standby streaming as
+    /// `inmanta`, ro-1 an async replica, all on 127.0.0.1.
+    fn three(replica_row: Option<&str>, ro: NodeObservation) -> Vec<NodeObservation> {
+        let mut p = primary();
+        p.replication[0].client_addr = Some("127.0.0.1".into());
+        if let Some(state) = replica_row {
+            let mut row = p.replication[0].clone();
+            row.application_name = "ro-1".into();
+            row.sync_state = Some("async".into());
+            row.state = Some(state.into());
+            p.replication.push(row);
+        }
+        vec![ok(p), ok(standby()), ro]
+    }
+
+    fn problems_of(
+        obs: &[NodeObservation],
+    ) -> (bool, Vec<(ProblemCode, Severity, Option<String>)>) {
+        let c = crate::view::tests::config_with_replica();
+        let v = ClusterView::build(&c, obs);
+        let list = v
+            .problems
+            .iter()
+            .map(|p| (p.code, p.severity, p.node.clone()))
+            .collect();
+        (v.healthy, list)
+    }
+
+    #[test]
+    fn a_streaming_replica_leaves_the_pair_healthy() {
+        let (healthy, list) = problems_of(&three(Some("streaming"), ok(standby())));
+        assert!(healthy && list.is_empty(), "{list:?}");
+        let v = ClusterView::build(
+            &crate::view::tests::config_with_replica(),
+            &three(Some("streaming"), ok(standby())),
+        );
+        assert_eq!(v.nodes[2].role, crate::view::Role::Replica);
+        assert_eq!(v.nodes[1].role, crate::view::Role::Standby);
+    }
+
+    #[test]
+    fn a_replica_in_trouble_is_a_warning() {
+        let ro = Some("ro-1".to_owned());
+        let (healthy, list) = problems_of(&three(None, ok(standby())));
+        assert!(healthy, "{list:?}");
+        assert_eq!(
+            list,
+            vec![(ReplicaNotStreaming, Severity::Warning, ro.clone())]
+        );
+
+        let (healthy, list) = problems_of(&three(None, failed(3)));
+        assert!(healthy, "{list:?}");
+        assert_eq!(
+            list,
+            vec![
+                (NodeDown, Severity::Warning, ro.clone()),
+                (ReplicaNotStreaming, Severity::Warning, ro.clone())
+            ]
+        );
+
+        let mut obs = three(Some("streaming"), ok(standby()));
+        obs[0].snapshot.as_mut().unwrap().replication[1].replay_lsn = Lsn::parse("0/1000000");
+        let (healthy, list) = problems_of(&obs);
+        assert!(healthy, "{list:?}");
+        assert_eq!(list, vec![(ReplicaLagHigh, Severity::Warning, ro.clone())]);
+
+        let mut old_timeline = standby();
+        old_timeline.timeline = 0;
+        let (_, list) = problems_of(&three(Some("streaming"), ok(old_timeline)));
+        assert_eq!(
+            list,
+            vec![(ReplicaNotStreaming, Severity::Warning, ro.clone())]
+        );
+
+        let (healthy, list) = problems_of(&three(Some("streaming"), NodeObservation::default()));
+        assert!(healthy, "{list:?}");
+        assert_eq!(list, vec![(NodeNotPolled, Severity::Warning, ro.clone())]);
+    }
+
+    #[test]
+    fn a_promoted_replica_is_a_split_brain() {
+        let (healthy, list) = problems_of(&three(None, ok(promoted(standby()))));
+        assert!(!healthy);
+        assert!(
+            list.iter()
+                .any(|(c, s, _)| *c == SplitBrain && *s == Severity::Critical),
+            "{list:?}"
+        );
     }
 }
 

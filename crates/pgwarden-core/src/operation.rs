@@ -67,6 +67,20 @@ impl OperationKind {
     }
 }
 
+impl OperationKind {
+    /// The steps of this kind for a cluster with (`replicas`) or without
+    /// `role: replica` nodes: a failover or switchover then re-points them
+    /// after the application is back (the pair comes first; a replica that
+    /// cannot follow is reported, and fails nothing).
+    pub fn plan(self, replicas: bool) -> Vec<StepName> {
+        let mut steps = self.steps().to_vec();
+        if replicas && self != OperationKind::Rejoin {
+            steps.insert(steps.len() - 1, StepName::RepointReplicas);
+        }
+        steps
+    }
+}
+
 impl fmt::Display for OperationKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -90,6 +104,9 @@ pub enum StepName {
     StartStandby,
     WaitStreaming,
     EnableSynchronous,
+    /// Point every `role: replica` node at the new primary (failover and
+    /// switchover of a cluster with replicas).
+    RepointReplicas,
     Done,
 }
 
@@ -179,8 +196,18 @@ pub enum StepOutcome {
 
 impl Operation {
     pub fn new(id: String, kind: OperationKind, request: Request, now: &str) -> Operation {
-        let steps = kind
-            .steps()
+        Operation::planned(id, kind, request, now, kind.steps())
+    }
+
+    /// A new operation with the steps of `plan` (see [`OperationKind::plan`]).
+    pub fn planned(
+        id: String,
+        kind: OperationKind,
+        request: Request,
+        now: &str,
+        plan: &[StepName],
+    ) -> Operation {
+        let steps = plan
             .iter()
             .map(|&name| Step {
                 name,
@@ -343,6 +370,32 @@ mod tests {
             fenced_hosts: Vec::new(),
         };
         Operation::new("op-1".into(), kind, req, "t0")
+    }
+
+    #[test]
+    fn replicas_are_re_pointed_after_the_application_is_back() {
+        use StepName::*;
+        let plan = OperationKind::Switchover.plan(true);
+        assert_eq!(
+            &plan[plan.len() - 3..],
+            [StartApplication, RepointReplicas, Done]
+        );
+        assert_eq!(
+            OperationKind::Failover.plan(false),
+            OperationKind::Failover.steps()
+        );
+        assert_eq!(
+            OperationKind::Rejoin.plan(true),
+            OperationKind::Rejoin.steps()
+        );
+        let req = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force: false,
+            fenced_hosts: Vec::new(),
+        };
+        let o = Operation::planned("op-1".into(), OperationKind::Failover, req, "t0", &plan);
+        assert_eq!(o.steps.len(), plan.len());
     }
 
     fn run_all(o: &mut Operation) {

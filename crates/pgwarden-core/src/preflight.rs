@@ -152,6 +152,10 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
             "target_is_standby",
             format!("{target} is a reachable standby"),
         ),
+        (true, Role::Replica) => pass(
+            "target_is_standby",
+            format!("{target} is a reachable replica"),
+        ),
         (true, Role::Primary) => fail(
             "target_is_standby",
             format!("{target} is already a primary"),
@@ -165,13 +169,32 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         ),
     });
 
-    // The node(s) the target takes over from.
-    let others: Vec<_> = view.nodes.iter().filter(|n| n.name != target).collect();
+    // An asynchronous replica lacks whatever it had not yet received: only
+    // the operator, naming it and forcing, accepts that (Password Manager
+    // Pro's last resort when the primary and the standby are both gone).
+    if config.is_replica(target) {
+        out.push(forceable(
+            force,
+            "target_not_replica",
+            format!(
+                "{target} is a `role: replica` node, an asynchronous replica: commits acknowledged by the pair may be missing on it; promote the standby, or force to accept the loss"
+            ),
+        ));
+    }
+
+    // The node(s) the target takes over from: the pair, never a replica.
+    let others: Vec<_> = view
+        .nodes
+        .iter()
+        .filter(|n| n.name != target && !config.is_replica(&n.name))
+        .collect();
     let primary = others.iter().find(|n| n.role == Role::Primary);
 
     if let Some(ts) = &t.snapshot {
-        let mismatched: Vec<&str> = others
+        let mismatched: Vec<&str> = view
+            .nodes
             .iter()
+            .filter(|n| n.name != target)
             .filter(|n| {
                 n.snapshot
                     .as_ref()
@@ -929,5 +952,123 @@ application:
             check.message
         );
         assert!(passed(&checks));
+    }
+
+    fn with_replica() -> Config {
+        let text = crate::view::tests::config_with_replica();
+        let mut c = config();
+        c.nodes = text.nodes;
+        c
+    }
+
+    fn run_on(
+        c: &Config,
+        kind: OperationKind,
+        obs: &[NodeObservation],
+        target: &str,
+        force: bool,
+    ) -> Vec<Check> {
+        let mut p = primary();
+        let mut row = p.replication[0].clone();
+        row.application_name = "ro-1".into();
+        row.sync_state = Some("async".into());
+        p.replication.push(row);
+        let before = ClusterView::build(c, &[ok(p), ok(standby()), ok(standby())]);
+        let mut view = ClusterView::build(c, obs);
+        view.last_primary = LastPrimary::from_view(&before, "t0");
+        let request = Request {
+            target: target.into(),
+            reason: String::new(),
+            force,
+            fenced_hosts: Vec::new(),
+        };
+        preflight(&PreflightInput {
+            config: c,
+            view: &view,
+            kind,
+            request: &request,
+            open_operation: None,
+            shadows: &[],
+            config_file_blocker: None,
+            silent_hosts: &[],
+        })
+    }
+
+    #[test]
+    fn a_replica_beside_the_pair_changes_nothing_for_the_standby() {
+        let c = with_replica();
+        let checks = run_on(
+            &c,
+            OperationKind::Failover,
+            &[failed(3), ok(standby()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert!(
+            passed(&checks),
+            "the live replica is not an old primary to wait for: {checks:#?}"
+        );
+        assert!(checks.iter().all(|c| c.name != "target_not_replica"));
+        let mut p = primary();
+        let mut row = p.replication[0].clone();
+        row.application_name = "ro-1".into();
+        row.sync_state = Some("async".into());
+        p.replication.push(row);
+        let checks = run_on(
+            &c,
+            OperationKind::Switchover,
+            &[ok(p), ok(standby()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert!(passed(&checks), "{checks:#?}");
+    }
+
+    #[test]
+    fn a_replica_is_a_target_only_when_named_and_forced() {
+        let c = with_replica();
+        let both_gone = [failed(3), failed(3), ok(standby())];
+        let refused = run_on(&c, OperationKind::Failover, &both_gone, "ro-1", false);
+        assert_eq!(verdict(&refused, "target_not_replica"), Verdict::Fail);
+        assert_eq!(
+            verdict(&refused, "target_has_primary_wal"),
+            Verdict::Fail,
+            "it was not the synchronous standby"
+        );
+        assert!(!passed(&refused));
+        let forced = run_on(&c, OperationKind::Failover, &both_gone, "ro-1", true);
+        assert_eq!(verdict(&forced, "target_not_replica"), Verdict::Warn);
+        assert_eq!(verdict(&forced, "target_is_standby"), Verdict::Pass);
+        assert!(passed(&forced), "{forced:#?}");
+        let view = ClusterView::build(&c, &both_gone);
+        let mut view = view;
+        let mut p = primary();
+        p.current_lsn = Lsn::parse("0/3000248");
+        view.last_primary = LastPrimary::from_view(
+            &ClusterView::build(&c, &[ok(p), ok(standby()), ok(standby())]),
+            "t0",
+        );
+        assert_eq!(
+            bytes_possibly_lost(&view, "ro-1"),
+            Some(0x100),
+            "the loss report applies as for a standby"
+        );
+
+        let mut p = primary();
+        let mut row = p.replication[0].clone();
+        row.application_name = "ro-1".into();
+        row.sync_state = Some("async".into());
+        p.replication.push(row);
+        let live = [ok(p), ok(standby()), ok(standby())];
+        let refused = run_on(&c, OperationKind::Switchover, &live, "ro-1", false);
+        assert_eq!(verdict(&refused, "target_not_replica"), Verdict::Fail);
+        assert_eq!(verdict(&refused, "target_synchronous"), Verdict::Fail);
+        assert!(passed(&run_on(
+            &c,
+            OperationKind::Switchover,
+            &live,
+            "ro-1",
+            true
+        )));
     }
 }

@@ -120,10 +120,11 @@ pub fn isolation<'v>(view: &'v ClusterView, local: &str) -> Option<&'v str> {
         .map(|p| p.message.as_str())
 }
 
-/// `/replica` (without `lag`): the local node is a standby whose WAL
-/// receiver streams, by its own last poll.
+/// `/replica` (without `lag`): the local node is a standby, or a `role:
+/// replica` node (reads are what it is for), whose WAL receiver streams, by
+/// its own last poll.
 pub fn is_streaming_standby(me: &NodeView) -> bool {
-    me.role == Role::Standby
+    matches!(me.role, Role::Standby | Role::Replica)
         && me
             .snapshot
             .as_ref()
@@ -144,7 +145,7 @@ pub fn is_readable(view: &ClusterView, local: &str) -> bool {
 /// received anything yet).
 pub fn standby_lag(view: &ClusterView, local: &str) -> Option<Lag> {
     let me = view.node(local)?;
-    if me.role != Role::Standby {
+    if !matches!(me.role, Role::Standby | Role::Replica) {
         return None;
     }
     if let Some(link) = view.link_to(local) {

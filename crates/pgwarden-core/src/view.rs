@@ -36,6 +36,9 @@ pub struct NodeObservation {
 pub enum Role {
     Primary,
     Standby,
+    /// A `role: replica` node in recovery: an asynchronous read-only
+    /// replica, apart from the pair (a promoted replica is a `Primary`).
+    Replica,
     Unknown,
 }
 
@@ -44,6 +47,7 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Standby => "standby",
+            Role::Replica => "replica",
             Role::Unknown => "unknown",
         }
     }
@@ -128,6 +132,7 @@ impl ClusterView {
                     obs.snapshot = None;
                 }
                 let role = match &obs.snapshot {
+                    Some(s) if s.in_recovery && n.is_replica() => Role::Replica,
                     Some(s) if s.in_recovery => Role::Standby,
                     Some(_) => Role::Primary,
                     None => Role::Unknown,
@@ -272,22 +277,26 @@ fn link(config: &Config, on_node: &str, current: Option<Lsn>, row: &ReplicationR
 /// Which configured node a `pg_stat_replication` row on `on_node` belongs to.
 ///
 /// In order: an application_name equal to a node name (the Patroni
-/// convention); a client address equal to exactly one other node's host; the
-/// configured replication application_name when there is exactly one other
-/// node (the two-node case). Otherwise the row's own application_name.
+/// convention); an application_name that exactly one other node connects
+/// with (`replication.application_name` for the pair's standby,
+/// `nodes[].application_name` for a replica: on one address this is the
+/// only identity a row has); a client address equal to exactly one other
+/// node's host. Otherwise the row's own application_name.
 pub fn standby_name(config: &Config, on_node: &str, row: &ReplicationRow) -> String {
     let others: Vec<_> = config.nodes.iter().filter(|n| n.name != on_node).collect();
     if let Some(n) = others.iter().find(|n| n.name == row.application_name) {
         return n.name.clone();
     }
+    let by_identity: Vec<_> = others
+        .iter()
+        .filter(|n| n.walreceiver_name(&config.replication) == row.application_name)
+        .collect();
+    if let [only] = by_identity.as_slice() {
+        return only.name.clone();
+    }
     if let Some(addr) = &row.client_addr {
         let by_addr: Vec<_> = others.iter().filter(|n| &n.host == addr).collect();
         if let [only] = by_addr.as_slice() {
-            return only.name.clone();
-        }
-    }
-    if row.application_name == config.replication.application_name {
-        if let [only] = others.as_slice() {
             return only.name.clone();
         }
     }
@@ -378,6 +387,46 @@ nodes:
             standby_name(&c, "pg-a", &row),
             "other",
             "unknown: its own name"
+        );
+    }
+
+    /// The reported case: three nodes on one address, the standby streaming
+    /// as `inmanta`, the replica as `ro-1`.
+    pub fn config_with_replica() -> Config {
+        let text = r#"
+cluster: test
+local_node: pg-a
+listen: 127.0.0.1:8008
+state_dir: /tmp/x
+api_token_file: /tmp/token
+monitor: {user: pgwarden}
+replication: {slot: replication, application_name: inmanta, user: replication}
+nodes:
+  - {name: pg-a, host: 127.0.0.1, port: 5432}
+  - {name: pg-b, host: 127.0.0.1, port: 5433}
+  - {name: ro-1, host: 127.0.0.1, port: 5434, role: replica}
+"#;
+        Config::parse_str("test.yaml", text).unwrap()
+    }
+
+    #[test]
+    fn rows_on_one_address_are_matched_by_application_name() {
+        let c = config_with_replica();
+        let mut row = primary().replication[0].clone();
+        row.client_addr = Some("127.0.0.1".into());
+        assert_eq!(standby_name(&c, "pg-a", &row), "pg-b", "the standby's name");
+        assert_eq!(
+            standby_name(&c, "pg-b", &row),
+            "pg-a",
+            "after a switchover the old primary streams as inmanta"
+        );
+        row.application_name = "ro-1".into();
+        assert_eq!(standby_name(&c, "pg-a", &row), "ro-1");
+        row.application_name = "psql".into();
+        assert_eq!(
+            standby_name(&c, "pg-a", &row),
+            "psql",
+            "one address, three nodes: an unknown name stays unknown"
         );
     }
 

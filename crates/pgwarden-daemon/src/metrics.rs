@@ -29,6 +29,14 @@ pub struct Metrics {
     last_poll_timestamp_seconds: GaugeVec,
     node_up: IntGaugeVec,
     node_is_primary: IntGaugeVec,
+    /// The role the view gives each node (primary, standby, replica,
+    /// unknown): tells a `role: replica` node's series from the pair's.
+    node_role: IntGaugeVec,
+    /// Client sessions on each node, as an HA dashboard lists them.
+    node_sessions: IntGaugeVec,
+    /// 1 for a node configured `role: replica`, from the config, so
+    /// alerts about the pair leave replicas out even while they are down.
+    node_replica: IntGaugeVec,
     node_timeline: IntGaugeVec,
     node_wal_lsn_bytes: GaugeVec,
     node_replay_delay_seconds: GaugeVec,
@@ -90,6 +98,9 @@ impl Metrics {
             last_poll_timestamp_seconds: reg!(GaugeVec::new(opts("last_poll_timestamp_seconds", "Unix time of the last successful poll of the node (absent until one succeeded)."), node)),
             node_up: reg!(IntGaugeVec::new(opts("node_up", "1 unless the node missed poll.failure_threshold polls in a row."), node)),
             node_is_primary: reg!(IntGaugeVec::new(opts("node_is_primary", "1 when the node is up and not in recovery."), node)),
+            node_role: reg!(IntGaugeVec::new(opts("node_role", "1 for the node's role by the last poll: primary, standby (of the pair), replica (a role: replica node in recovery) or unknown."), &["node", "role"])),
+            node_replica: reg!(IntGaugeVec::new(opts("node_replica", "1 for a node configured `role: replica` (an asynchronous read-only replica beside the pair), else 0; from the config, always exported."), node)),
+            node_sessions: reg!(IntGaugeVec::new(opts("node_sessions", "Client sessions (client backends of every role) on the node at the last poll."), node)),
             node_timeline: reg!(IntGaugeVec::new(opts("node_timeline", "Timeline the node writes (primary) or receives (standby)."), node)),
             node_wal_lsn_bytes: reg!(GaugeVec::new(opts("node_wal_lsn_bytes", "WAL position in bytes: current (primary), receive and replay (standby)."), &["node", "kind"])),
             node_replay_delay_seconds: reg!(GaugeVec::new(opts("node_replay_delay_seconds", "Standby: 0 when all received WAL is replayed, else the age of the last replayed transaction."), node)),
@@ -126,6 +137,9 @@ impl Metrics {
             // Counters and histograms exist from the start, so rate() works
             // from the first scrape.
             m.poll_errors_total.with_label_values(&[&n.name]);
+            m.node_replica
+                .with_label_values(&[&n.name])
+                .set(i64::from(n.is_replica()));
         }
         m
     }
@@ -156,6 +170,8 @@ impl Metrics {
             &self.node_info,
             &self.node_up,
             &self.node_is_primary,
+            &self.node_role,
+            &self.node_sessions,
             &self.node_timeline,
             &self.replication_connected,
             &self.replication_sync,
@@ -185,7 +201,13 @@ impl Metrics {
             self.node_is_primary
                 .with_label_values(&[name])
                 .set(i64::from(n.role == Role::Primary));
+            self.node_role
+                .with_label_values(&[name, n.role.as_str()])
+                .set(1);
             let Some(s) = &n.snapshot else { continue };
+            self.node_sessions
+                .with_label_values(&[name])
+                .set(i64::from(s.sessions_by_role.values().sum::<u32>()));
             self.node_info
                 .with_label_values(&[
                     name,

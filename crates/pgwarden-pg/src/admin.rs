@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use pgwarden_core::snapshot::Lsn;
+use pgwarden_core::snapshot::{Lsn, WalReceiver};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::probe::Target;
@@ -303,18 +303,23 @@ impl Node {
         Ok(self.value(sql).await? == "t")
     }
 
-    /// The WAL receiver's status and timeline (`streaming`, 2), `None`
-    /// when there is no receiver.
-    pub async fn wal_receiver(&self) -> Result<Option<(String, u32)>, AdminError> {
-        let sql = "SELECT coalesce((SELECT status || ' ' || received_tli FROM pg_stat_wal_receiver), 'none')";
-        let v = self.value(sql).await?;
-        if v == "none" {
+    /// The WAL receiver (`pg_stat_wal_receiver`): its status, whom it
+    /// streams from and on which timeline; `None` when there is none.
+    pub async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError> {
+        let sql = "SELECT status, sender_host, sender_port::text, received_tli::text FROM pg_stat_wal_receiver";
+        let rows = self.query(sql).await?;
+        let Some(row) = rows.into_iter().next() else {
             return Ok(None);
-        }
-        v.split_once(' ')
-            .and_then(|(status, tli)| Some((status.to_owned(), tli.parse().ok()?)))
-            .map(Some)
-            .ok_or_else(|| self.answer(sql, &v))
+        };
+        let col = |i: usize| row.get(i).cloned().flatten();
+        Ok(Some(WalReceiver {
+            status: col(0).unwrap_or_default(),
+            sender_host: col(1),
+            sender_port: col(2).and_then(|p| p.parse().ok()),
+            slot_name: None,
+            received_tli: col(3).and_then(|t| t.parse().ok()),
+            flushed_lsn: None,
+        }))
     }
 
     /// Terminates every backend of `role`; returns how many were signalled.

@@ -58,6 +58,11 @@ pub struct ClusterOptions {
     pub application_name: String,
     /// Make the standby synchronous once it streams.
     pub synchronous: bool,
+    /// Asynchronous read-only replicas of the initial primary (pgwarden's
+    /// `role: replica`), after the pair in node order: each cloned like the
+    /// standby but without a slot, streaming under its own name as
+    /// application_name, never in synchronous_standby_names.
+    pub replicas: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +74,7 @@ impl Default for ClusterOptions {
             slot: "replication".to_string(),
             application_name: "inmanta".to_string(),
             synchronous: true,
+            replicas: Vec::new(),
         }
     }
 }
@@ -149,7 +155,7 @@ impl Secret {
     }
 }
 
-/// A running two-node cluster. Dropping it stops both servers (immediate mode) and, for a
+/// A running two-node cluster (plus any [`ClusterOptions::replicas`]). Dropping it stops the servers (immediate mode) and, for a
 /// temp dir, removes the directory; this also happens when a test panics.
 pub struct TestCluster {
     dir: PathBuf,
@@ -215,6 +221,7 @@ impl TestCluster {
         let nodes = opts
             .node_names
             .iter()
+            .chain(&opts.replicas)
             .map(|name| PgNode {
                 name: name.clone(),
                 host: "127.0.0.1".to_string(),
@@ -263,6 +270,14 @@ impl TestCluster {
         self.step("waiting for the standby to stream", |c| {
             c.wait_for_standby(0, false, REPLICATION_TIMEOUT)
         })?;
+        for i in 2..self.nodes.len() {
+            self.step("cloning a replica (pg_basebackup)", |c| c.clone_node(i))?;
+            self.step("starting a replica", |c| c.start_with_port_retry(i))?;
+            self.step("waiting for the replica to stream", |c| {
+                let name = c.nodes[i].name.clone();
+                c.wait_for_walreceiver(0, &name, false, REPLICATION_TIMEOUT)
+            })?;
+        }
         if self.opts.synchronous {
             // Done last: a synchronous primary without an attached standby blocks every
             // write, including the setup above.
@@ -390,22 +405,34 @@ impl TestCluster {
     }
 
     fn clone_standby(&mut self) -> Result<(), KitError> {
-        let (a, b) = (&self.nodes[0], &self.nodes[1]);
+        self.clone_node(1)
+    }
+
+    /// Clones node `i` from node 0: the standby (node 1) over the slot, a
+    /// replica over a temporary one.
+    fn clone_node(&mut self, i: usize) -> Result<(), KitError> {
+        let (a, b) = (&self.nodes[0], &self.nodes[i]);
+        let slot: &[&str] = if i == 1 {
+            &["-S", &self.opts.slot]
+        } else {
+            &[]
+        };
         self.server_cmd("pg_basebackup")
             .args(["-h", &a.host, "-p", &a.port.to_string()])
             .args(["-U", &self.creds.replication_user])
             .arg("-D")
             .arg(&b.data_dir)
-            .args(["-c", "fast", "-X", "stream", "-R", "-S", &self.opts.slot])
+            .args(["-c", "fast", "-X", "stream", "-R"])
+            .args(slot)
             .args(["--no-sync", "-w"])
             .env("PGPASSWORD", &self.creds.replication_password)
             .log(&a.log_file)
             .run()?;
 
-        self.nodes[1].port = free_port();
-        self.write_node_settings(1)?;
-        self.write_standby_settings(1, 0)?;
-        let b = &self.nodes[1];
+        self.nodes[i].port = free_port();
+        self.write_node_settings(i)?;
+        self.write_standby_settings(i, 0)?;
+        let b = &self.nodes[i];
         let signal_file = b.data_dir.join("standby.signal");
         if !signal_file.exists() {
             fs::write(&signal_file, "").ctx(|| format!("creating {}", signal_file.display()))?;
@@ -463,18 +490,30 @@ impl TestCluster {
     /// standby.signal. The password stays in primary_conninfo on purpose: pgwarden must
     /// strip it when reporting the setting, and tests check that. Takes effect on the next
     /// start (or reload, for these two settings on PostgreSQL 13+).
+    ///
+    /// A replica (node 2 and later) streams under its own name and without a slot.
     pub fn write_standby_settings(&self, i: usize, upstream: usize) -> Result<(), KitError> {
         let node = &self.nodes[i];
         let up = &self.nodes[upstream];
+        let (app, slot) = if self.is_replica(i) {
+            (node.name.as_str(), "")
+        } else {
+            (self.opts.application_name.as_str(), self.opts.slot.as_str())
+        };
         let conninfo = format!(
             "host={} port={} user={} password={} application_name={}",
             up.host,
             up.port,
             conninfo_value(&self.creds.replication_user),
             conninfo_value(&self.creds.replication_password),
-            conninfo_value(&self.opts.application_name),
+            conninfo_value(app),
         );
-        write_standby_conf(&node.data_dir, &conninfo, &self.opts.slot, &self.runner)
+        write_standby_conf(&node.data_dir, &conninfo, slot, &self.runner)
+    }
+
+    /// Node `i` is one of [`ClusterOptions::replicas`], not of the pair.
+    pub fn is_replica(&self, i: usize) -> bool {
+        i >= 2
     }
 
     // ---- accessors ---------------------------------------------------------------------
@@ -719,7 +758,18 @@ impl TestCluster {
         sync: bool,
         timeout: Duration,
     ) -> Result<(), KitError> {
-        let app = &self.opts.application_name;
+        self.wait_for_walreceiver(primary, &self.opts.application_name, sync, timeout)
+    }
+
+    /// Waits until node `primary`'s pg_stat_replication shows a walreceiver
+    /// named `app` streaming (and with `sync`, sync_state = 'sync').
+    pub fn wait_for_walreceiver(
+        &self,
+        primary: usize,
+        app: &str,
+        sync: bool,
+        timeout: Duration,
+    ) -> Result<(), KitError> {
         let want = if sync { "streaming|sync" } else { "streaming|" };
         let sql = format!(
             "SELECT state || '|' || {} FROM pg_stat_replication WHERE application_name = {}",
@@ -977,7 +1027,7 @@ pub(crate) fn hba(networks: &[&str]) -> String {
 
 fn validate_names(opts: &ClusterOptions) -> Result<(), KitError> {
     let [a, b] = &opts.node_names;
-    for name in [a, b] {
+    for name in [a, b].into_iter().chain(&opts.replicas) {
         let ok = !name.is_empty()
             && name != "."
             && name != ".."
@@ -995,6 +1045,12 @@ fn validate_names(opts: &ClusterOptions) -> Result<(), KitError> {
     if a == b {
         return Err(KitError::Environment(format!(
             "both nodes are named {a:?}; node names must differ"
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::from([a, b]);
+    if let Some(r) = opts.replicas.iter().find(|r| !seen.insert(*r)) {
+        return Err(KitError::Environment(format!(
+            "two nodes are named {r:?}; node names must differ"
         )));
     }
     if opts.slot.is_empty() || opts.application_name.is_empty() {

@@ -95,6 +95,9 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
             // The data directory belongs to postgres: the rebuild tools run as it.
             if is_root() { "    os_user: postgres\n" } else { "" },
         ));
+        if cluster.is_replica(i) {
+            y.push_str("    role: replica\n");
+        }
     }
     y.push_str(&layout.extra);
     y

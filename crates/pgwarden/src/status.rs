@@ -156,6 +156,7 @@ pub fn render(s: &Value) -> String {
         "ADDRESS",
         "ROLE",
         "STATE",
+        "SESSIONS",
         "TL",
         "WAL LSN",
         "REPLAY LAG",
@@ -174,7 +175,7 @@ pub fn render(s: &Value) -> String {
             } else {
                 "unreachable".to_string()
             }
-        } else if role == "standby" {
+        } else if role == "standby" || role == "replica" {
             snap["wal_receiver"]["status"]
                 .as_str()
                 .unwrap_or("not receiving")
@@ -197,7 +198,7 @@ pub fn render(s: &Value) -> String {
                 human(l["lag_bytes"]["replay"].as_u64().unwrap_or(0)),
                 str_of(&l["sync_state"]),
             ),
-            None if role == "standby" || n["reachable"] != true => {
+            None if role == "standby" || role == "replica" || n["reachable"] != true => {
                 ("-".into(), "not streaming".into())
             }
             None => ("-".into(), "-".into()),
@@ -207,9 +208,19 @@ pub fn render(s: &Value) -> String {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
         let addr = format!("{}:{}", str_of(&n["host"]), n["port"]);
-        rows.push([name, addr, role, state, tl, lsn, lag, sync]);
+        // Client sessions of every role, as an HA dashboard lists them.
+        let sessions = snap["sessions_by_role"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(Value::as_u64)
+                    .sum::<u64>()
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        rows.push([name, addr, role, state, sessions, tl, lsn, lag, sync]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for r in &rows {
@@ -329,5 +340,49 @@ mod tests {
         up["nodes"][0]["role"] = "primary".into();
         up["nodes"][0]["reachable"] = true.into();
         assert!(!render(&up).contains("last seen"));
+    }
+
+    #[test]
+    fn a_replica_is_listed_with_its_role_lag_and_sessions() {
+        let s = serde_json::json!({
+            "cluster": "inmanta", "primary": "pg-a", "local_node": "pg-a", "healthy": true,
+            "nodes": [
+                {"name": "pg-a", "host": "127.0.0.1", "port": 5432, "role": "primary", "reachable": true, "down": false,
+                 "snapshot": {"timeline": 1, "current_lsn": "0/3000000", "sessions_by_role": {"inmanta": 2, "pgwarden": 1}},
+                 "replication": [
+                    {"standby": "pg-b", "sync_state": "sync", "lag_bytes": {"replay": 0}},
+                    {"standby": "ro-1", "sync_state": "async", "lag_bytes": {"replay": 2048}}
+                 ]},
+                {"name": "pg-b", "host": "127.0.0.1", "port": 5433, "role": "standby", "reachable": true, "down": false,
+                 "snapshot": {"timeline": 1, "replay_lsn": "0/3000000", "wal_receiver": {"status": "streaming"}, "sessions_by_role": {}}, "replication": []},
+                {"name": "ro-1", "host": "127.0.0.1", "port": 5434, "role": "replica", "reachable": true, "down": false,
+                 "snapshot": {"timeline": 1, "replay_lsn": "0/2FFF800", "wal_receiver": {"status": "streaming"}, "sessions_by_role": {"reports": 4}}, "replication": []}
+            ],
+            "problems": []
+        });
+        let text = render(&s);
+        let ro = text
+            .lines()
+            .find(|l| l.starts_with("ro-1"))
+            .expect("ro-1 listed");
+        let cols: Vec<&str> = ro.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "ro-1",
+                "127.0.0.1:5434",
+                "replica",
+                "streaming",
+                "4",
+                "1",
+                "0/2FFF800",
+                "2.0",
+                "KiB",
+                "async"
+            ],
+            "{text}"
+        );
+        let a = text.lines().find(|l| l.starts_with("pg-a")).unwrap();
+        assert!(a.split_whitespace().nth(4) == Some("3"), "{text}");
     }
 }

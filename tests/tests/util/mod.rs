@@ -244,13 +244,20 @@ pub struct Options {
     pub application_extra: String,
     /// Environment of daemon i.
     pub daemon_env: Vec<Vec<(String, String)>>,
+    /// Asynchronous read-only replicas (`role: replica`) after the pair,
+    /// each with its own daemon (see `ClusterOptions::replicas`).
+    pub replicas: Vec<String>,
 }
 
 impl Env {
     /// A cluster, the stand-in application writing to pg-a through
     /// database.cfg, and a daemon beside each node whose config fences it.
     pub fn start_with_app(opts: Options) -> (Env, App) {
-        let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
+        let cluster = TestCluster::start(ClusterOptions {
+            replicas: opts.replicas.clone(),
+            ..ClusterOptions::default()
+        })
+        .expect("build the cluster");
         let dir = cluster.dir().join("app");
         std::fs::create_dir_all(&dir).unwrap();
         let c = cluster.credentials();
@@ -385,50 +392,57 @@ impl Env {
 }
 
 impl Env {
-    /// The invariants after an operation that left node `primary` the
-    /// primary, on one machine (the loopback twin of
-    /// `testbed::assert_invariants`):
-    /// - `/primary` answers 200 on the primary's daemon only, and every
-    ///   other node is in recovery or stopped (at most one writable node);
-    /// - the application runs (one instance: both daemons share a machine);
-    /// - every heartbeat the application acknowledged is on the primary.
+    /// The heartbeat ids the application wrote that node `i` holds.
+    pub fn heartbeat_ids(&self, i: usize) -> std::collections::HashSet<i64> {
+        let c = self.cluster.credentials();
+        self.cluster
+            .psql_db(i, &c.app_db, "SELECT id FROM heartbeat")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// After an operation that left node `primary` the primary: it is the
+    /// only node that takes writes (by PostgreSQL itself) and the only one
+    /// whose daemon answers `/primary` 200; one application instance runs;
+    /// every heartbeat it acknowledged is on the primary.
     pub fn assert_invariants(&self, app: &App, primary: usize) {
+        let writable: Vec<usize> = (0..self.cluster.nodes().len())
+            .filter(|&i| {
+                self.cluster.is_running(i)
+                    && self
+                        .cluster
+                        .psql(i, "SELECT pg_is_in_recovery()")
+                        .ok()
+                        .as_deref()
+                        == Some("f")
+            })
+            .collect();
+        assert_eq!(writable, [primary], "exactly one node takes writes");
         poll_until(
             self.within_polls(4),
             "/primary to answer 200 on the primary's daemon only",
             || {
-                self.daemons
+                let codes: Vec<u16> = self
+                    .daemons
+                    .iter()
+                    .map(|d| d.get("/primary").status)
+                    .collect();
+                codes
                     .iter()
                     .enumerate()
-                    .all(|(i, d)| (d.get("/primary").status == 200) == (i == primary))
+                    .all(|(i, c)| (*c == 200) == (i == primary))
                     .then_some(())
             },
         )
         .unwrap();
-        for i in (0..self.daemons.len()).filter(|&i| i != primary) {
-            let writable = self
-                .cluster
-                .psql(i, "SELECT NOT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "t");
-            assert!(
-                !writable,
-                "node {i} is writable besides the primary {primary}"
-            );
-        }
         assert_eq!(app.ctl("is-running").0, 0, "the application runs");
-        // Read the acks first: a heartbeat acknowledged after the query is no false loss.
         let acked = app.acks();
-        let c = self.cluster.credentials();
-        let present: std::collections::HashSet<i64> = self
-            .cluster
-            .psql_db(primary, &c.app_db, "SELECT id FROM heartbeat")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let held = self.heartbeat_ids(primary);
         let lost: Vec<i64> = acked
             .iter()
-            .filter(|a| !present.contains(a))
+            .filter(|a| !held.contains(a))
             .copied()
             .collect();
         assert!(lost.is_empty(), "acknowledged heartbeats lost: {lost:?}");

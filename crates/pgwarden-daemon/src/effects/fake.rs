@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgwarden_core::preflight::Shadow;
-use pgwarden_core::snapshot::Lsn;
+use pgwarden_core::snapshot::{Lsn, WalReceiver};
 use pgwarden_core::{Answer, Config};
 use pgwarden_pg::AdminError;
 
@@ -445,9 +445,16 @@ impl NodeSql for FakeSql {
     async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError> {
         self.enter("may_read_files_for_rewind", |_| Ok(true)).await
     }
-    async fn wal_receiver(&self) -> Result<Option<(String, u32)>, AdminError> {
+    async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError> {
         self.enter("wal_receiver", |n| {
-            Ok(n.in_recovery.then(|| ("streaming".to_owned(), n.timeline)))
+            Ok(n.in_recovery.then(|| WalReceiver {
+                status: "streaming".into(),
+                sender_host: None,
+                sender_port: None,
+                slot_name: None,
+                received_tli: Some(n.timeline),
+                flushed_lsn: Some(n.lsn),
+            }))
         })
         .await
     }
@@ -537,6 +544,11 @@ impl Effects for FakeWorld {
 
     async fn get(&self, url: &str) -> Result<serde_json::Value, PeerError> {
         self.peer("get", url).await.map(|_| serde_json::json!({}))
+    }
+
+    async fn follow(&self, replica: &str, primary: &str) -> Result<String, String> {
+        self.peer("follow", replica).await.map_err(|e| e.message)?;
+        Ok(format!("{replica} follows {primary}"))
     }
 
     async fn daemon_answers(&self, host: &str) -> bool {

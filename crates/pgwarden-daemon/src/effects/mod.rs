@@ -17,21 +17,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgwarden_core::preflight::Shadow;
-use pgwarden_core::snapshot::Lsn;
+use pgwarden_core::snapshot::{Lsn, WalReceiver};
 use pgwarden_core::Answer;
 use pgwarden_pg::AdminError;
 
 pub mod app;
 pub mod appconfig;
 pub mod command;
+pub mod datadir;
 #[cfg(test)]
 pub mod fake;
 pub mod fsutil;
 pub mod node;
 mod real;
+pub mod replica;
 
 pub use node::{local_node_action, NodeState};
 pub use real::RealEffects;
+pub use replica::follow_local;
 
 /// A failed call to another daemon: its HTTP status if it answered.
 /// Only a connection that could not be made is `unreachable` (nothing was
@@ -82,8 +85,8 @@ pub trait NodeSql: Send + Sync {
     async fn database_bytes(&self) -> Result<u64, AdminError>;
     /// Whether the monitor role may read the files pg_rewind reads.
     async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError>;
-    /// The WAL receiver's status and timeline, `None` without a receiver.
-    async fn wal_receiver(&self) -> Result<Option<(String, u32)>, AdminError>;
+    /// The WAL receiver: status, sender, timeline; `None` without one.
+    async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError>;
 }
 
 /// Everything an operation, the poller or the stale guard does to the world.
@@ -135,6 +138,11 @@ pub trait Effects: Send + Sync {
     ) -> Result<(u16, serde_json::Value), String>;
     /// GETs JSON from another daemon.
     async fn get(&self, url: &str) -> Result<serde_json::Value, PeerError>;
+
+    /// Makes the `role: replica` node `replica` stream from `primary`
+    /// (primary_conninfo and a reload): locally, or through the daemon
+    /// beside it.
+    async fn follow(&self, replica: &str, primary: &str) -> Result<String, String>;
 
     /// Whether `host`'s daemon answers at all (`/livez`, a short timeout).
     /// This daemon's own host always does.
@@ -228,7 +236,7 @@ impl NodeSql for pgwarden_pg::Node {
     async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError> {
         pgwarden_pg::Node::may_read_files_for_rewind(self).await
     }
-    async fn wal_receiver(&self) -> Result<Option<(String, u32)>, AdminError> {
+    async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError> {
         pgwarden_pg::Node::wal_receiver(self).await
     }
 }

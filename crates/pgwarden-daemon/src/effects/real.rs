@@ -11,7 +11,7 @@ use pgwarden_core::{Answer, Config};
 use pgwarden_pg::{Node, Target};
 
 use super::node::{self, local_node_action, NodeState, NODE_ACTION_TIMEOUT};
-use super::{app, appconfig, Effects, NodeSql, PeerError};
+use super::{app, appconfig, replica, Effects, NodeSql, PeerError};
 use crate::load::Secrets;
 
 /// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
@@ -324,6 +324,25 @@ impl Effects for RealEffects {
 
     fn shadows(&self) -> Vec<Shadow> {
         appconfig::shadows(&self.config)
+    }
+
+    async fn follow(&self, replica: &str, primary: &str) -> Result<String, String> {
+        if replica == self.config.local_node {
+            return replica::follow_local(&self.config, self, primary).await;
+        }
+        let api = self
+            .config
+            .node(replica)
+            .and_then(|n| n.api.as_deref())
+            .ok_or_else(|| {
+                format!("nodes[{replica}].api is not configured: cannot ask {replica}'s daemon to follow {primary}")
+            })?;
+        let url = format!("{}/v1/node/follow/{primary}", api.trim_end_matches('/'));
+        let v = self
+            .post(&url, &serde_json::json!({}))
+            .await
+            .map_err(|e| e.message)?;
+        Ok(v["message"].as_str().unwrap_or("re-pointed").to_owned())
     }
 
     /// Whether `host`'s daemon answers at all (`/livez`, a short timeout).

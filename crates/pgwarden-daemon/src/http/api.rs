@@ -52,6 +52,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/operations/{id}/abort", post(abort))
         .route("/v1/node/{action}", post(node_action))
         .route("/v1/node/application/{action}", post(application_action))
+        .route("/v1/node/follow/{primary}", post(node_follow))
         .route("/v1/sync", put(sync))
         .route("/v1/rejoin", post(rejoin))
         .route("/v1/internal/lock", post(lock))
@@ -266,6 +267,17 @@ fn truncate(mut text: String, max: usize) -> String {
         text.truncate(at);
     }
     text
+}
+
+/// Internal: the daemon running a failover or switchover asks this one to
+/// point its node (a `role: replica`) at the new primary.
+async fn node_follow(State(s): Shared, Path(primary): Path<String>) -> Response {
+    match crate::effects::follow_local(&s.config, &**s.ops.effects(), &primary).await {
+        Ok(message) => {
+            Json(json!({"node": s.config.local_node, "message": message})).into_response()
+        }
+        Err(m) => error(StatusCode::SERVICE_UNAVAILABLE, "node_follow_failed", m),
+    }
 }
 
 #[derive(Deserialize)]

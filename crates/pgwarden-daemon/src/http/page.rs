@@ -119,6 +119,7 @@ td.mono, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, m
 .pill { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; background: #e8ebf0; color: #3b4452; }
 .pill.primary { background: #dbe8ff; color: #1c4fa8; }
 .pill.standby { background: #e9e1fb; color: #5b2ca0; }
+.pill.replica { background: #e3f1f8; color: #1f5f7a; }
 .pill.up, .pill.succeeded, .pill.sync { background: #e3f5e8; color: #17602f; }
 .pill.down, .pill.failed, .pill.critical, .pill.interrupted { background: #fdeaea; color: #8f1d1d; }
 .pill.unreachable, .pill.warning, .pill.running, .pill.aborted, .pill.async, .pill.potential { background: #fff3d6; color: #7a5300; }
@@ -196,7 +197,7 @@ fn banner(h: &mut String, v: &ClusterView) {
 fn nodes(h: &mut String, p: &Page<'_>) {
     h.push_str(
         "<h2>Nodes</h2>\n<table id=\"nodes\">\n<thead><tr><th>Node</th><th>Role</th><th>State</th>\
-         <th>TL</th><th>Current LSN</th><th>Receive LSN</th><th>Replay LSN</th>\
+         <th>Sessions</th><th>TL</th><th>Current LSN</th><th>Receive LSN</th><th>Replay LSN</th>\
          <th>Replay lag</th><th>Slot</th><th>Sync</th></tr></thead>\n<tbody>\n",
     );
     for n in &p.view.nodes {
@@ -248,6 +249,9 @@ fn node_row(h: &mut String, p: &Page<'_>, n: &NodeView) {
             );
         }
     }
+    // Client sessions, as the Password Manager Pro HA dashboard counts them
+    // per server (pgwarden's own monitoring session included).
+    let sessions = or_dash(snap.map(|s| s.sessions_by_role.values().sum::<u32>().to_string()));
     let timeline = or_dash(snap.map(|s| s.timeline.to_string()));
     let lsn = |l: Option<pgwarden_core::snapshot::Lsn>| or_dash(l.map(|l| l.to_string()));
     let current = lsn(snap.and_then(|s| s.current_lsn));
@@ -289,7 +293,9 @@ fn node_row(h: &mut String, p: &Page<'_>, n: &NodeView) {
                 )
             }
         }
-        (Role::Standby, None) => "<span class=\"pill down\">not streaming</span>".to_owned(),
+        (Role::Standby | Role::Replica, None) => {
+            "<span class=\"pill down\">not streaming</span>".to_owned()
+        }
         (Role::Unknown, None) => DASH.to_owned(),
     };
     let slots: Vec<String> = snap
@@ -318,7 +324,8 @@ fn node_row(h: &mut String, p: &Page<'_>, n: &NodeView) {
         h,
         "<tr id=\"node-{id}\" class=\"node\"><td>{name}</td>\
          <td class=\"role\"><span class=\"pill {role}\">{role}</span></td>\
-         <td class=\"state\">{state}</td><td class=\"timeline\">{timeline}</td>\
+         <td class=\"state\">{state}</td><td class=\"sessions\">{sessions}</td>\
+         <td class=\"timeline\">{timeline}</td>\
          <td class=\"lsn-current mono\">{current}</td><td class=\"lsn-receive mono\">{receive}</td>\
          <td class=\"lsn-replay mono\">{replay}</td>\
          <td class=\"lag\"><span class=\"lag-bytes\">{lag_bytes}</span>{lag_seconds}</td>\

@@ -244,7 +244,7 @@ impl Operations {
             target: request.target.clone(),
             would_proceed: preflight::passed(&checks),
             checks,
-            plan: kind.steps().to_vec(),
+            plan: kind.plan(self.config.replicas().next().is_some()),
         }
     }
 
@@ -354,7 +354,8 @@ impl Operations {
                 return Err(e);
             }
         };
-        let mut op = Operation::new(id, kind, request, &now());
+        let plan = kind.plan(self.config.replicas().next().is_some());
+        let mut op = Operation::planned(id, kind, request, &now(), &plan);
         op.facts.extend(facts);
         op.facts.insert("peer_lock".into(), lock_note);
         if let Err(e) = self.journal.save(&op) {

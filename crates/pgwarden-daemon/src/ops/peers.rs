@@ -1,9 +1,17 @@
 //! Calls that concern another daemon's host: an operation or a rejoin that
 //! runs there, and the application on this host as the other daemon asks.
 
+use std::sync::Arc;
+
 use super::{OpError, Operations};
+use crate::effects::Effects;
 
 impl Operations {
+    /// The side effects (the internal follow route re-points this node).
+    pub(crate) fn effects(&self) -> &Arc<dyn Effects> {
+        &self.effects
+    }
+
     /// `application.health_url` asked from this host.
     pub async fn app_healthy_here(&self) -> pgwarden_core::Answer {
         match self.effects.app_healthy_on(&self.config.local_node).await {

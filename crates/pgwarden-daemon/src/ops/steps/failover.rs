@@ -31,6 +31,7 @@ pub(super) async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepNa
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
         StepName::SwitchApplication => switch_application(ctx, op).await,
         StepName::StartApplication => start_application(ctx, op).await,
+        StepName::RepointReplicas => super::replicas::repoint_replicas(ctx, op).await,
         StepName::Done => done(op),
         other => fail(format!(
             "step {other:?} belongs to another kind of operation"
@@ -117,6 +118,11 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
 /// gone since, the step that needs it finds out and fails. One the check did
 /// not hear is asked again now, unless the operator confirmed its host
 /// fenced already (`confirmed`), which makes its silence accepted anyway.
+///
+/// A `role: replica` host without an application instance is left out: the
+/// operation changes nothing there before `repoint_replicas`, which reports
+/// a silent one instead of failing, and its PostgreSQL is polled like any
+/// node (a promoted replica is a split brain).
 pub async fn silent_hosts(
     config: &Config,
     effects: &Arc<dyn Effects>,
@@ -125,7 +131,15 @@ pub async fn silent_hosts(
 ) -> Vec<String> {
     let mut silent = Vec::new();
     let mut unchecked = Vec::new();
-    for n in config.nodes.iter().filter(|n| n.name != config.local_node) {
+    let app_hosts = config
+        .application
+        .as_ref()
+        .map(|a| a.hosts(&config.nodes))
+        .unwrap_or_default();
+    let verified = |n: &&pgwarden_core::config::NodeConfig| {
+        n.name != config.local_node && (!n.is_replica() || app_hosts.contains(&n.name))
+    };
+    for n in config.nodes.iter().filter(verified) {
         match view.node(&n.name).and_then(|v| v.daemon_answered) {
             Some(true) => {}
             _ if confirmed.contains(&n.name) => silent.push(n.name.clone()),
@@ -199,14 +213,27 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         return fail(format!("refused: {}", failed.join("; ")));
     }
     // The node the target takes over from: the current primary if one is
-    // known, else (failover of a dead primary) the other configured node.
+    // known, else (failover of a dead primary) the other node of the pair;
+    // a replica is never it (a forced replica target takes over from the
+    // primary last seen).
     let target = &op.request.target;
+    let pair =
+        |n: &&pgwarden_core::view::NodeView| &n.name != target && !ctx.config.is_replica(&n.name);
+    let last_seen = ctx.view.last_primary.as_ref().map(|l| l.node.as_str());
     let old = ctx
         .view
         .nodes
         .iter()
-        .find(|n| &n.name != target && n.role == Role::Primary)
-        .or_else(|| ctx.view.nodes.iter().find(|n| &n.name != target))
+        .filter(pair)
+        .find(|n| n.role == Role::Primary)
+        .or_else(|| {
+            ctx.view
+                .nodes
+                .iter()
+                .filter(pair)
+                .find(|n| Some(n.name.as_str()) == last_seen)
+        })
+        .or_else(|| ctx.view.nodes.iter().find(pair))
         .map(|n| n.name.clone());
     if let Some(old) = old {
         op.facts.insert("old_primary".into(), old);

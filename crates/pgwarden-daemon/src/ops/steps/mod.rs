@@ -20,6 +20,7 @@ use crate::effects::{Effects, NodeSql};
 
 pub mod failover;
 pub mod rejoin;
+pub mod replicas;
 #[cfg(test)]
 mod tables;
 

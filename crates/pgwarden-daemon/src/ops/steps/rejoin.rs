@@ -1,6 +1,8 @@
 //! The steps of a rejoin: turn this daemon's own node (a former primary, or
 //! a node with an empty data directory) into the synchronous standby of the
-//! current primary. Run by the node's own daemon, since it rewrites the data
+//! current primary, or, for a `role: replica` node, into an asynchronous
+//! replica of it (its own application_name, no slot, never in
+//! synchronous_standby_names). Run by the node's own daemon, since it rewrites the data
 //! directory; another daemon forwards the request.
 //!
 //! The data directory is rebuilt with pg_rewind when it allows it (wal_log_hints
@@ -17,10 +19,10 @@ use std::time::Duration;
 use pgwarden_core::operation::{Operation, StepName, StepOutcome};
 use pgwarden_core::preflight::Verdict;
 use pgwarden_core::Config;
-use pgwarden_pg::quote_literal;
 
 use super::{fail, ok, preflight_checks, require_synchronous, wait_for, StepContext};
 use crate::effects::command::{self, as_user};
+use crate::effects::datadir::{primary_conninfo, write_auto_conf, write_owned_like_dir};
 use crate::effects::fsutil;
 use crate::effects::NodeSql;
 
@@ -40,8 +42,13 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
         StepName::WaitStreaming => wait_streaming(ctx, op).await,
         StepName::EnableSynchronous => enable_synchronous(ctx, op).await,
         StepName::Done => ok(format!(
-            "{} is the synchronous standby of {}",
+            "{} is the {} of {}",
             ctx.config.local_node,
+            if ctx.config.local().is_replica() {
+                "asynchronous replica"
+            } else {
+                "synchronous standby"
+            },
             op.facts
                 .get("primary")
                 .map(String::as_str)
@@ -109,8 +116,11 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Err(o) => return o,
     };
     let pnode = ctx.effects.node(&primary);
-    if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
-        return fail(format!("the replication slot on {primary}: {e}"));
+    // The pair's slot is the standby's; a replica streams without one.
+    if !ctx.config.local().is_replica() {
+        if let Err(e) = pnode.ensure_slot(&ctx.config.replication.slot).await {
+            return fail(format!("the replication slot on {primary}: {e}"));
+        }
     }
     // What the operator asked for (kept across resumes: `method` becomes
     // the method chosen).
@@ -364,12 +374,20 @@ async fn basebackup(
             new.display().to_string(),
             "-X".into(),
             "stream".into(),
-            "-S".into(),
-            r.slot.clone(),
             "-c".into(),
             "fast".into(),
             "-w".into(),
-        ],
+        ]
+        .into_iter()
+        // A replica copies over a temporary slot: the pair's slot is in
+        // use by the standby.
+        .chain(
+            (!ctx.config.local().is_replica())
+                .then(|| ["-S".to_owned(), r.slot.clone()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect(),
     );
     let pw = ctx.effects.replication_password();
     let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
@@ -410,25 +428,6 @@ async fn basebackup(
     ))
 }
 
-/// `key = 'value'` lines of postgresql.auto.conf set (or removed for None);
-/// every other line is kept.
-fn set_auto_conf(text: &str, settings: &[(&str, Option<String>)]) -> String {
-    let mut out: Vec<String> = text
-        .lines()
-        .filter(|l| {
-            let key = l.split('=').next().unwrap_or("").trim();
-            !settings.iter().any(|(k, _)| *k == key)
-        })
-        .map(str::to_owned)
-        .collect();
-    for (k, v) in settings {
-        if let Some(v) = v {
-            out.push(format!("{k} = '{}'", v.replace('\'', "''")));
-        }
-    }
-    out.join("\n") + "\n"
-}
-
 fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let dir = match data_dir(&ctx.config) {
         Ok(d) => d,
@@ -439,47 +438,39 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
         return fail("the journal lacks the primary");
     };
     let r = &ctx.config.replication;
-    let mut conninfo = format!(
-        "host={} port={} user={} application_name={}",
-        p.host, p.port, r.user, r.application_name
-    );
-    if let Some(pw) = ctx.effects.replication_password() {
-        // In postgresql.auto.conf (0600, the data directory owner's), as
-        // pg_basebackup -R writes it; pgwarden never reports it.
-        conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
-    }
-    let auto = dir.join("postgresql.auto.conf");
-    let text = std::fs::read_to_string(&auto).unwrap_or_default();
-    let updated = set_auto_conf(
-        &text,
+    let me = ctx.config.local();
+    let conninfo = primary_conninfo(&ctx.config, ctx.effects.replication_password(), p);
+    let slot = (!me.is_replica()).then(|| r.slot.clone());
+    let write = write_auto_conf(
+        &dir,
         &[
             ("primary_conninfo", Some(conninfo)),
-            ("primary_slot_name", Some(r.slot.clone())),
+            ("primary_slot_name", slot.clone()),
             // A standby must not wait for standbys of its own.
             ("synchronous_standby_names", None),
         ],
-    );
-    let write = copy_bytes_owned(&auto, updated.as_bytes(), &dir).and_then(|_| {
+    )
+    .and_then(|_| {
         let signal = dir.join("standby.signal");
         if signal.exists() {
             Ok(())
         } else {
-            copy_bytes_owned(&signal, b"", &dir)
+            write_owned_like_dir(&signal, b"", &dir)
         }
     });
     match write {
         Ok(()) => ok(format!(
-            "standby.signal written; primary_conninfo -> {}:{} as application_name {}, primary_slot_name {}",
-            p.host, p.port, r.application_name, r.slot
+            "standby.signal written; primary_conninfo -> {}:{} as application_name {}, {}",
+            p.host,
+            p.port,
+            me.walreceiver_name(r),
+            match slot {
+                Some(slot) => format!("primary_slot_name {slot}"),
+                None => "no slot (an asynchronous replica)".to_owned(),
+            }
         )),
         Err(e) => fail(format!("cannot configure {}: {e}", dir.display())),
     }
-}
-
-fn copy_bytes_owned(to: &Path, bytes: &[u8], dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
-    fsutil::write_atomic_owned(to, bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
 async fn start(ctx: &StepContext) -> StepOutcome {
@@ -522,10 +513,10 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
                     let want = ctx.effects.node_quick(&primary).timeline().await;
                     *seen.lock().unwrap() =
                         format!("receiver {receiving:?}, primary timeline {want:?}");
-                    let (Ok(Some((status, tli))), Ok(want)) = (&receiving, &want) else {
+                    let (Ok(Some(r)), Ok(want)) = (&receiving, &want) else {
                         return None;
                     };
-                    if status != "streaming" || tli != want {
+                    if r.status != "streaming" || r.received_tli != Some(*want) {
                         return None;
                     }
                     let lsn = match node.replay_lsn().await {
@@ -551,15 +542,24 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
 
 async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     let primary = op.facts.get("primary").cloned().unwrap_or_default();
-    let node = ctx.effects.node(&primary);
-    let app = &ctx.config.replication.application_name;
-    if let Err(e) = require_synchronous(&*node, &primary, app, Duration::from_secs(60)).await {
-        return fail(e);
-    }
-    let mut msg = format!(
-        "{primary} waits for {} (sync_state = sync)",
-        ctx.config.local_node
-    );
+    let mut msg = if ctx.config.local().is_replica() {
+        // Never in synchronous_standby_names: a replica's absence must not
+        // block the primary's commits.
+        format!(
+            "{} is a replica: it stays asynchronous, outside synchronous_standby_names",
+            ctx.config.local_node
+        )
+    } else {
+        let node = ctx.effects.node(&primary);
+        let app = &ctx.config.replication.application_name;
+        if let Err(e) = require_synchronous(&*node, &primary, app, Duration::from_secs(60)).await {
+            return fail(e);
+        }
+        format!(
+            "{primary} waits for {} (sync_state = sync)",
+            ctx.config.local_node
+        )
+    };
     // Only now is the replacement proven: the old directory may go.
     if let Some(old) = op.facts.get("old_data_dir").map(PathBuf::from) {
         if op.facts.get("keep_old_data").map(String::as_str) == Some("true") {
@@ -582,22 +582,4 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
     }
     let _ = std::fs::remove_dir_all(own_files_dir(ctx, op));
     ok(msg)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_conf_lines_are_replaced_and_others_kept() {
-        let text = "# Do not edit this file manually!\nprimary_conninfo = 'old'\nwork_mem = '8MB'\nsynchronous_standby_names = 'x'\n";
-        let out = set_auto_conf(
-            text,
-            &[
-                ("primary_conninfo", Some("host=b pw='q'".into())),
-                ("synchronous_standby_names", None),
-            ],
-        );
-        assert_eq!(out, "# Do not edit this file manually!\nwork_mem = '8MB'\nprimary_conninfo = 'host=b pw=''q'''\n");
-    }
 }
