@@ -21,6 +21,8 @@ use pgwarden_core::{Answer, Config};
 use crate::effects::app::AppCommand;
 use crate::effects::Effects;
 
+mod proxy;
+
 /// What a step needs: the config, the latest cluster view, the effects.
 pub struct StepContext {
     pub config: Arc<Config>,
@@ -69,12 +71,23 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
     }
     match step {
         StepName::Preflight => preflight_step(ctx, op).await,
-        StepName::FenceApplication => fence_application(ctx, op).await,
+        // With a proxy, the application keeps running: pgbouncer is paused
+        // and re-pointed instead (executor/proxy.rs).
+        StepName::FenceApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::fence(ctx, op, pb).await,
+            None => fence_application(ctx, op).await,
+        },
         StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
         StepName::Promote => promote(ctx, op).await,
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
-        StepName::SwitchApplication => switch_application(ctx, op).await,
-        StepName::StartApplication => start_application(ctx, op).await,
+        StepName::SwitchApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::switch(ctx, op, pb).await,
+            None => switch_application(ctx, op).await,
+        },
+        StepName::StartApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::verify(ctx, op, pb).await,
+            None => start_application(ctx, op).await,
+        },
         StepName::Done => done(op),
         other => fail(format!(
             "step {other:?} belongs to another kind of operation"
@@ -133,7 +146,9 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
     let promoted = op.completed(StepName::Promote);
     // The fence guards the promotion. After it, the application running
     // again is what start_application does (perhaps before a crash).
-    if op.completed(StepName::FenceApplication) && !promoted {
+    if op.completed(StepName::FenceApplication) && !promoted && ctx.config.pgbouncer().is_some() {
+        held.push(proxy::reverify_fence(ctx, op).await?);
+    } else if op.completed(StepName::FenceApplication) && !promoted {
         let app = application(ctx).map_err(|_| "no application configured".to_owned())?;
         match is_running(ctx, app).await {
             Ok(false) => {}

@@ -663,6 +663,14 @@ impl Operations {
             .switch_application_config(operation, host, port)
     }
 
+    /// Acts on (or looks at) this host's pgbouncer.
+    pub async fn pgbouncer_here(
+        &self,
+        action: &crate::effects::pgbouncer::Action,
+    ) -> Result<crate::effects::pgbouncer::Report, String> {
+        self.effects.pgbouncer_here(action).await
+    }
+
     /// An operation of this journal, else of a peer's (a rejoin runs on the
     /// rejoining node's daemon, wherever it was asked for).
     pub async fn find(&self, id: &str) -> Option<serde_json::Value> {

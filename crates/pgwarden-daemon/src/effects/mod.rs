@@ -16,6 +16,7 @@ pub mod app;
 pub mod command;
 pub mod fsutil;
 pub mod node;
+pub mod pgbouncer;
 
 pub use node::{local_node_action, NodeState};
 
