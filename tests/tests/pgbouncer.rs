@@ -1,0 +1,417 @@
+//! pgbouncer as the application's door (DESIGN "Clients that follow the
+//! primary"), with a real pgbouncer (Debian's 1.18, transaction pooling) in
+//! front of a real cluster: a writer holding ONE connection through it keeps
+//! committing across a switchover, without a connection error and without
+//! losing an acknowledged commit; the longest pause it saw is printed (run
+//! with `--no-capture`), not asserted (timing bounds flake on a loaded
+//! machine). And the fence's failures: pgbouncer down, a PAUSE that a long
+//! transaction holds past pause_timeout, each refused before anything is
+//! promoted, with pgbouncer serving again.
+
+mod util;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgwarden_testkit::pgbouncer::{Database, Pgbouncer, PgbouncerOptions};
+use pgwarden_testkit::{poll_until, TestCluster};
+use util::Env;
+
+const ADMIN: &str = "pgbadmin";
+const TABLE: &str = "door_writes";
+
+/// A cluster, a pgbouncer in front of it (its `inmanta` entry on pg-a) on
+/// pg-b's host, and daemons whose config names it as the door.
+fn start() -> (Env, Pgbouncer) {
+    let (env, pgb) = Env::start_with_extra_from(|cluster: &TestCluster| {
+        let c = cluster.credentials();
+        let a = cluster.node(0);
+        let admin_password = format!("admin-{}", c.app_password);
+        let pgb = Pgbouncer::start(
+            cluster.dir(),
+            PgbouncerOptions {
+                databases: vec![Database {
+                    name: c.app_db.clone(),
+                    host: a.host.clone(),
+                    port: a.port,
+                    dbname: c.app_db.clone(),
+                }],
+                users: vec![(c.app_user.clone(), c.app_password.clone())],
+                admin_user: ADMIN.into(),
+                admin_password: admin_password.clone(),
+            },
+        )
+        .expect("start pgbouncer");
+        let password_file = cluster.dir().join("pgbouncer-admin.password");
+        std::fs::write(&password_file, format!("{admin_password}\n")).unwrap();
+        let yaml = format!(
+            "proxy:\n  pgbouncer:\n    runs_on: [pg-b]\n    admin: {{host: 127.0.0.1, port: {}, user: {ADMIN}, password_file: {}}}\n    config_file: {}\n    database: {}\n    pause_timeout: 2s\n    db_user: {}\n",
+            pgb.port,
+            password_file.display(),
+            pgb.config_file.display(),
+            c.app_db,
+            c.app_user
+        );
+        (yaml, pgb)
+    });
+    for i in 0..2 {
+        env.wait_health(i, "healthy first", env.within_polls(8), |c, _| c == 200);
+    }
+    env.cluster
+        .psql_db(
+            0,
+            &env.cluster.credentials().app_db,
+            &format!(
+                "CREATE TABLE {TABLE} (id bigint PRIMARY KEY); GRANT SELECT, INSERT ON {TABLE} TO {}",
+                env.cluster.credentials().app_user
+            ),
+        )
+        .unwrap();
+    (env, pgb)
+}
+
+/// A client of pgbouncer: a fresh runtime in its own thread and one connection.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    pgb: &Pgbouncer,
+) -> Result<tokio_postgres::Client, String> {
+    let c = env.cluster.credentials();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(pgb.port)
+        .user(&c.app_user)
+        .password(&c.app_password)
+        .dbname(&c.app_db)
+        .connect_timeout(Duration::from_secs(10));
+    rt.block_on(async {
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    })
+}
+
+/// One INSERT the writer made.
+#[derive(Clone, Debug)]
+struct Attempt {
+    id: i64,
+    began: Instant,
+    ended: Instant,
+    error: Option<String>,
+}
+
+/// The application: ONE connection through pgbouncer, committing numbered
+/// rows one after the other (simple protocol: transaction pooling keeps no
+/// prepared statement across transactions).
+struct Writer {
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(env: &Env, pgb: &Pgbouncer) -> Writer {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = connect(&rt, env, pgb).expect("the writer connects through pgbouncer");
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (attempts.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut id = 0;
+            while !s.load(Ordering::Relaxed) && !client.is_closed() {
+                id += 1;
+                let began = Instant::now();
+                let r = rt.block_on(
+                    client.simple_query(&format!("INSERT INTO {TABLE} (id) VALUES ({id})")),
+                );
+                a.lock().unwrap().push(Attempt {
+                    id,
+                    began,
+                    ended: Instant::now(),
+                    error: r.err().map(|e| e.to_string()),
+                });
+                // The application's pace: a commit every few milliseconds.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Writer {
+            attempts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn attempts(&self) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// Waits for a commit that began after `after`.
+    fn wait_ack_after(&self, after: Instant, what: &str) {
+        poll_until(Duration::from_secs(60), what, || {
+            self.attempts()
+                .iter()
+                .any(|a| a.error.is_none() && a.began > after)
+                .then_some(())
+        })
+        .unwrap_or_else(|e| {
+            let last: Vec<_> = self.attempts().into_iter().rev().take(5).collect();
+            panic!("{e}\nthe writer's last attempts: {last:#?}")
+        });
+    }
+
+    fn finish(mut self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.attempts()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The longest single INSERT (the pause the application saw) and the longest
+/// gap between two acknowledged commits.
+fn longest_pause(attempts: &[Attempt]) -> (Duration, Duration) {
+    let insert = attempts
+        .iter()
+        .map(|a| a.ended - a.began)
+        .max()
+        .unwrap_or_default();
+    let acks: Vec<Instant> = attempts
+        .iter()
+        .filter(|a| a.error.is_none())
+        .map(|a| a.ended)
+        .collect();
+    let gap = acks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    (insert, gap)
+}
+
+/// The node a new transaction through pgbouncer runs on.
+fn served_by(env: &Env, pgb: &Pgbouncer) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = connect(&rt, env, pgb).unwrap();
+    let rows = rt
+        .block_on(client.simple_query("SELECT inet_server_port()"))
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// The invariants after an operation: exactly one writable node (`primary`),
+/// and every acknowledged commit on it.
+fn assert_invariants(env: &Env, primary: usize, attempts: &[Attempt]) {
+    for i in 0..2 {
+        let in_recovery = env.cluster.psql(i, "SELECT pg_is_in_recovery()");
+        if i == primary {
+            assert_eq!(
+                in_recovery.as_deref().ok(),
+                Some("f"),
+                "{} must be the primary",
+                env.cluster.node(i).name
+            );
+        } else {
+            // Stopped, or a standby: not writable either way.
+            assert!(
+                !matches!(in_recovery.as_deref(), Ok("f")),
+                "{} is writable too: two writable nodes",
+                env.cluster.node(i).name
+            );
+        }
+    }
+    let rows = env
+        .cluster
+        .psql_db(
+            primary,
+            &env.cluster.credentials().app_db,
+            &format!("SELECT id FROM {TABLE}"),
+        )
+        .unwrap();
+    let stored: std::collections::BTreeSet<i64> =
+        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<i64> = attempts
+        .iter()
+        .filter(|a| a.error.is_none() && !stored.contains(&a.id))
+        .map(|a| a.id)
+        .collect();
+    let acked = attempts.iter().filter(|a| a.error.is_none()).count();
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits lost: {lost:?} of {acked}"
+    );
+}
+
+fn post_switchover(env: &Env, target: &str) -> serde_json::Value {
+    let r = env.daemons[0].post(
+        "/v1/switchover?wait=true",
+        &format!(r#"{{"target": "{target}", "reason": "pgbouncer test"}}"#),
+        &env.token(),
+    );
+    assert!(
+        r.status == 200 || r.status == 424,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    r.json()
+}
+
+fn step_message(op: &serde_json::Value, step: &str) -> String {
+    op["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == step))
+        .map(|s| s["message"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
+    let (env, pgb) = start();
+    let writer = Writer::start(&env, &pgb);
+    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    assert_eq!(served_by(&env, &pgb), env.cluster.node(0).port);
+    let ini_before = std::fs::read_to_string(&pgb.config_file).unwrap();
+
+    let began = Instant::now();
+    let op = post_switchover(&env, "pg-b");
+    let took = began.elapsed();
+    assert_eq!(
+        op["state"],
+        "succeeded",
+        "{op:#}\n{}",
+        env.daemons[0].log_text()
+    );
+    writer.wait_ack_after(
+        Instant::now(),
+        "a commit through pgbouncer after the switchover",
+    );
+    let attempts = writer.finish();
+
+    let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some()).collect();
+    assert!(errors.is_empty(), "the application saw errors: {errors:#?}");
+    let (insert, gap) = longest_pause(&attempts);
+    eprintln!(
+        "pgbouncer switchover: longest INSERT {:.0} ms, longest gap between commits {:.0} ms, {} commits on one connection, operation {:.2}s; facts {}",
+        insert.as_secs_f64() * 1000.0,
+        gap.as_secs_f64() * 1000.0,
+        attempts.len(),
+        took.as_secs_f64(),
+        op["facts"]
+    );
+    // What the user sees: the steps say what was paused and re-pointed,
+    // pgbouncer.ini names pg-b (and only its host and port changed),
+    // new transactions run on pg-b.
+    assert!(
+        step_message(&op, "fence_application").contains("pgbouncer on pg-b paused"),
+        "{op:#}"
+    );
+    assert!(
+        step_message(&op, "switch_application").contains("RESUME"),
+        "{op:#}"
+    );
+    assert!(
+        step_message(&op, "start_application").contains("the application kept running"),
+        "{op:#}"
+    );
+    let (a, b) = (env.cluster.node(0), env.cluster.node(1));
+    let ini_after = std::fs::read_to_string(&pgb.config_file).unwrap();
+    assert_eq!(
+        ini_after,
+        ini_before.replace(
+            &format!("host={} port={}", a.host, a.port),
+            &format!("host={} port={}", b.host, b.port)
+        )
+    );
+    assert_eq!(
+        util::mode(&pgb.config_file),
+        0o640,
+        "pgbouncer.ini keeps its mode"
+    );
+    assert_eq!(served_by(&env, &pgb), b.port);
+    assert_invariants(&env, 1, &attempts);
+}
+
+#[test]
+fn a_pgbouncer_that_is_down_is_refused_before_anything_is_promoted() {
+    let (env, mut pgb) = start();
+    pgb.kill();
+    let op = post_switchover(&env, "pg-b");
+    assert_eq!(op["state"], "failed", "{op:#}");
+    let fence = step_message(&op, "fence_application");
+    assert!(
+        fence.contains("cannot pause pgbouncer on pg-b") && fence.contains("does not answer"),
+        "{fence}"
+    );
+    assert!(fence.contains("nothing promoted"), "{fence}");
+    assert_invariants(&env, 0, &[]);
+    // Nothing was rewritten: its entry still names pg-a.
+    let a = env.cluster.node(0);
+    let ini = std::fs::read_to_string(&pgb.config_file).unwrap();
+    assert!(
+        ini.contains(&format!("host={} port={}", a.host, a.port)),
+        "{ini}"
+    );
+}
+
+#[test]
+fn a_transaction_longer_than_pause_timeout_stops_the_switchover_and_pgbouncer_serves_again() {
+    let (env, pgb) = start();
+    let writer = Writer::start(&env, &pgb);
+    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    // A second client keeps a transaction open through pgbouncer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let long = connect(&rt, &env, &pgb).unwrap();
+    rt.block_on(long.simple_query(&format!("BEGIN; INSERT INTO {TABLE} (id) VALUES (-1)")))
+        .unwrap();
+
+    let op = post_switchover(&env, "pg-b");
+    assert_eq!(op["state"], "failed", "{op:#}");
+    let fence = step_message(&op, "fence_application");
+    assert!(
+        fence.contains("a transaction did not finish within 2s"),
+        "{fence}"
+    );
+    assert!(
+        fence.contains("pgbouncer resumed again") || fence.contains("pgbouncer on pg-b resumed"),
+        "{fence}"
+    );
+    // Resumed: the writer commits again, the long transaction too.
+    let after = Instant::now();
+    writer.wait_ack_after(
+        after,
+        "a commit through pgbouncer after the refused switchover",
+    );
+    rt.block_on(long.simple_query("COMMIT")).unwrap();
+    let attempts = writer.finish();
+    let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some()).collect();
+    assert!(errors.is_empty(), "the application saw errors: {errors:#?}");
+    assert_invariants(&env, 0, &attempts);
+    assert_eq!(served_by(&env, &pgb), env.cluster.node(0).port);
+}
