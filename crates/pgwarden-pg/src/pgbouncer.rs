@@ -2,10 +2,10 @@
 //! RELOAD, RECONNECT, SHOW DATABASES and SHOW SERVERS, over the simple-query
 //! protocol (the only one the console speaks).
 //!
-//! Each command opens its own connection: a PAUSE holds its connection until
-//! every server connection is released, and the RESUME that undoes a PAUSE
-//! which took too long must not queue behind it. A login to a local pooler
-//! costs a millisecond or two. Every command is bounded by a timeout.
+//! Each call opens its own connection (and runs its commands on it): a PAUSE
+//! holds its connection until every server connection is released, and the
+//! RESUME that undoes a PAUSE which took too long must not queue behind it.
+//! Every command is bounded by a timeout.
 
 use std::time::Duration;
 
@@ -73,65 +73,88 @@ impl Console {
         format!("{}:{}", self.target.host, self.target.port)
     }
 
-    /// Runs one console command within `budget`, on a new connection.
-    async fn run(&self, command: &str, budget: Duration) -> Result<Vec<Row>, ConsoleError> {
-        let work = async {
-            let mut cfg = self.target.config(budget);
-            cfg.dbname("pgbouncer");
-            let (client, connection) =
-                cfg.connect(NoTls)
-                    .await
-                    .map_err(|e| ConsoleError::Connect {
-                        at: self.at(),
-                        detail: crate::probe::chain(&e),
-                    })?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let result = client.simple_query(command).await;
-            drop(client);
-            let _ = driver.await;
-            let messages = result.map_err(|e| ConsoleError::Command {
-                at: self.at(),
-                command: command.to_owned(),
-                detail: crate::probe::chain(&e),
-            })?;
-            Ok(messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(
-                        r.columns()
-                            .iter()
-                            .enumerate()
-                            .map(|(i, c)| (c.name().to_owned(), r.get(i).map(str::to_owned)))
-                            .collect(),
-                    ),
-                    _ => None,
-                })
-                .collect())
-        };
-        tokio::time::timeout(budget, work)
+    /// Runs console commands one after the other on ONE new connection
+    /// (a login costs more than a command), each within its own budget;
+    /// stops at the first that fails.
+    async fn run_all(&self, commands: &[(&str, Duration)]) -> Result<Vec<Vec<Row>>, ConsoleError> {
+        let first = commands.first().map_or("", |c| c.0);
+        let mut cfg = self.target.config(self.timeout);
+        cfg.dbname("pgbouncer");
+        let (client, connection) = tokio::time::timeout(self.timeout, cfg.connect(NoTls))
             .await
             .map_err(|_| ConsoleError::Timeout {
                 at: self.at(),
-                command: command.to_owned(),
-                after: budget,
+                command: first.to_owned(),
+                after: self.timeout,
             })?
+            .map_err(|e| ConsoleError::Connect {
+                at: self.at(),
+                detail: crate::probe::chain(&e),
+            })?;
+        // The connection ends when the client is dropped (also on a timeout).
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut out = Vec::with_capacity(commands.len());
+        for &(command, budget) in commands {
+            let messages = tokio::time::timeout(budget, client.simple_query(command))
+                .await
+                .map_err(|_| ConsoleError::Timeout {
+                    at: self.at(),
+                    command: command.to_owned(),
+                    after: budget,
+                })?
+                .map_err(|e| ConsoleError::Command {
+                    at: self.at(),
+                    command: command.to_owned(),
+                    detail: crate::probe::chain(&e),
+                })?;
+            out.push(
+                messages
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => Some(
+                            r.columns()
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| (c.name().to_owned(), r.get(i).map(str::to_owned)))
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(out)
     }
 
-    /// PAUSE `db`: answers once every server connection of `db` is back in
-    /// the pool (each transaction in flight finished, in transaction
-    /// pooling). One that takes longer than `pause_timeout` is a transaction
-    /// that did not finish: the pause is undone (RESUME) and the error says
-    /// so. A pause pgbouncer already holds (a resumed step) counts as done.
-    pub async fn pause(&self, db: &str, pause_timeout: Duration) -> Result<(), ConsoleError> {
+    async fn run(&self, command: &str) -> Result<Vec<Row>, ConsoleError> {
+        let mut rows = self.run_all(&[(command, self.timeout)]).await?;
+        Ok(rows.pop().unwrap_or_default())
+    }
+
+    /// RELOAD (pgbouncer re-reads its file: one it cannot read fails here,
+    /// before anything is paused), then PAUSE `db`, on one connection. The
+    /// PAUSE answers once every server connection of `db` is closed, each
+    /// transaction in flight finished (transaction pooling). One that takes
+    /// longer than `pause_timeout` is a transaction that did not finish:
+    /// the pause is undone (RESUME) and the error says so. A pause pgbouncer
+    /// already holds (a resumed step) counts as done.
+    pub async fn reload_then_pause(
+        &self,
+        db: &str,
+        pause_timeout: Duration,
+    ) -> Result<(), ConsoleError> {
         let command = format!("PAUSE {}", ident(db));
-        match self.run(&command, pause_timeout).await {
+        match self
+            .run_all(&[("RELOAD", self.timeout), (&command, pause_timeout)])
+            .await
+        {
             Ok(_) => Ok(()),
             Err(ConsoleError::Command { detail, .. }) if detail.contains("already paused") => {
                 Ok(())
             }
-            Err(ConsoleError::Timeout { .. }) => {
+            Err(ConsoleError::Timeout { command: c, .. }) if c == command => {
                 let undone = match self.resume(db).await {
                     Ok(()) => "resumed again".to_owned(),
                     Err(e) => format!("and the RESUME that should undo it failed too: {e}"),
@@ -150,55 +173,63 @@ impl Console {
 
     /// RESUME `db`; one that is not paused counts as resumed.
     pub async fn resume(&self, db: &str) -> Result<(), ConsoleError> {
-        match self
-            .run(&format!("RESUME {}", ident(db)), self.timeout)
-            .await
-        {
+        match self.run(&format!("RESUME {}", ident(db))).await {
             Ok(_) => Ok(()),
             Err(ConsoleError::Command { detail, .. }) if detail.contains("not paused") => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    /// RELOAD: pgbouncer re-reads pgbouncer.ini.
-    pub async fn reload(&self) -> Result<(), ConsoleError> {
-        self.run("RELOAD", self.timeout).await.map(|_| ())
+    /// RELOAD (pgbouncer re-reads pgbouncer.ini), RECONNECT `db` (every
+    /// server connection of `db` is closed once released, so none stays on
+    /// the old address), then SHOW DATABASES: where the entries point now.
+    pub async fn reload_reconnect(&self, db: &str) -> Result<Vec<DatabaseEntry>, ConsoleError> {
+        let reconnect = format!("RECONNECT {}", ident(db));
+        let rows = self
+            .run_all(&[
+                ("RELOAD", self.timeout),
+                (&reconnect, self.timeout),
+                ("SHOW DATABASES", self.timeout),
+            ])
+            .await?;
+        Ok(rows.last().map(|r| databases(r)).unwrap_or_default())
     }
 
-    /// RECONNECT `db`: every server connection of `db` is closed once
-    /// released, so none stays on the old primary.
-    pub async fn reconnect(&self, db: &str) -> Result<(), ConsoleError> {
-        self.run(&format!("RECONNECT {}", ident(db)), self.timeout)
-            .await
-            .map(|_| ())
+    /// SHOW DATABASES and SHOW SERVERS, on one connection.
+    pub async fn status(
+        &self,
+    ) -> Result<(Vec<DatabaseEntry>, Vec<ServerConnection>), ConsoleError> {
+        let rows = self
+            .run_all(&[
+                ("SHOW DATABASES", self.timeout),
+                ("SHOW SERVERS", self.timeout),
+            ])
+            .await?;
+        Ok((databases(&rows[0]), servers(&rows[1])))
     }
+}
 
-    pub async fn databases(&self) -> Result<Vec<DatabaseEntry>, ConsoleError> {
-        let rows = self.run("SHOW DATABASES", self.timeout).await?;
-        Ok(rows
-            .iter()
-            .map(|r| DatabaseEntry {
-                name: text(r, "name"),
-                host: r.get("host").cloned().flatten(),
-                port: text(r, "port").parse().ok(),
-                paused: text(r, "paused") == "1",
-            })
-            .collect())
-    }
+fn databases(rows: &[Row]) -> Vec<DatabaseEntry> {
+    rows.iter()
+        .map(|r| DatabaseEntry {
+            name: text(r, "name"),
+            host: r.get("host").cloned().flatten(),
+            port: text(r, "port").parse().ok(),
+            paused: text(r, "paused") == "1",
+        })
+        .collect()
+}
 
-    pub async fn servers(&self) -> Result<Vec<ServerConnection>, ConsoleError> {
-        let rows = self.run("SHOW SERVERS", self.timeout).await?;
-        Ok(rows
-            .iter()
-            .map(|r| ServerConnection {
-                user: text(r, "user"),
-                database: text(r, "database"),
-                state: text(r, "state"),
-                addr: text(r, "addr"),
-                port: text(r, "port").parse().ok(),
-            })
-            .collect())
-    }
+fn servers(rows: &[Row]) -> Vec<ServerConnection> {
+    rows.iter()
+        .map(|r| ServerConnection {
+            user: text(r, "user"),
+            database: text(r, "database"),
+            state: text(r, "state"),
+            addr: text(r, "addr"),
+            port: text(r, "port").parse().ok(),
+        })
+        .collect()
 }
 
 fn text(r: &Row, column: &str) -> String {

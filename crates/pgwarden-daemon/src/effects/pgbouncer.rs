@@ -60,6 +60,8 @@ pub struct Server {
 }
 
 /// A pgbouncer's answer, the same shape whether asked here or over the API.
+/// `status` fills in everything; `repoint` the entry; `pause` and `resume`
+/// only say they were done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// The host whose pgbouncer answered.
@@ -99,23 +101,41 @@ impl Effects {
         let pb = self.pgbouncer_config()?;
         let console = self.console(pb);
         let db = &pb.database;
-        let mut changed = false;
+        let mut report = Report {
+            host: self.config.local_node.clone(),
+            entry_host: None,
+            entry_port: None,
+            paused: false,
+            servers: Vec::new(),
+            changed: false,
+        };
         match action {
-            Action::Status => {}
+            Action::Status => {
+                let (dbs, servers) = console.status().await.map_err(|e| e.to_string())?;
+                let entry = entry(pb, dbs)?;
+                report.entry_host = entry.host;
+                report.entry_port = entry.port;
+                report.paused = entry.paused;
+                report.servers = servers
+                    .into_iter()
+                    .filter(|s| &s.database == db)
+                    .map(|s| Server {
+                        user: s.user,
+                        state: s.state,
+                        addr: s.addr,
+                        port: s.port,
+                    })
+                    .collect();
+            }
             Action::Pause => {
                 if let Some(why) = config_file_blocker(pb) {
                     return Err(why);
                 }
-                console.reload().await.map_err(|e| {
-                    format!(
-                        "{e}: pgbouncer cannot re-read {}, so it could not be re-pointed",
-                        pb.config_file.display()
-                    )
-                })?;
                 console
-                    .pause(db, pb.pause_timeout)
+                    .reload_then_pause(db, pb.pause_timeout)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| reload_hint(e, pb))?;
+                report.paused = true;
             }
             Action::Resume => console.resume(db).await.map_err(|e| e.to_string())?,
             Action::Repoint {
@@ -123,76 +143,25 @@ impl Effects {
                 host,
                 port,
             } => {
-                changed = repoint_file(&pb.config_file, db, operation, host, *port)?;
-                // RELOAD re-reads the file; RECONNECT closes every server
-                // connection that pgbouncer still keeps to the old address.
-                console.reload().await.map_err(|e| {
-                    format!(
-                        "{e}: {} is rewritten but pgbouncer did not reload it",
-                        pb.config_file.display()
-                    )
-                })?;
-                console.reconnect(db).await.map_err(|e| e.to_string())?;
-            }
-        }
-        let report = self.pgbouncer_report(&console, pb, changed).await?;
-        if let Action::Repoint { host, port, .. } = action {
-            if report.entry_host.as_deref() != Some(host.as_str())
-                || report.entry_port != Some(*port)
-            {
-                return Err(format!(
-                    "after RELOAD, SHOW DATABASES says {db} points to {}:{}, not {host}:{port}",
-                    report.entry_host.as_deref().unwrap_or("?"),
-                    report
-                        .entry_port
-                        .map(|p| p.to_string())
-                        .unwrap_or("?".into())
-                ));
+                report.changed = repoint_file(&pb.config_file, db, operation, host, *port)?;
+                let dbs = console
+                    .reload_reconnect(db)
+                    .await
+                    .map_err(|e| reload_hint(e, pb))?;
+                let entry = entry(pb, dbs)?;
+                if entry.host.as_deref() != Some(host.as_str()) || entry.port != Some(*port) {
+                    return Err(format!(
+                        "after RELOAD, SHOW DATABASES says {db} points to {}:{}, not {host}:{port}",
+                        entry.host.as_deref().unwrap_or("?"),
+                        entry.port.map(|p| p.to_string()).unwrap_or("?".into())
+                    ));
+                }
+                report.entry_host = entry.host;
+                report.entry_port = entry.port;
+                report.paused = entry.paused;
             }
         }
         Ok(report)
-    }
-
-    async fn pgbouncer_report(
-        &self,
-        console: &Console,
-        pb: &PgbouncerConfig,
-        changed: bool,
-    ) -> Result<Report, String> {
-        let db = &pb.database;
-        let entry = console
-            .databases()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|d| &d.name == db)
-            .ok_or_else(|| {
-                format!(
-                    "SHOW DATABASES has no entry {db}: add it to [databases] of {}",
-                    pb.config_file.display()
-                )
-            })?;
-        let servers = console
-            .servers()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|s| &s.database == db)
-            .map(|s| Server {
-                user: s.user,
-                state: s.state,
-                addr: s.addr,
-                port: s.port,
-            })
-            .collect();
-        Ok(Report {
-            host: self.config.local_node.clone(),
-            entry_host: entry.host,
-            entry_port: entry.port,
-            paused: entry.paused,
-            servers,
-            changed,
-        })
     }
 
     /// Does `action` on `host`'s pgbouncer: here, or through its daemon.
@@ -227,6 +196,35 @@ impl Effects {
                 action.name()
             ),
         })
+    }
+}
+
+/// The entry of SHOW DATABASES that `proxy.pgbouncer.database` names.
+fn entry(
+    pb: &PgbouncerConfig,
+    dbs: Vec<pgwarden_pg::pgbouncer::DatabaseEntry>,
+) -> Result<pgwarden_pg::pgbouncer::DatabaseEntry, String> {
+    dbs.into_iter()
+        .find(|d| d.name == pb.database)
+        .ok_or_else(|| {
+            format!(
+                "SHOW DATABASES has no entry {}: add it to [databases] of {}",
+                pb.database,
+                pb.config_file.display()
+            )
+        })
+}
+
+/// A failed RELOAD says what it means for the operation.
+fn reload_hint(e: pgwarden_pg::pgbouncer::ConsoleError, pb: &PgbouncerConfig) -> String {
+    match &e {
+        pgwarden_pg::pgbouncer::ConsoleError::Command { command, .. } if command == "RELOAD" => {
+            format!(
+                "{e}: pgbouncer cannot re-read {}, so it cannot be re-pointed",
+                pb.config_file.display()
+            )
+        }
+        _ => e.to_string(),
     }
 }
 

@@ -125,7 +125,7 @@ pub(super) async fn fence(
         ));
     }
     ok(format!(
-        "{}; {terminated} idle server connection(s) of {role} closed; no session of {role} remains",
+        "{}; {terminated} lingering session(s) of {role} terminated; no session of {role} remains",
         notes.join("; ")
     ))
 }
