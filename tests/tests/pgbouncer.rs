@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgwarden_testkit::pgbouncer::{Database, Pgbouncer, PgbouncerOptions};
-use pgwarden_testkit::{poll_until, TestCluster};
+use pgwarden_testkit::{poll_until, StopMode, TestCluster};
 use util::Env;
 
 const ADMIN: &str = "pgbadmin";
@@ -24,6 +24,12 @@ const TABLE: &str = "door_writes";
 /// A cluster, a pgbouncer in front of it (its `inmanta` entry on pg-a) on
 /// pg-b's host, and daemons whose config names it as the door.
 fn start() -> (Env, Pgbouncer) {
+    start_on("pg-b")
+}
+
+/// The same with the pgbouncer on `host`'s host (one machine: the daemon of
+/// that host alone talks to it, as on two hosts).
+fn start_on(host: &str) -> (Env, Pgbouncer) {
     let (env, pgb) = Env::start_with_extra_from(|cluster: &TestCluster| {
         let c = cluster.credentials();
         let a = cluster.node(0);
@@ -46,7 +52,7 @@ fn start() -> (Env, Pgbouncer) {
         let password_file = cluster.dir().join("pgbouncer-admin.password");
         std::fs::write(&password_file, format!("{admin_password}\n")).unwrap();
         let yaml = format!(
-            "proxy:\n  pgbouncer:\n    runs_on: [pg-b]\n    admin: {{host: 127.0.0.1, port: {}, user: {ADMIN}, password_file: {}}}\n    config_file: {}\n    database: {}\n    pause_timeout: 2s\n    db_user: {}\n",
+            "proxy:\n  pgbouncer:\n    runs_on: [{host}]\n    admin: {{host: 127.0.0.1, port: {}, user: {ADMIN}, password_file: {}}}\n    config_file: {}\n    database: {}\n    pause_timeout: 2s\n    db_user: {}\n",
             pgb.port,
             password_file.display(),
             pgb.config_file.display(),
@@ -71,12 +77,8 @@ fn start() -> (Env, Pgbouncer) {
     (env, pgb)
 }
 
-/// A client of pgbouncer: a fresh runtime in its own thread and one connection.
-fn connect(
-    rt: &tokio::runtime::Runtime,
-    env: &Env,
-    pgb: &Pgbouncer,
-) -> Result<tokio_postgres::Client, String> {
+/// How the application connects: to pgbouncer, as the application's role.
+fn client_config(env: &Env, pgb: &Pgbouncer) -> tokio_postgres::Config {
     let c = env.cluster.credentials();
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1")
@@ -85,6 +87,13 @@ fn connect(
         .password(&c.app_password)
         .dbname(&c.app_db)
         .connect_timeout(Duration::from_secs(10));
+    cfg
+}
+
+fn open(
+    rt: &tokio::runtime::Runtime,
+    cfg: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, String> {
     rt.block_on(async {
         let (client, conn) = cfg
             .connect(tokio_postgres::NoTls)
@@ -95,6 +104,15 @@ fn connect(
         });
         Ok(client)
     })
+}
+
+/// A client of pgbouncer, on `rt`.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    pgb: &Pgbouncer,
+) -> Result<tokio_postgres::Client, String> {
+    open(rt, &client_config(env, pgb))
 }
 
 /// One INSERT the writer made.
@@ -111,6 +129,8 @@ struct Attempt {
 /// prepared statement across transactions).
 struct Writer {
     attempts: Arc<Mutex<Vec<Attempt>>>,
+    /// Connections opened: 1 unless pgbouncer closed the client's.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -121,13 +141,28 @@ impl Writer {
             .enable_all()
             .build()
             .unwrap();
-        let client = connect(&rt, env, pgb).expect("the writer connects through pgbouncer");
+        let cfg = client_config(env, pgb);
+        let mut client = open(&rt, &cfg).expect("the writer connects through pgbouncer");
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (attempts.clone(), stop.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let (a, s, n) = (attempts.clone(), stop.clone(), connections.clone());
         let thread = std::thread::spawn(move || {
             let mut id = 0;
-            while !s.load(Ordering::Relaxed) && !client.is_closed() {
+            while !s.load(Ordering::Relaxed) {
+                if client.is_closed() {
+                    // As an application's pool would: a new connection.
+                    match open(&rt, &cfg) {
+                        Ok(c) => {
+                            client = c;
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                }
                 id += 1;
                 let began = Instant::now();
                 let r = rt.block_on(
@@ -137,7 +172,10 @@ impl Writer {
                     id,
                     began,
                     ended: Instant::now(),
-                    error: r.err().map(|e| e.to_string()),
+                    error: r.err().map(|e| match e.as_db_error() {
+                        Some(db) => format!("{e}: {}", db.message()),
+                        None => e.to_string(),
+                    }),
                 });
                 // The application's pace: a commit every few milliseconds.
                 std::thread::sleep(Duration::from_millis(5));
@@ -145,6 +183,7 @@ impl Writer {
         });
         Writer {
             attempts,
+            connections,
             stop,
             thread: Some(thread),
         }
@@ -166,6 +205,10 @@ impl Writer {
             let last: Vec<_> = self.attempts().into_iter().rev().take(5).collect();
             panic!("{e}\nthe writer's last attempts: {last:#?}")
         });
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     fn finish(mut self) -> Vec<Attempt> {
@@ -309,6 +352,11 @@ fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
         Instant::now(),
         "a commit through pgbouncer after the switchover",
     );
+    assert_eq!(
+        writer.connections(),
+        1,
+        "pgbouncer closed the application's connection"
+    );
     let attempts = writer.finish();
 
     let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some()).collect();
@@ -414,4 +462,147 @@ fn a_transaction_longer_than_pause_timeout_stops_the_switchover_and_pgbouncer_se
     assert!(errors.is_empty(), "the application saw errors: {errors:#?}");
     assert_invariants(&env, 0, &attempts);
     assert_eq!(served_by(&env, &pgb), env.cluster.node(0).port);
+}
+
+#[test]
+fn a_pgbouncer_ini_that_pgbouncer_would_not_reload_is_refused_before_anything_is_paused() {
+    let (env, pgb) = start();
+    let writer = Writer::start(&env, &pgb);
+    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    // pgbouncer answers RELOAD of this file without an error and keeps its
+    // old settings: after a promotion it would go on pointing at pg-a.
+    let mut ini = std::fs::read_to_string(&pgb.config_file).unwrap();
+    ini.push_str("this line is not a setting\n");
+    std::fs::write(&pgb.config_file, &ini).unwrap();
+    let op = post_switchover(&env, "pg-b");
+    assert_eq!(op["state"], "failed", "{op:#}");
+    let fence = step_message(&op, "fence_application");
+    assert!(
+        fence.contains("is not `key = value`")
+            && fence.contains("pgbouncer would refuse the whole file"),
+        "{fence}"
+    );
+    assert!(fence.contains("nothing promoted"), "{fence}");
+    writer.wait_ack_after(
+        Instant::now(),
+        "a commit through pgbouncer after the refusal",
+    );
+    let attempts = writer.finish();
+    assert!(
+        attempts.iter().all(|a| a.error.is_none()),
+        "the application saw errors"
+    );
+    assert_invariants(&env, 0, &attempts);
+    assert_eq!(
+        std::fs::read_to_string(&pgb.config_file).unwrap(),
+        ini,
+        "nothing rewritten"
+    );
+}
+
+#[test]
+fn a_pgbouncer_on_a_host_whose_daemon_is_silent_is_not_taken_as_paused() {
+    let (mut env, pgb) = start_on("pg-a");
+    let writer = Writer::start(&env, &pgb);
+    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    env.daemons[0].kill();
+    poll_until(
+        env.within_polls(8),
+        "pg-b's daemon to notice pg-a's is gone",
+        || {
+            (env.daemons[1].get("/v1/status").json()["nodes"][0]["daemon_answered"] == false)
+                .then_some(())
+        },
+    )
+    .unwrap();
+    let body = serde_json::json!({"target": "pg-b", "reason": "pg-a's daemon is gone"}).to_string();
+    let r = env.daemons[1].post("/v1/switchover?wait=true", &body, &env.token());
+    assert_eq!(r.status, 422, "{}", r.body);
+    let j = r.json();
+    let check = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "host_fenced" && c["verdict"] == "fail")
+        .unwrap_or_else(|| panic!("no failed host_fenced: {j}"))
+        .clone();
+    assert!(
+        check["message"].as_str().unwrap().contains("fenced_hosts"),
+        "{check}"
+    );
+    // Nothing was paused: the writer goes on, on pg-a.
+    writer.wait_ack_after(
+        Instant::now(),
+        "a commit through pgbouncer after the refusal",
+    );
+    let attempts = writer.finish();
+    assert!(
+        attempts.iter().all(|a| a.error.is_none()),
+        "the application saw errors"
+    );
+    assert_invariants(&env, 0, &attempts);
+    assert_eq!(served_by(&env, &pgb), env.cluster.node(0).port);
+}
+
+#[test]
+fn after_a_failover_pgbouncer_leads_the_same_client_connection_to_the_new_primary() {
+    let (env, pgb) = start();
+    let writer = Writer::start(&env, &pgb);
+    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let killed = Instant::now();
+    env.cluster.stop_node(0, StopMode::Immediate).unwrap();
+    let stopped = killed.elapsed();
+    env.wait_health(1, "pg-a down", env.within_polls(5), |_, h| {
+        util::has_problem(h, "node_down", Some("pg-a"))
+    });
+    eprintln!(
+        "pg-a stopped in {stopped:?}, seen down after {:?}",
+        killed.elapsed()
+    );
+    let failover_began = Instant::now();
+    let r = env.daemons[1].post(
+        "/v1/failover?wait=true",
+        r#"{"target": "pg-b", "reason": "pg-a crashed"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let op = r.json();
+    assert!(
+        step_message(&op, "switch_application").contains("RESUME"),
+        "{op:#}"
+    );
+    let failover_took = failover_began.elapsed();
+    writer.wait_ack_after(
+        Instant::now(),
+        "a commit through pgbouncer after the failover",
+    );
+    let connections_seen = writer.connections();
+    let attempts = writer.finish();
+    // The transaction in flight when pg-a died fails, and pgbouncer closes
+    // that client's connection with it ("server conn crashed?"): errors at
+    // the kill, before the failover began, and one new connection at most;
+    // every later transaction waits for the failover and commits on pg-b.
+    let connections = connections_seen;
+    let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some()).collect();
+    assert!(connections <= 2, "{connections} connections");
+    assert!(
+        errors.iter().all(|a| a.began < failover_began),
+        "errors after the failover began: {errors:#?}"
+    );
+    let (insert, gap) = longest_pause(&attempts);
+    eprintln!(
+        "pgbouncer failover: longest INSERT {:.0} ms, longest gap between commits {:.0} ms (from the kill), {} error(s) at the kill, {connections} connection(s); the failover took {:.0} ms",
+        insert.as_secs_f64() * 1000.0,
+        gap.as_secs_f64() * 1000.0,
+        errors.len(),
+        failover_took.as_secs_f64() * 1000.0
+    );
+    for st in op["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {} {} -> {}",
+            st["name"], st["started_at"], st["finished_at"]
+        );
+    }
+    assert_invariants(&env, 1, &attempts);
+    assert_eq!(served_by(&env, &pgb), env.cluster.node(1).port);
 }

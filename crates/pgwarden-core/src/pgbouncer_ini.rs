@@ -20,6 +20,41 @@ pub enum PgbouncerIniError {
     MissingEntry { database: String },
     #[error("the [databases] entry `{database}` cannot be read as `key=value` pairs: {why}")]
     Unreadable { database: String, why: &'static str },
+    /// pgbouncer answers RELOAD without an error when it refuses the file
+    /// (it logs "config file loading failed" and keeps the old one), so a
+    /// broken file must be found before pgwarden relies on a RELOAD.
+    #[error("line {line} is {why}: pgbouncer would refuse the whole file on RELOAD (and keep its old settings)")]
+    Broken { line: usize, why: &'static str },
+}
+
+/// Checks what pgbouncer's reader would refuse in the whole file: a line
+/// that is neither blank, a comment, a `[section]` nor `key = value`, and a
+/// `[databases]` value that is not `key=value` pairs. Values of settings are
+/// not checked (pgbouncer knows its own).
+pub fn check(text: &str) -> Result<(), PgbouncerIniError> {
+    let mut in_databases = false;
+    for (i, (line, _)) in split_lines(text).iter().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+            continue;
+        }
+        let broken = |why| PgbouncerIniError::Broken { line: i + 1, why };
+        if let Some(rest) = t.strip_prefix('[') {
+            let end = rest
+                .find(']')
+                .ok_or_else(|| broken("a section header without `]`"))?;
+            in_databases = rest[..end].trim() == "databases";
+            continue;
+        }
+        let eq = t.find('=').ok_or_else(|| broken("not `key = value`"))?;
+        if t[..eq].trim().is_empty() {
+            return Err(broken("`= value` without a key"));
+        }
+        if in_databases {
+            pairs(t[eq + 1..].trim()).map_err(broken)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the entry's host and port point, as pgbouncer reads them (the last
@@ -376,6 +411,23 @@ listen_port = 6432 ; not a comment for pgbouncer\r\n";
                 repoint(ini, "inmanta", "n", 1),
                 Err(PgbouncerIniError::Unreadable { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn what_pgbouncer_would_refuse_is_found_with_its_line() {
+        assert_eq!(check(INI), Ok(()));
+        for (text, line) in [
+            ("[databases]\ninmanta = host=a\ngarbage line\n", 3),
+            ("[databases\n", 1),
+            ("[pgbouncer]\n = 3\n", 2),
+            ("[databases]\n\nother = host='x\n", 3),
+        ] {
+            assert!(
+                matches!(check(text), Err(PgbouncerIniError::Broken { line: l, .. }) if l == line),
+                "{text:?}: {:?}",
+                check(text)
+            );
         }
     }
 

@@ -133,27 +133,15 @@ impl Console {
         Ok(rows.pop().unwrap_or_default())
     }
 
-    /// RELOAD (pgbouncer re-reads its file: one it cannot read fails here,
-    /// before anything is paused), then PAUSE `db`, on one connection. The
-    /// PAUSE answers once every server connection of `db` is closed, each
-    /// transaction in flight finished (transaction pooling). One that takes
-    /// longer than `pause_timeout` is a transaction that did not finish:
-    /// the pause is undone (RESUME) and the error says so. A pause pgbouncer
-    /// already holds (a resumed step) counts as done.
-    pub async fn reload_then_pause(
-        &self,
-        db: &str,
-        pause_timeout: Duration,
-    ) -> Result<(), ConsoleError> {
+    /// PAUSE `db`: answers once every server connection of `db` is closed,
+    /// each transaction in flight finished (transaction pooling). One that
+    /// takes longer than `pause_timeout` is a transaction that did not
+    /// finish: the pause is undone (RESUME) and the error says so. PAUSE of
+    /// a paused database answers as done (a resumed step).
+    pub async fn pause(&self, db: &str, pause_timeout: Duration) -> Result<(), ConsoleError> {
         let command = format!("PAUSE {}", ident(db));
-        match self
-            .run_all(&[("RELOAD", self.timeout), (&command, pause_timeout)])
-            .await
-        {
+        match self.run_all(&[(&command, pause_timeout)]).await {
             Ok(_) => Ok(()),
-            Err(ConsoleError::Command { detail, .. }) if detail.contains("already paused") => {
-                Ok(())
-            }
             Err(ConsoleError::Timeout { command: c, .. }) if c == command => {
                 let undone = match self.resume(db).await {
                     Ok(()) => "resumed again".to_owned(),
@@ -180,18 +168,22 @@ impl Console {
         }
     }
 
-    /// RELOAD (pgbouncer re-reads pgbouncer.ini), RECONNECT `db` (every
-    /// server connection of `db` is closed once released, so none stays on
-    /// the old address), then SHOW DATABASES: where the entries point now.
-    pub async fn reload_reconnect(&self, db: &str) -> Result<Vec<DatabaseEntry>, ConsoleError> {
-        let reconnect = format!("RECONNECT {}", ident(db));
-        let rows = self
-            .run_all(&[
-                ("RELOAD", self.timeout),
-                (&reconnect, self.timeout),
-                ("SHOW DATABASES", self.timeout),
-            ])
-            .await?;
+    /// RELOAD (pgbouncer re-reads pgbouncer.ini; NB: 1.18 answers it
+    /// without an error when it refuses the file), then RECONNECT `reconnect`
+    /// if given (every server connection of it closed once released, so none
+    /// stays on the old address), then SHOW DATABASES: where the entries
+    /// point now, which is how a RELOAD is verified.
+    pub async fn reload(
+        &self,
+        reconnect: Option<&str>,
+    ) -> Result<Vec<DatabaseEntry>, ConsoleError> {
+        let reconnect = reconnect.map(|db| format!("RECONNECT {}", ident(db)));
+        let mut commands = vec![("RELOAD", self.timeout)];
+        if let Some(r) = &reconnect {
+            commands.push((r.as_str(), self.timeout));
+        }
+        commands.push(("SHOW DATABASES", self.timeout));
+        let rows = self.run_all(&commands).await?;
         Ok(rows.last().map(|r| databases(r)).unwrap_or_default())
     }
 

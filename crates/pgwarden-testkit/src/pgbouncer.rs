@@ -193,6 +193,9 @@ fn ini(o: &PgbouncerOptions, port: u16, dir: &Path, auth_file: &Path, log_file: 
          pool_mode = transaction\n\
          default_pool_size = 5\n\
          max_client_conn = 100\n\
+         ; after a server login failed (the primary died), pgbouncer waits this\n\
+         ; long before it tries again, even once re-pointed (default 15s)\n\
+         server_login_retry = 1\n\
          ; what the client library sends at startup\n\
          ignore_startup_parameters = extra_float_digits,options\n",
         pid = dir.join("pgbouncer.pid").display(),

@@ -25,7 +25,7 @@ pub enum Action {
     /// What SHOW DATABASES and SHOW SERVERS say about the entry.
     Status,
     /// Check that pgbouncer.ini can be re-pointed here and that pgbouncer
-    /// re-reads it (RELOAD of the file as it is), then PAUSE the entry,
+    /// runs what it says after a RELOAD of the file as it is, then PAUSE the entry,
     /// bounded by `pause_timeout` (undone when it times out): what would
     /// fail after the promotion fails here, before it.
     Pause,
@@ -131,10 +131,31 @@ impl Effects {
                 if let Some(why) = config_file_blocker(pb) {
                     return Err(why);
                 }
+                // Before anything is paused: pgbouncer runs what its file
+                // says. If not, the file does not load (RELOAD keeps the old
+                // settings without an error) or was never reloaded, and the
+                // re-pointing after the promotion could not be trusted.
+                let dbs = console.reload(None).await.map_err(|e| e.to_string())?;
+                let running = entry(pb, dbs)?;
+                let file = std::fs::read_to_string(&pb.config_file)
+                    .map_err(|e| format!("cannot read {}: {e}", pb.config_file.display()))?;
+                let written = pgbouncer_ini::target(&file, db)
+                    .map_err(|e| format!("{}: {e}", pb.config_file.display()))?;
+                let running_port = running.port.map(|p| p.to_string());
+                if running.host != written.host || running_port != written.port {
+                    return Err(format!(
+                        "{} says {db} = host={} port={}, but after RELOAD pgbouncer still runs host={} port={}: it does not take the file (see its log for \"config file loading failed\"), so it could not be re-pointed; nothing paused",
+                        pb.config_file.display(),
+                        written.host.as_deref().unwrap_or("?"),
+                        written.port.as_deref().unwrap_or("?"),
+                        running.host.as_deref().unwrap_or("?"),
+                        running_port.as_deref().unwrap_or("?"),
+                    ));
+                }
                 console
-                    .reload_then_pause(db, pb.pause_timeout)
+                    .pause(db, pb.pause_timeout)
                     .await
-                    .map_err(|e| reload_hint(e, pb))?;
+                    .map_err(|e| e.to_string())?;
                 report.paused = true;
             }
             Action::Resume => console.resume(db).await.map_err(|e| e.to_string())?,
@@ -144,14 +165,11 @@ impl Effects {
                 port,
             } => {
                 report.changed = repoint_file(&pb.config_file, db, operation, host, *port)?;
-                let dbs = console
-                    .reload_reconnect(db)
-                    .await
-                    .map_err(|e| reload_hint(e, pb))?;
+                let dbs = console.reload(Some(db)).await.map_err(|e| e.to_string())?;
                 let entry = entry(pb, dbs)?;
                 if entry.host.as_deref() != Some(host.as_str()) || entry.port != Some(*port) {
                     return Err(format!(
-                        "after RELOAD, SHOW DATABASES says {db} points to {}:{}, not {host}:{port}",
+                        "after RELOAD, SHOW DATABASES says {db} points to {}:{}, not {host}:{port}: pgbouncer did not take the rewritten file (see its log for \"config file loading failed\")",
                         entry.host.as_deref().unwrap_or("?"),
                         entry.port.map(|p| p.to_string()).unwrap_or("?".into())
                     ));
@@ -215,19 +233,6 @@ fn entry(
         })
 }
 
-/// A failed RELOAD says what it means for the operation.
-fn reload_hint(e: pgwarden_pg::pgbouncer::ConsoleError, pb: &PgbouncerConfig) -> String {
-    match &e {
-        pgwarden_pg::pgbouncer::ConsoleError::Command { command, .. } if command == "RELOAD" => {
-            format!(
-                "{e}: pgbouncer cannot re-read {}, so it cannot be re-pointed",
-                pb.config_file.display()
-            )
-        }
-        _ => e.to_string(),
-    }
-}
-
 /// Points the entry `db` of `path` at `host:port`; `Ok(false)` when it
 /// already did (nothing written). Before the first change the original is
 /// kept as `<file>.pgwarden-<operation>.bak`; the rewrite keeps mode and owner.
@@ -273,7 +278,9 @@ pub fn config_file_blocker(pb: &PgbouncerConfig) -> Option<String> {
         Ok(t) => t,
         Err(e) => return Some(format!("cannot read {}: {e}", path.display())),
     };
-    if let Err(e) = pgbouncer_ini::repoint(&text, &pb.database, "check", 1) {
+    if let Err(e) = pgbouncer_ini::check(&text)
+        .and_then(|()| pgbouncer_ini::repoint(&text, &pb.database, "check", 1))
+    {
         return Some(format!("{}: {e}", path.display()));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
