@@ -10,11 +10,11 @@
 
 mod util;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgwarden_testkit::pgbouncer::{Database, Pgbouncer, PgbouncerOptions};
+use pgwarden_testkit::pgbouncer::{
+    self, longest_pause, Attempt, Database, Pgbouncer, PgbouncerOptions, Writer,
+};
 use pgwarden_testkit::{poll_until, StopMode, TestCluster};
 use util::Env;
 
@@ -80,30 +80,7 @@ fn start_on(host: &str) -> (Env, Pgbouncer) {
 /// How the application connects: to pgbouncer, as the application's role.
 fn client_config(env: &Env, pgb: &Pgbouncer) -> tokio_postgres::Config {
     let c = env.cluster.credentials();
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(pgb.port)
-        .user(&c.app_user)
-        .password(&c.app_password)
-        .dbname(&c.app_db)
-        .connect_timeout(Duration::from_secs(10));
-    cfg
-}
-
-fn open(
-    rt: &tokio::runtime::Runtime,
-    cfg: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, String> {
-    rt.block_on(async {
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    })
+    pgb.client_config(&c.app_user, &c.app_password, &c.app_db)
 }
 
 /// A client of pgbouncer, on `rt`.
@@ -112,139 +89,22 @@ fn connect(
     env: &Env,
     pgb: &Pgbouncer,
 ) -> Result<tokio_postgres::Client, String> {
-    open(rt, &client_config(env, pgb))
+    pgbouncer::open(rt, &client_config(env, pgb))
 }
 
-/// One INSERT the writer made.
-#[derive(Clone, Debug)]
-struct Attempt {
-    id: i64,
-    began: Instant,
-    ended: Instant,
-    error: Option<String>,
+fn start_writer(env: &Env, pgb: &Pgbouncer) -> Writer {
+    Writer::start(client_config(env, pgb), TABLE).expect("the writer connects through pgbouncer")
 }
 
-/// The application: ONE connection through pgbouncer, committing numbered
-/// rows one after the other (simple protocol: transaction pooling keeps no
-/// prepared statement across transactions).
-struct Writer {
-    attempts: Arc<Mutex<Vec<Attempt>>>,
-    /// Connections opened: 1 unless pgbouncer closed the client's.
-    connections: Arc<std::sync::atomic::AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(env: &Env, pgb: &Pgbouncer) -> Writer {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = client_config(env, pgb);
-        let mut client = open(&rt, &cfg).expect("the writer connects through pgbouncer");
-        let attempts = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(1));
-        let (a, s, n) = (attempts.clone(), stop.clone(), connections.clone());
-        let thread = std::thread::spawn(move || {
-            let mut id = 0;
-            while !s.load(Ordering::Relaxed) {
-                if client.is_closed() {
-                    // As an application's pool would: a new connection.
-                    match open(&rt, &cfg) {
-                        Ok(c) => {
-                            client = c;
-                            n.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            std::thread::sleep(Duration::from_millis(50));
-                            continue;
-                        }
-                    }
-                }
-                id += 1;
-                let began = Instant::now();
-                let r = rt.block_on(
-                    client.simple_query(&format!("INSERT INTO {TABLE} (id) VALUES ({id})")),
-                );
-                a.lock().unwrap().push(Attempt {
-                    id,
-                    began,
-                    ended: Instant::now(),
-                    error: r.err().map(|e| match e.as_db_error() {
-                        Some(db) => format!("{e}: {}", db.message()),
-                        None => e.to_string(),
-                    }),
-                });
-                // The application's pace: a commit every few milliseconds.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Writer {
-            attempts,
-            connections,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn attempts(&self) -> Vec<Attempt> {
-        self.attempts.lock().unwrap().clone()
-    }
-
-    /// Waits for a commit that began after `after`.
-    fn wait_ack_after(&self, after: Instant, what: &str) {
-        poll_until(Duration::from_secs(60), what, || {
-            self.attempts()
-                .iter()
-                .any(|a| a.error.is_none() && a.began > after)
-                .then_some(())
-        })
-        .unwrap_or_else(|e| {
-            let last: Vec<_> = self.attempts().into_iter().rev().take(5).collect();
-            panic!("{e}\nthe writer's last attempts: {last:#?}")
-        });
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    fn finish(mut self) -> Vec<Attempt> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        self.attempts()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The longest single INSERT (the pause the application saw) and the longest
-/// gap between two acknowledged commits.
-fn longest_pause(attempts: &[Attempt]) -> (Duration, Duration) {
-    let insert = attempts
-        .iter()
-        .map(|a| a.ended - a.began)
-        .max()
-        .unwrap_or_default();
-    let acks: Vec<Instant> = attempts
-        .iter()
-        .filter(|a| a.error.is_none())
-        .map(|a| a.ended)
-        .collect();
-    let gap = acks
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
-    (insert, gap)
+/// Waits for a commit that began after `after`, or says what the writer saw.
+fn wait_ack_after(writer: &Writer, after: Instant, what: &str) {
+    poll_until(Duration::from_secs(60), what, || {
+        writer.committed_after(after).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        let last: Vec<_> = writer.attempts().into_iter().rev().take(5).collect();
+        panic!("{e}\nthe writer's last attempts: {last:#?}")
+    });
 }
 
 /// The node a new transaction through pgbouncer runs on.
@@ -334,8 +194,8 @@ fn step_message(op: &serde_json::Value, step: &str) -> String {
 #[test]
 fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
     let (env, pgb) = start();
-    let writer = Writer::start(&env, &pgb);
-    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     assert_eq!(served_by(&env, &pgb), env.cluster.node(0).port);
     let ini_before = std::fs::read_to_string(&pgb.config_file).unwrap();
 
@@ -348,7 +208,8 @@ fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
         "{op:#}\n{}",
         env.daemons[0].log_text()
     );
-    writer.wait_ack_after(
+    wait_ack_after(
+        &writer,
         Instant::now(),
         "a commit through pgbouncer after the switchover",
     );
@@ -428,8 +289,8 @@ fn a_pgbouncer_that_is_down_is_refused_before_anything_is_promoted() {
 #[test]
 fn a_transaction_longer_than_pause_timeout_stops_the_switchover_and_pgbouncer_serves_again() {
     let (env, pgb) = start();
-    let writer = Writer::start(&env, &pgb);
-    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     // A second client keeps a transaction open through pgbouncer.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -452,7 +313,8 @@ fn a_transaction_longer_than_pause_timeout_stops_the_switchover_and_pgbouncer_se
     );
     // Resumed: the writer commits again, the long transaction too.
     let after = Instant::now();
-    writer.wait_ack_after(
+    wait_ack_after(
+        &writer,
         after,
         "a commit through pgbouncer after the refused switchover",
     );
@@ -467,8 +329,8 @@ fn a_transaction_longer_than_pause_timeout_stops_the_switchover_and_pgbouncer_se
 #[test]
 fn a_pgbouncer_ini_that_pgbouncer_would_not_reload_is_refused_before_anything_is_paused() {
     let (env, pgb) = start();
-    let writer = Writer::start(&env, &pgb);
-    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     // pgbouncer answers RELOAD of this file without an error and keeps its
     // old settings: after a promotion it would go on pointing at pg-a.
     let mut ini = std::fs::read_to_string(&pgb.config_file).unwrap();
@@ -483,7 +345,8 @@ fn a_pgbouncer_ini_that_pgbouncer_would_not_reload_is_refused_before_anything_is
         "{fence}"
     );
     assert!(fence.contains("nothing promoted"), "{fence}");
-    writer.wait_ack_after(
+    wait_ack_after(
+        &writer,
         Instant::now(),
         "a commit through pgbouncer after the refusal",
     );
@@ -503,8 +366,8 @@ fn a_pgbouncer_ini_that_pgbouncer_would_not_reload_is_refused_before_anything_is
 #[test]
 fn a_pgbouncer_on_a_host_whose_daemon_is_silent_is_not_taken_as_paused() {
     let (mut env, pgb) = start_on("pg-a");
-    let writer = Writer::start(&env, &pgb);
-    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     env.daemons[0].kill();
     poll_until(
         env.within_polls(8),
@@ -531,7 +394,8 @@ fn a_pgbouncer_on_a_host_whose_daemon_is_silent_is_not_taken_as_paused() {
         "{check}"
     );
     // Nothing was paused: the writer goes on, on pg-a.
-    writer.wait_ack_after(
+    wait_ack_after(
+        &writer,
         Instant::now(),
         "a commit through pgbouncer after the refusal",
     );
@@ -547,8 +411,8 @@ fn a_pgbouncer_on_a_host_whose_daemon_is_silent_is_not_taken_as_paused() {
 #[test]
 fn after_a_failover_pgbouncer_leads_the_same_client_connection_to_the_new_primary() {
     let (env, pgb) = start();
-    let writer = Writer::start(&env, &pgb);
-    writer.wait_ack_after(Instant::now(), "a first commit through pgbouncer");
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     let killed = Instant::now();
     env.cluster.stop_node(0, StopMode::Immediate).unwrap();
     let stopped = killed.elapsed();
@@ -572,7 +436,8 @@ fn after_a_failover_pgbouncer_leads_the_same_client_connection_to_the_new_primar
         "{op:#}"
     );
     let failover_took = failover_began.elapsed();
-    writer.wait_ack_after(
+    wait_ack_after(
+        &writer,
         Instant::now(),
         "a commit through pgbouncer after the failover",
     );

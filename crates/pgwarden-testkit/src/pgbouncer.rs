@@ -3,6 +3,8 @@
 //! the foreground (as the `postgres` user when we are root, as a packaged
 //! pgbouncer runs as its own user); stopped and removed on drop.
 //!
+//! [`Writer`] is an application behind it: one connection, committing rows.
+//!
 //! Clients and the admin console log in with SCRAM against `userlist.txt`
 //! (plain passwords there, so pgbouncer can also log in to PostgreSQL with
 //! them). pgbouncer.ini belongs to pgbouncer's user, 0640, as a packaged one.
@@ -11,7 +13,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, KitError};
 use crate::procs::Runner;
@@ -146,6 +150,23 @@ impl Pgbouncer {
         self.spawn(&Runner::detect()?)
     }
 
+    /// How a client (the application) connects to it.
+    pub fn client_config(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(dbname)
+            .connect_timeout(Duration::from_secs(10));
+        cfg
+    }
+
     pub fn admin_user(&self) -> &str {
         &self.options.admin_user
     }
@@ -204,4 +225,153 @@ fn ini(o: &PgbouncerOptions, port: u16, dir: &Path, auth_file: &Path, log_file: 
         admin = o.admin_user,
     ));
     s
+}
+
+/// Opens a client connection on `rt` (its driver spawned there).
+pub fn open(
+    rt: &tokio::runtime::Runtime,
+    cfg: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, String> {
+    rt.block_on(async {
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    })
+}
+
+/// One INSERT the writer made.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub id: i64,
+    pub began: Instant,
+    pub ended: Instant,
+    /// None: acknowledged.
+    pub error: Option<String>,
+}
+
+/// An application behind pgbouncer: ONE connection, committing numbered rows
+/// (`INSERT INTO <table> (id)`) one after the other, a few milliseconds apart,
+/// in its own thread. Simple protocol: transaction pooling keeps no prepared
+/// statement across transactions. A connection pgbouncer closes is opened
+/// again, as an application's pool would, and counted.
+pub struct Writer {
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Connects (an error if it cannot), then writes until [`Writer::finish`].
+    pub fn start(cfg: tokio_postgres::Config, table: &str) -> Result<Writer, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut client = open(&rt, &cfg)?;
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(1));
+        let (a, s, n) = (attempts.clone(), stop.clone(), connections.clone());
+        let table = table.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut id = 0;
+            while !s.load(Ordering::Relaxed) {
+                if client.is_closed() {
+                    match open(&rt, &cfg) {
+                        Ok(c) => {
+                            client = c;
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                }
+                id += 1;
+                let began = Instant::now();
+                let r = rt.block_on(
+                    client.simple_query(&format!("INSERT INTO {table} (id) VALUES ({id})")),
+                );
+                a.lock().unwrap_or_else(|p| p.into_inner()).push(Attempt {
+                    id,
+                    began,
+                    ended: Instant::now(),
+                    error: r.err().map(|e| match e.as_db_error() {
+                        Some(db) => format!("{e}: {}", db.message()),
+                        None => e.to_string(),
+                    }),
+                });
+                // The application's pace: a commit every few milliseconds.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Ok(Writer {
+            attempts,
+            connections,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether a commit that began after `after` was acknowledged.
+    pub fn committed_after(&self, after: Instant) -> bool {
+        self.attempts()
+            .iter()
+            .any(|a| a.error.is_none() && a.began > after)
+    }
+
+    /// Connections opened so far: 1 unless pgbouncer closed the first.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops writing; every attempt made.
+    pub fn finish(mut self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.attempts()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The longest single INSERT (the pause the application saw) and the longest
+/// gap between two acknowledged commits.
+pub fn longest_pause(attempts: &[Attempt]) -> (Duration, Duration) {
+    let insert = attempts
+        .iter()
+        .map(|a| a.ended - a.began)
+        .max()
+        .unwrap_or_default();
+    let acks: Vec<Instant> = attempts
+        .iter()
+        .filter(|a| a.error.is_none())
+        .map(|a| a.ended)
+        .collect();
+    let gap = acks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    (insert, gap)
 }
