@@ -432,6 +432,17 @@ listen_port = 6432 ; not a comment for pgbouncer\r\n";
     }
 
     #[test]
+    fn the_shipped_example_can_be_re_pointed() {
+        let ini = include_str!("../../../deploy/pgbouncer/pgbouncer.ini");
+        assert_eq!(check(ini), Ok(()));
+        let out = repoint(ini, "inmanta", "10.0.0.2", 5432).unwrap();
+        assert_eq!(
+            out,
+            ini.replace("inmanta = host=10.0.0.1", "inmanta = host=10.0.0.2")
+        );
+    }
+
+    #[test]
     fn a_file_without_a_final_newline_keeps_it_so() {
         let ini = "[databases]\ninmanta = host=a port=1";
         assert_eq!(
