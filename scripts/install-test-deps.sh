@@ -39,6 +39,8 @@ command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(ipr
 command -v setpriv >/dev/null || need+=(util-linux)
 # Load balancer checks of /primary and /replica run through a real HAProxy.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# The application's door through a pooler: a real pgbouncer (tests/tests/pgbouncer.rs).
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 # The status page is checked in a real headless browser.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # The Debian package test (tests/tests/package.rs) builds, installs and

@@ -54,6 +54,75 @@ pub struct Config {
     /// `nodes[].api` must be an https:// URL.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The clients' door to the primary (DESIGN "Clients that follow the
+    /// primary"): with it, an operation pauses and re-points the proxy and
+    /// leaves the application running.
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `proxy`: what stands between the application and PostgreSQL.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default)]
+    pub pgbouncer: Option<PgbouncerConfig>,
+}
+
+/// `proxy.pgbouncer`: the pgbouncers the application connects through.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgbouncerConfig {
+    /// The hosts (node names) with a pgbouncer; each host's own daemon talks
+    /// to its pgbouncer's admin console. Default: every node. On one machine
+    /// (loopback tests) name one host only.
+    #[serde(default)]
+    pub runs_on: Option<Vec<String>>,
+    /// The admin console, as seen from the daemon on the same host.
+    pub admin: PgbouncerAdmin,
+    /// pgbouncer.ini, on each host of `runs_on`.
+    pub config_file: PathBuf,
+    /// The `[databases]` entry whose `host=` and `port=` are re-pointed.
+    pub database: String,
+    /// How long PAUSE may wait for the transactions in flight. Default 10s.
+    #[serde(with = "humantime_serde", default = "default_pause_timeout")]
+    pub pause_timeout: Duration,
+    /// The role pgbouncer logs in as on PostgreSQL (an extension of
+    /// DESIGN.md): fenced means no session of it is left on the old
+    /// primary. Default `application.db_user`; required without `application`.
+    #[serde(default)]
+    pub db_user: Option<String>,
+}
+
+/// `proxy.pgbouncer.admin`: how to reach the admin console (`pgbouncer` database).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgbouncerAdmin {
+    pub host: String,
+    pub port: u16,
+    /// A user of pgbouncer's `admin_users`.
+    pub user: String,
+    /// Its password; without it the console must trust this user.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn default_pause_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl PgbouncerConfig {
+    /// The hosts with a pgbouncer, in the order of `nodes`.
+    pub fn hosts(&self, nodes: &[NodeConfig]) -> Vec<String> {
+        match &self.runs_on {
+            Some(list) => nodes
+                .iter()
+                .filter(|n| list.contains(&n.name))
+                .map(|n| n.name.clone())
+                .collect(),
+            None => nodes.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
 }
 
 /// The listener's certificate and key, and whom to trust when calling the
@@ -742,7 +811,23 @@ impl Config {
                 );
             }
         }
+        if let Some(pb) = self.pgbouncer() {
+            validate_pgbouncer(self, pb, &mut bad);
+        }
         out
+    }
+
+    /// The configured pgbouncers, if any.
+    pub fn pgbouncer(&self) -> Option<&PgbouncerConfig> {
+        self.proxy.as_ref().and_then(|p| p.pgbouncer.as_ref())
+    }
+
+    /// The role whose sessions mean "not fenced": pgbouncer's when a proxy
+    /// is the door, else the application's.
+    pub fn fenced_role(&self) -> Option<&str> {
+        self.pgbouncer()
+            .and_then(|p| p.db_user.as_deref())
+            .or(self.application.as_ref().map(|a| a.db_user.as_str()))
     }
 
     /// The entry of `nodes` this daemon runs beside (validated to exist).
@@ -768,6 +853,75 @@ impl Config {
     /// Whether `name` is a configured `role: replica` node.
     pub fn is_replica(&self, name: &str) -> bool {
         self.node(name).is_some_and(NodeConfig::is_replica)
+    }
+}
+
+fn validate_pgbouncer(
+    config: &Config,
+    pb: &PgbouncerConfig,
+    bad: &mut impl FnMut(Vec<PathSeg>, String),
+) {
+    let at = |k: &str| vec![key("proxy"), key("pgbouncer"), key(k)];
+    if let Some(list) = &pb.runs_on {
+        let known: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        for (i, h) in list.iter().enumerate() {
+            if !known.contains(&h.as_str()) {
+                let mut path = at("runs_on");
+                path.push(PathSeg::Index(i));
+                bad(
+                    path,
+                    format!(
+                        "proxy.pgbouncer.runs_on[{i}] `{h}` is not a node ({}): name the hosts by their node name",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        if list.is_empty() {
+            bad(
+                at("runs_on"),
+                "proxy.pgbouncer.runs_on: name at least one host (or leave it out: every node)"
+                    .into(),
+            );
+        }
+    }
+    // The entry name is matched as pgbouncer reads it: a bare word.
+    if pb.database.is_empty()
+        || pb
+            .database
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '=' | '[' | ']' | ';' | '#' | '"' | '\''))
+    {
+        bad(
+            at("database"),
+            format!(
+                "proxy.pgbouncer.database `{}`: name the [databases] entry of pgbouncer.ini (a word without spaces, `=`, quotes or brackets)",
+                pb.database
+            ),
+        );
+    }
+    if pb.pause_timeout.is_zero() {
+        bad(
+            at("pause_timeout"),
+            "proxy.pgbouncer.pause_timeout: give PAUSE some time, e.g. 10s".into(),
+        );
+    }
+    if pb.admin.user.trim().is_empty() {
+        bad(
+            vec![key("proxy"), key("pgbouncer"), key("admin"), key("user")],
+            "proxy.pgbouncer.admin.user: name a user of pgbouncer's admin_users".into(),
+        );
+    }
+    match (&pb.db_user, &config.application) {
+        (Some(u), _) if u.trim().is_empty() => bad(
+            at("db_user"),
+            "proxy.pgbouncer.db_user: name the role pgbouncer logs in as".into(),
+        ),
+        (None, None) => bad(
+            vec![key("proxy"), key("pgbouncer")],
+            "proxy.pgbouncer: without an `application` section, set db_user (the role pgbouncer logs in as on PostgreSQL)".into(),
+        ),
+        _ => {}
     }
 }
 
@@ -1214,5 +1368,52 @@ application:
         assert_eq!(path(&[key("zzz")]), (1, 1));
         // A list at its key's own indentation.
         assert_eq!(path(&[key("flat"), PathSeg::Index(0), key("name")]), (9, 3));
+    }
+
+    const PGBOUNCER: &str = "proxy:\n  pgbouncer:\n    runs_on: [pg-a]\n    admin: {host: 127.0.0.1, port: 6432, user: pgbouncer, password_file: /etc/pgwarden/pgbouncer.password}\n    config_file: /etc/pgbouncer/pgbouncer.ini\n    database: inmanta\n";
+
+    #[test]
+    fn a_pgbouncer_proxy_parses_with_its_defaults() {
+        let c = Config::parse_str("x", &format!("{EXAMPLE}{PGBOUNCER}")).unwrap();
+        let pb = c.pgbouncer().unwrap();
+        assert_eq!(pb.pause_timeout, Duration::from_secs(10));
+        assert_eq!(pb.hosts(&c.nodes), vec!["pg-a".to_owned()]);
+        assert_eq!(pb.admin.port, 6432);
+        // Without its own db_user, the application's role is the fenced one.
+        assert_eq!(c.fenced_role(), Some("inmanta"));
+    }
+
+    #[test]
+    fn a_pgbouncer_proxy_without_application_needs_db_user() {
+        let end = EXAMPLE.find("application:").unwrap();
+        let e = err(&format!("{}{PGBOUNCER}", &EXAMPLE[..end]));
+        assert!(e.to_string().contains("set db_user"), "{e}");
+        let with = format!("{}{PGBOUNCER}    db_user: app\n", &EXAMPLE[..end]);
+        let c = Config::parse_str("x", &with).unwrap();
+        assert!(c.application.is_none());
+        assert_eq!(c.fenced_role(), Some("app"));
+    }
+
+    #[test]
+    fn a_bad_pgbouncer_section_points_at_its_lines() {
+        let text = format!("{EXAMPLE}{PGBOUNCER}")
+            .replace("runs_on: [pg-a]", "runs_on: [pg-z]")
+            .replace("database: inmanta", "database: \"in manta\"")
+            + "    pause_timeout: 0s\n";
+        let e = err(&text);
+        let s = e.to_string();
+        assert!(s.contains("runs_on[0] `pg-z` is not a node"), "{s}");
+        assert!(s.contains("proxy.pgbouncer.database `in manta`"), "{s}");
+        assert!(s.contains("pause_timeout"), "{s}");
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let lines: Vec<usize> = e.problems.iter().map(|p| p.line).collect();
+        assert!(lines.contains(&line_of("runs_on: [pg-z]")), "{lines:?}");
+        assert!(
+            lines.contains(&line_of("database: \"in manta\"")),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&line_of("pause_timeout: 0s")), "{lines:?}");
+        let e = err(&format!("{EXAMPLE}{PGBOUNCER}    pause_timout: 3s\n"));
+        assert!(e.to_string().contains("pause_timout"), "{e}");
     }
 }

@@ -18,6 +18,7 @@ pub mod ini;
 pub mod last_primary;
 pub mod listen;
 pub mod operation;
+pub mod pgbouncer_ini;
 pub mod preflight;
 pub mod routes;
 pub mod secret;

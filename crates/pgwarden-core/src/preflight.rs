@@ -128,11 +128,18 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
 
     out.push(host_fenced_check(config, request, silent_hosts));
 
-    out.push(match &config.application {
-        Some(app) => pass("application_configured", format!("the application {} will be fenced", app.name)),
-        None => fail(
+    out.push(match (&config.application, config.pgbouncer()) {
+        (_, Some(pb)) => pass(
             "application_configured",
-            "no `application` section in the config: pgwarden never promotes without fencing the application",
+            format!(
+                "the application keeps running: pgbouncer ({}) will be paused and re-pointed",
+                pb.hosts(&config.nodes).join(", ")
+            ),
+        ),
+        (Some(app), None) => pass("application_configured", format!("the application {} will be fenced", app.name)),
+        (None, None) => fail(
+            "application_configured",
+            "no `application` (or `proxy.pgbouncer`) section in the config: pgwarden never promotes without fencing the application",
         ),
     });
 
@@ -328,8 +335,13 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         OperationKind::Rejoin => {}
     }
 
-    if let (Some(app), OperationKind::Failover | OperationKind::Switchover) =
-        (&config.application, kind)
+    // With a proxy the application's own file is left alone (it points at
+    // pgbouncer); pgbouncer.ini is checked on each host when it is paused.
+    let rewritten_app = config
+        .application
+        .as_ref()
+        .filter(|_| config.pgbouncer().is_none());
+    if let (Some(app), OperationKind::Failover | OperationKind::Switchover) = (rewritten_app, kind)
     {
         out.push(match config_file_blocker {
             None => pass(
@@ -342,7 +354,7 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
             Some(why) => fail("application_config_writable", why.to_owned()),
         });
     }
-    if let Some(app) = &config.application {
+    if let Some(app) = rewritten_app {
         out.push(if shadows.is_empty() {
             pass(
                 "application_config_effective",

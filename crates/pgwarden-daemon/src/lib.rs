@@ -168,6 +168,7 @@ async fn run_daemon(
                 &loaded.secrets.api_token,
                 &loaded.secrets.monitor_password,
                 &loaded.secrets.replication_password,
+                &loaded.secrets.pgbouncer_password,
             ]
             .into_iter()
             .flatten()

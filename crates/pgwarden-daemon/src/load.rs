@@ -25,6 +25,8 @@ pub struct Secrets {
     pub api_token: Option<Secret>,
     pub monitor_password: Option<Secret>,
     pub replication_password: Option<Secret>,
+    /// `proxy.pgbouncer.admin.password_file`: the admin console's password.
+    pub pgbouncer_password: Option<Secret>,
 }
 
 /// Reads, parses and validates `path`; every error says file:line:column.
@@ -79,6 +81,21 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             "replication.password_file",
         )
     });
+    let pgbouncer_password = config
+        .pgbouncer()
+        .and_then(|p| p.admin.password_file.as_ref())
+        .and_then(|f| {
+            read_secret(
+                f,
+                vec![
+                    key("proxy"),
+                    key("pgbouncer"),
+                    key("admin"),
+                    key("password_file"),
+                ],
+                "proxy.pgbouncer.admin.password_file",
+            )
+        });
     if let Some(app) = &config.application {
         if let Err(e) = std::fs::metadata(&app.config_file) {
             invalid.push(Invalid {
@@ -113,6 +130,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             api_token,
             monitor_password,
             replication_password,
+            pgbouncer_password,
         },
         tls,
         notes,

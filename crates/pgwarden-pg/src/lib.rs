@@ -1,8 +1,10 @@
 //! Everything pgwarden says to PostgreSQL: the probe, which reads one node's
 //! state in a single round trip over a persistent connection, and the SQL
-//! actions of an operation (promote, ALTER SYSTEM, slots, sessions).
+//! actions of an operation (promote, ALTER SYSTEM, slots, sessions); and
+//! pgbouncer's admin console, which speaks the same protocol.
 
 mod admin;
+pub mod pgbouncer;
 mod probe;
 
 pub use admin::{quote_ident, quote_literal, AdminError, Node};

@@ -326,9 +326,17 @@ impl Env {
 
     /// With `extra` YAML appended to every daemon's config.
     pub fn start_with_extra(extra: &str) -> Env {
+        Env::start_with_extra_from(|_| (extra.to_owned(), ())).0
+    }
+
+    /// With the YAML that `extra` makes from the cluster (and what it
+    /// started beside it, e.g. a pgbouncer in front of it) appended to every
+    /// daemon's config.
+    pub fn start_with_extra_from<T>(extra: impl FnOnce(&TestCluster) -> (String, T)) -> (Env, T) {
         let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
         let mut layout = DaemonLayout::for_tests(&cluster);
-        layout.extra = extra.to_owned();
+        let (yaml, beside) = extra(&cluster);
+        layout.extra = yaml;
         let daemons = (0..cluster.nodes().len())
             .map(|i| {
                 let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
@@ -341,7 +349,7 @@ impl Env {
             cluster,
         };
         env.wait_all_polled();
-        env
+        (env, beside)
     }
 
     /// A deadline of `polls` poll intervals plus one probe timeout, plus slack

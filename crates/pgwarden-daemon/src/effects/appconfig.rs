@@ -134,7 +134,7 @@ pub fn blocker(app: &ApplicationConfig) -> Option<String> {
     owner_keepable(&meta).err()
 }
 
-fn writable_dir(dir: &Path) -> bool {
+pub(super) fn writable_dir(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
@@ -154,7 +154,7 @@ fn writable_dir(dir: &Path) -> bool {
 /// A process that is not root may give a file only its own uid and one of
 /// its own groups: the rewritten file would otherwise change hands, and the
 /// application might no longer read it.
-fn owner_keepable(meta: &std::fs::Metadata) -> Result<(), String> {
+pub(super) fn owner_keepable(meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: these calls have no preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -191,7 +191,11 @@ fn supplementary_groups() -> Vec<libc::gid_t> {
 
 /// Writes `bytes` atomically over `path`, keeping its mode and owner: the
 /// application (not root) must still be able to read its config file.
-fn write_like(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> std::io::Result<()> {
+pub(super) fn write_like(
+    path: &Path,
+    bytes: &[u8],
+    meta: &std::fs::Metadata,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // Refuse before writing rather than leave a file the application may
     // no longer read.

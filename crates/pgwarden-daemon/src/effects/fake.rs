@@ -19,7 +19,7 @@ use pgwarden_core::{Answer, Config};
 use pgwarden_pg::AdminError;
 
 use super::app::AppCommand;
-use super::{Effects, NodeSql, NodeState, PeerError};
+use super::{pgbouncer, Effects, NodeSql, NodeState, PeerError};
 
 /// How an effect goes wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -549,6 +549,28 @@ impl Effects for FakeWorld {
     async fn follow(&self, replica: &str, primary: &str) -> Result<String, String> {
         self.peer("follow", replica).await.map_err(|e| e.message)?;
         Ok(format!("{replica} follows {primary}"))
+    }
+
+    async fn pgbouncer_here(
+        &self,
+        action: &pgbouncer::Action,
+    ) -> Result<pgbouncer::Report, String> {
+        let me = self.config.local_node.clone();
+        self.pgbouncer_on(&me, action).await.map_err(|e| e.message)
+    }
+
+    async fn pgbouncer_on(
+        &self,
+        host: &str,
+        _action: &pgbouncer::Action,
+    ) -> Result<pgbouncer::Report, PeerError> {
+        self.peer("pgbouncer", host).await?;
+        Err(PeerError {
+            status: Some(503),
+            unreachable: false,
+            code: None,
+            message: "the fake world has no pgbouncer".into(),
+        })
     }
 
     async fn daemon_answers(&self, host: &str) -> bool {

@@ -62,6 +62,21 @@ pub fn write_atomic_owned(
     result
 }
 
+/// Keeps `original` (the content of `path` before an operation rewrote it)
+/// as `<file>.pgwarden-<operation>.bak`, 0600, once: a resumed step must
+/// not overwrite the original with its own first rewrite.
+pub fn keep_original(path: &Path, operation: &str, original: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy())
+        .unwrap_or_default();
+    let backup = path.with_file_name(format!("{name}.pgwarden-{operation}.bak"));
+    if backup.exists() {
+        return Ok(());
+    }
+    write_atomic(&backup, original, 0o600)
+}
+
 /// fsync a directory, so a rename or a new file in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -29,6 +29,7 @@ pub mod datadir;
 pub mod fake;
 pub mod fsutil;
 pub mod node;
+pub mod pgbouncer;
 mod real;
 pub mod replica;
 
@@ -143,6 +144,16 @@ pub trait Effects: Send + Sync {
     /// (primary_conninfo and a reload): locally, or through the daemon
     /// beside it.
     async fn follow(&self, replica: &str, primary: &str) -> Result<String, String>;
+
+    /// Acts on (or looks at) this host's pgbouncer (`proxy.pgbouncer`).
+    async fn pgbouncer_here(&self, action: &pgbouncer::Action)
+        -> Result<pgbouncer::Report, String>;
+    /// The same on `host`, through its daemon.
+    async fn pgbouncer_on(
+        &self,
+        host: &str,
+        action: &pgbouncer::Action,
+    ) -> Result<pgbouncer::Report, PeerError>;
 
     /// Whether `host`'s daemon answers at all (`/livez`, a short timeout).
     /// This daemon's own host always does.

@@ -11,16 +11,16 @@ use pgwarden_core::{Answer, Config};
 use pgwarden_pg::{Node, Target};
 
 use super::node::{self, local_node_action, NodeState, NODE_ACTION_TIMEOUT};
-use super::{app, appconfig, replica, Effects, NodeSql, PeerError};
+use super::{app, appconfig, pgbouncer, replica, Effects, NodeSql, PeerError};
 use crate::load::Secrets;
 
 /// Budget of one SQL action (CHECKPOINT on a busy node takes a while).
 const SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct RealEffects {
-    config: Arc<Config>,
-    secrets: Secrets,
-    http: reqwest::Client,
+    pub(super) config: Arc<Config>,
+    pub(super) secrets: Secrets,
+    pub(super) http: reqwest::Client,
     /// One SQL connection per node, reused across steps. A std Mutex: only
     /// held to look up or insert, never across an await.
     nodes: std::sync::Mutex<std::collections::HashMap<String, Node>>,
@@ -74,7 +74,7 @@ impl RealEffects {
             .clone()
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         mut req: reqwest::RequestBuilder,
         url: &str,
@@ -123,7 +123,7 @@ impl RealEffects {
     }
 
     /// The base URL of `host`'s daemon.
-    fn api_of(&self, host: &str) -> Result<String, PeerError> {
+    pub(super) fn api_of(&self, host: &str) -> Result<String, PeerError> {
         self.config
             .node(host)
             .and_then(|n| n.api.as_deref())
@@ -347,6 +347,21 @@ impl Effects for RealEffects {
 
     /// Whether `host`'s daemon answers at all (`/livez`, a short timeout).
     /// This daemon's own host always does.
+    async fn pgbouncer_here(
+        &self,
+        action: &pgbouncer::Action,
+    ) -> Result<pgbouncer::Report, String> {
+        self.run_pgbouncer_here(action).await
+    }
+
+    async fn pgbouncer_on(
+        &self,
+        host: &str,
+        action: &pgbouncer::Action,
+    ) -> Result<pgbouncer::Report, PeerError> {
+        self.run_pgbouncer_on(host, action).await
+    }
+
     async fn daemon_answers(&self, host: &str) -> bool {
         if host == self.config.local_node {
             return true;

@@ -53,6 +53,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/node/{action}", post(node_action))
         .route("/v1/node/application/{action}", post(application_action))
         .route("/v1/node/follow/{primary}", post(node_follow))
+        .route("/v1/node/pgbouncer/{action}", post(pgbouncer_action))
         .route("/v1/sync", put(sync))
         .route("/v1/rejoin", post(rejoin))
         .route("/v1/internal/lock", post(lock))
@@ -529,6 +530,51 @@ async fn application_action(State(s): Shared, Path(action): Path<String>, body: 
                 ),
             },
         },
+    }
+}
+
+/// Internal: another daemon asks about, or acts on, the pgbouncer on THIS
+/// host (`status`, `pause`, `resume`, `repoint`). The body is the action
+/// (`{"action": "repoint", "operation": ..., "host": ..., "port": ...}`);
+/// `status`, `pause` and `resume` need none.
+async fn pgbouncer_action(State(s): Shared, Path(action): Path<String>, body: Bytes) -> Response {
+    use crate::effects::pgbouncer::Action;
+    if s.config.pgbouncer().is_none() {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "no proxy.pgbouncer is configured on this host's daemon",
+        );
+    }
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        parse::<Action>(json!({"action": action}).to_string().as_bytes())
+    } else {
+        parse::<Action>(&body)
+    };
+    let what = match parsed {
+        Ok(a) if a.name() == action => a,
+        Ok(a) => {
+            return bad_request(format!(
+                "the body asks for {} on the route of {action}",
+                a.name()
+            ))
+        }
+        Err(_) if !["status", "pause", "resume", "repoint"].contains(&action.as_str()) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "pgbouncer actions are status, pause, resume and repoint",
+            )
+        }
+        Err(m) => return bad_request(m),
+    };
+    match s.ops.pgbouncer_here(&what).await {
+        Ok(report) => Json(report).into_response(),
+        Err(m) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pgbouncer_action_failed",
+            m,
+        ),
     }
 }
 

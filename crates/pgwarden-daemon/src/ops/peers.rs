@@ -7,6 +7,14 @@ use super::{OpError, Operations};
 use crate::effects::Effects;
 
 impl Operations {
+    /// Acts on (or looks at) this host's pgbouncer.
+    pub async fn pgbouncer_here(
+        &self,
+        action: &crate::effects::pgbouncer::Action,
+    ) -> Result<crate::effects::pgbouncer::Report, String> {
+        self.effects.pgbouncer_here(action).await
+    }
+
     /// The side effects (the internal follow route re-points this node).
     pub(crate) fn effects(&self) -> &Arc<dyn Effects> {
         &self.effects

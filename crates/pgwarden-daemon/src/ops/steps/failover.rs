@@ -17,7 +17,7 @@ use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
 
-use super::{fact, fail, ok, wait_for, StepContext, POLL};
+use super::{fact, fail, ok, proxy, wait_for, StepContext, POLL};
 use crate::effects::app::AppCommand;
 use crate::effects::Effects;
 
@@ -25,12 +25,23 @@ use crate::effects::Effects;
 pub(super) async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> StepOutcome {
     match step {
         StepName::Preflight => preflight_step(ctx, op).await,
-        StepName::FenceApplication => fence_application(ctx, op).await,
+        // With a proxy, the application keeps running: pgbouncer is paused
+        // and re-pointed instead (ops/steps/proxy.rs).
+        StepName::FenceApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::fence(ctx, op, pb).await,
+            None => fence_application(ctx, op).await,
+        },
         StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
         StepName::Promote => promote(ctx, op).await,
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
-        StepName::SwitchApplication => switch_application(ctx, op).await,
-        StepName::StartApplication => start_application(ctx, op).await,
+        StepName::SwitchApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::switch(ctx, op, pb).await,
+            None => switch_application(ctx, op).await,
+        },
+        StepName::StartApplication => match ctx.config.pgbouncer() {
+            Some(pb) => proxy::verify(ctx, op, pb).await,
+            None => start_application(ctx, op).await,
+        },
         StepName::RepointReplicas => super::replicas::repoint_replicas(ctx, op).await,
         StepName::Done => done(op),
         other => fail(format!(
@@ -51,7 +62,9 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
     let promoted = op.completed(StepName::Promote);
     // The fence guards the promotion. After it, the application running
     // again is what start_application does (perhaps before a crash).
-    if op.completed(StepName::FenceApplication) && !promoted {
+    if op.completed(StepName::FenceApplication) && !promoted && ctx.config.pgbouncer().is_some() {
+        held.push(proxy::reverify_fence(ctx, op).await?);
+    } else if op.completed(StepName::FenceApplication) && !promoted {
         let app = application(ctx).map_err(|_| "no application configured".to_owned())?;
         match is_running(ctx, app).await {
             Ok(false) => {}
@@ -302,13 +315,13 @@ async fn is_running(ctx: &StepContext, app: &ApplicationConfig) -> Result<bool, 
 }
 
 /// The hosts the operator confirmed fenced in the request being run.
-fn ctx_confirmed(ctx: &StepContext, host: &str) -> bool {
+pub(super) fn ctx_confirmed(ctx: &StepContext, host: &str) -> bool {
     ctx.fenced_hosts.iter().any(|h| h == host)
 }
 
 /// The application's sessions, counted on every node.
 #[derive(Default)]
-struct Sessions {
+pub(super) struct Sessions {
     total: u64,
     /// "2 on pg-a", for the messages.
     seen: Vec<String>,
@@ -317,11 +330,11 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn none_left(&self) -> bool {
+    pub(super) fn none_left(&self) -> bool {
         self.total == 0 && self.unknown.is_empty()
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let mut parts = self.seen.clone();
         parts.extend(self.unknown.iter().map(|u| format!("unknown on {u}")));
         parts.join(", ")
@@ -345,7 +358,7 @@ fn uncounted_node(op: &Operation) -> Option<&str> {
 }
 
 /// Sessions of `role` per node.
-async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> Sessions {
+pub(super) async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> Sessions {
     let mut out = Sessions::default();
     for n in &ctx.config.nodes {
         match ctx.effects.node_quick(&n.name).sessions_of(role).await {

@@ -19,6 +19,7 @@ use pgwarden_core::Config;
 use crate::effects::{Effects, NodeSql};
 
 pub mod failover;
+pub mod proxy;
 pub mod rejoin;
 pub mod replicas;
 #[cfg(test)]
