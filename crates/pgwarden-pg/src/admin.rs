@@ -18,6 +18,11 @@ use crate::probe::Target;
 pub enum AdminError {
     #[error("no answer from {node} within {after:?}")]
     Timeout { node: String, after: Duration },
+    /// Nothing listens on the node's port: the connection was refused.
+    /// Unlike any other connection failure, this says something certain:
+    /// no server runs there to serve a session.
+    #[error("cannot connect to {node}: the connection was refused (no server listens)")]
+    Refused { node: String },
     #[error("cannot connect to {node}: {detail}")]
     Connect { node: String, detail: String },
     #[error("{node}: `{statement}` failed: {detail}")]
@@ -55,6 +60,20 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Whether a connection failed because nothing listens (ECONNREFUSED).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl Node {
     pub fn new(name: String, target: Target, timeout: Duration) -> Node {
         Node {
@@ -75,9 +94,17 @@ impl Node {
 
     async fn connect(&self) -> Result<Client, AdminError> {
         let cfg = self.target.config(self.timeout);
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| AdminError::Connect {
-            node: self.name.clone(),
-            detail: crate::probe::chain(&e),
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+            if refused(&e) {
+                AdminError::Refused {
+                    node: self.name.clone(),
+                }
+            } else {
+                AdminError::Connect {
+                    node: self.name.clone(),
+                    detail: crate::probe::chain(&e),
+                }
+            }
         })?;
         tokio::spawn(async move {
             let _ = connection.await;
@@ -399,6 +426,17 @@ mod tests {
             started.elapsed()
         );
         holder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_port_nothing_listens_on_is_refused_not_unknown() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        match node(port, Duration::from_secs(5)).is_in_recovery().await {
+            Err(AdminError::Refused { node }) => assert_eq!(node, "pg-x"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

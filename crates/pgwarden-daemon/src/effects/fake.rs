@@ -320,12 +320,7 @@ impl FakeSql {
                     after: Duration::from_secs(10),
                 })
             }
-            Some(Fault::Unreachable) => {
-                return Err(AdminError::Connect {
-                    node,
-                    detail: "connection refused".into(),
-                })
-            }
+            Some(Fault::Unreachable) => return Err(AdminError::Refused { node }),
             Some(Fault::Unknown) => {
                 return Err(AdminError::Answer {
                     node,
@@ -338,10 +333,7 @@ impl FakeSql {
         let mut w = self.world.lock().unwrap();
         let n = w.nodes.get_mut(&self.name).expect("a configured node");
         if !n.running {
-            return Err(AdminError::Connect {
-                node,
-                detail: "connection refused".into(),
-            });
+            return Err(AdminError::Refused { node });
         }
         f(n).map_err(|detail| AdminError::Statement {
             node,

@@ -18,6 +18,8 @@ use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
 
 use super::{fact, fail, ok, proxy, wait_for, StepContext, POLL};
+use pgwarden_pg::AdminError;
+
 use crate::effects::app::AppCommand;
 use crate::effects::Effects;
 
@@ -368,6 +370,8 @@ pub(super) async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> S
                     out.seen.push(format!("{count} on {}", n.name));
                 }
             }
+            // Nothing listens there: no server, so no session.
+            Err(AdminError::Refused { .. }) => {}
             Err(_) if uncounted_node(op) == Some(n.name.as_str()) => {}
             Err(e) => out.unknown.push(format!("{} ({e})", n.name)),
         }
