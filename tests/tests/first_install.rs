@@ -11,7 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use pgwarden_testkit::{ClusterOptions, DaemonLayout, Secret, TestCluster};
+use pgwarden_testkit::{ClusterOptions, DaemonLayout, Host, Secret, StopMode, TestCluster};
+use util::testbed::{assert_invariants, wait_healthy};
 use util::{Env, Options};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -370,4 +371,104 @@ fn the_install_guides_firewall_parses() {
     ] {
         assert!(text.contains(port), "{port}");
     }
+}
+
+/// docs/install.md on two hosts of the testbed (daemons as `postgres`, as
+/// the shipped unit; the operator on host c): the monitor role with only the
+/// guide's grants (step 2); pg-b's cluster stopped and its data directory
+/// emptied (step 1); both daemons started through the unit's check-config,
+/// which must pass pg-b's empty directory (step 5); `pgwarden rejoin pg-b`
+/// on host a with nothing but /etc/pgwarden/pgwarden.yaml clones the first
+/// standby; `pgwarden status` on each host, and from c with PGWARDEN_URL,
+/// exits 0 (step 6). The commands are the testbed's (pg_ctl, not systemctl:
+/// no systemd in a network namespace).
+#[test]
+fn the_install_guide_on_two_hosts_clones_the_first_standby_and_status_agrees() {
+    let tb = util::testbed::start(util::testbed::options());
+    wait_healthy(&tb, "healthy first");
+    let monitor = tb.credentials().monitor_user.clone();
+    tb.psql(0, &format!("ALTER ROLE {monitor} NOSUPERUSER"))
+        .unwrap();
+    tb.psql(0, &read("deploy/postgresql/grants.sql")).unwrap();
+    // A fresh pair has no synchronous standby yet: commits must not wait for pg-b.
+    tb.set_synchronous(0, false).unwrap();
+
+    tb.kill_daemon(Host::B);
+    tb.stop_node(1, StopMode::Fast).unwrap();
+    let data = tb.node(1).data_dir.clone();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    // The copy goes into a new directory beside the data directory, renamed
+    // over it: its parent must be postgres's, as Debian's
+    // /var/lib/postgresql/15 is (the testbed's is root's).
+    let (uid, _) = postgres_ids();
+    std::os::unix::fs::chown(data.parent().unwrap(), Some(uid), None).unwrap();
+    // New sessions as the role is now; start_daemon runs check-config first,
+    // as the unit's ExecStartPre.
+    tb.kill_daemon(Host::A);
+    tb.start_daemon(Host::A, &[]).unwrap();
+    tb.start_daemon(Host::B, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let pgwarden = |host: Host, args: &[&str], env: &[(&str, &str)]| {
+        let out = tb
+            .host_command(host, &util::pgwarden_bin())
+            .args(args)
+            .env_remove("PGWARDEN_URL")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = pgwarden(Host::B, &["check-config"], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("local PostgreSQL (pg-b): no cluster yet"),
+        "{text}"
+    );
+
+    let (code, text) = pgwarden(Host::A, &["rejoin", "pg-b", "--yes"], &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "{text}\n--- b ---\n{}",
+        tb.daemon_log_text(Host::B)
+    );
+    assert!(text.contains("a first clone"), "{text}");
+    assert!(
+        text.contains("pg-b is the synchronous standby of pg-a"),
+        "{text}"
+    );
+
+    wait_healthy(&tb, "healthy with the cloned standby");
+    for host in [Host::A, Host::B] {
+        let (code, text) = pgwarden(host, &["status"], &[]);
+        assert_eq!(code, Some(0), "{host:?}: {text}");
+        let me = tb.node(host.node().unwrap()).name.clone();
+        assert!(text.contains(&format!("seen from {me}: healthy")), "{text}");
+        let pg_b = text
+            .lines()
+            .find(|l| l.starts_with("pg-b "))
+            .unwrap_or_default();
+        assert!(
+            pg_b.contains("streaming") && pg_b.ends_with("sync"),
+            "{text}"
+        );
+    }
+    let url = tb.api_url(Host::B);
+    let (code, text) = pgwarden(Host::C, &["status"], &[("PGWARDEN_URL", &url)]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_invariants(&tb, 0, Host::B, &[]);
 }
