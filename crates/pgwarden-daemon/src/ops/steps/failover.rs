@@ -641,7 +641,10 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Ok(true) => {}
     }
     let before = match node.timeline().await {
-        Ok(t) => t,
+        // A standby whose walreceiver stopped (the old primary is down)
+        // reports the timeline of its last restartpoint, which may lag the
+        // one it replays; the primary's own, at its last sight, does not.
+        Ok(t) => t.max(ctx.view.last_primary.as_ref().map_or(0, |l| l.timeline)),
         Err(e) => return fail(format!("cannot read {target}'s timeline: {e}")),
     };
     op.facts
