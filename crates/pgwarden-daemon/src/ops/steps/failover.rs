@@ -641,14 +641,16 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Ok(true) => {}
     }
     let before = match node.timeline().await {
-        // A standby whose walreceiver stopped (the old primary is down)
-        // reports the timeline of its last restartpoint, which may lag the
-        // one it replays; the primary's own, at its last sight, does not.
-        Ok(t) => t.max(ctx.view.last_primary.as_ref().map_or(0, |l| l.timeline)),
+        Ok(t) => t,
         Err(e) => return fail(format!("cannot read {target}'s timeline: {e}")),
     };
+    // A standby whose walreceiver stopped (the old primary is down) reports
+    // the timeline of its last restartpoint, which may lag the one it
+    // replays; the primary's own at its last sight does not. For the
+    // record only: the check below compares the node with itself.
+    let seen = ctx.view.last_primary.as_ref().map_or(0, |l| l.timeline);
     op.facts
-        .insert("timeline_before".into(), before.to_string());
+        .insert("timeline_before".into(), before.max(seen).to_string());
     let started = Instant::now();
     if let Err(e) = node.request_promotion().await {
         return fail(format!("pg_promote on {target} failed: {e}"));
