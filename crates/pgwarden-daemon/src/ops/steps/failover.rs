@@ -17,7 +17,7 @@ use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
 
-use super::{fact, fail, ok, proxy, wait_for, StepContext, POLL};
+use super::{fact, fail, ok, proxy, run_preflight, wait_for, StepContext, POLL};
 use pgwarden_pg::AdminError;
 
 use crate::effects::app::AppCommand;
@@ -210,23 +210,10 @@ pub async fn preflight_checks(
 }
 
 async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let checks = preflight_checks(
-        &ctx.config,
-        &ctx.effects,
-        &ctx.view,
-        op.kind,
-        &op.request,
-        None,
-    )
-    .await;
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c.verdict == Verdict::Fail)
-        .map(|c| format!("{}: {}", c.name, c.message))
-        .collect();
-    if !failed.is_empty() {
-        return fail(format!("refused: {}", failed.join("; ")));
-    }
+    let checks = match run_preflight(ctx, op).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
     // The node the target takes over from: the current primary if one is
     // known, else (failover of a dead primary) the other node of the pair;
     // a replica is never it (a forced replica target takes over from the

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwarden_core::operation::{Operation, OperationKind, StepName, StepOutcome};
+use pgwarden_core::preflight::{self, Verdict};
 use pgwarden_core::view::ClusterView;
 use pgwarden_core::Config;
 
@@ -71,6 +72,33 @@ pub(super) fn ok(msg: impl Into<String>) -> StepOutcome {
 
 pub(super) fn fail(msg: impl Into<String>) -> StepOutcome {
     StepOutcome::Failed(msg.into())
+}
+
+/// The preflight step's checks, run again at the step itself: the checks,
+/// or the step's failure naming every check that failed.
+pub(super) async fn run_preflight(
+    ctx: &StepContext,
+    op: &Operation,
+) -> Result<Vec<preflight::Check>, StepOutcome> {
+    let checks = preflight_checks(
+        &ctx.config,
+        &ctx.effects,
+        &ctx.view,
+        op.kind,
+        &op.request,
+        None,
+    )
+    .await;
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
+    if failed.is_empty() {
+        Ok(checks)
+    } else {
+        Err(fail(format!("refused: {}", failed.join("; "))))
+    }
 }
 
 /// Runs one step of `op` and says how it ended.

@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgwarden_core::operation::{Operation, StepName, StepOutcome};
-use pgwarden_core::preflight::Verdict;
 use pgwarden_core::Config;
 
-use super::{fail, ok, preflight_checks, require_synchronous, wait_for, StepContext};
+use super::{fail, ok, require_synchronous, run_preflight, wait_for, StepContext};
 use crate::effects::command::{self, as_user};
 use crate::effects::datadir::{primary_conninfo, write_auto_conf, write_owned_like_dir};
 use crate::effects::fsutil;
@@ -89,22 +88,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let checks = preflight_checks(
-        &ctx.config,
-        &ctx.effects,
-        &ctx.view,
-        op.kind,
-        &op.request,
-        None,
-    )
-    .await;
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c.verdict == Verdict::Fail)
-        .map(|c| format!("{}: {}", c.name, c.message))
-        .collect();
-    if !failed.is_empty() {
-        return fail(format!("refused: {}", failed.join("; ")));
+    if let Err(refused) = run_preflight(ctx, op).await {
+        return refused;
     }
     let primary = match ctx.view.writable_primary() {
         Some(p) => p.name.clone(),
