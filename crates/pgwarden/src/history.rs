@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::client::{Client, Connect};
-use crate::operate::{
+use crate::render::{
     date_time, detail, human_duration, table, total_duration, truncate, Operation,
 };
 

@@ -16,6 +16,7 @@ mod demo;
 mod history;
 mod logging;
 mod operate;
+mod render;
 mod status;
 
 use std::path::PathBuf;
