@@ -198,6 +198,80 @@ impl FakeWorld {
             .map(|n| n.name.clone())
     }
 
+    /// The cluster view a poll of this world would give: each running node
+    /// answers with its role, timeline and LSN; a primary shows every
+    /// running standby streaming, `sync` when `synchronous_standby_names`
+    /// names it.
+    pub fn view(&self) -> pgwarden_core::ClusterView {
+        use pgwarden_core::snapshot::NodeSnapshot;
+        use pgwarden_core::view::NodeObservation;
+        let config = &self.config;
+        let observations: Vec<NodeObservation> = self.with(|w| {
+            config
+                .nodes
+                .iter()
+                .map(|c| {
+                    let n = &w.nodes[&c.name];
+                    if !n.running {
+                        return NodeObservation {
+                            consecutive_failures: 10,
+                            last_error: Some("connection refused".into()),
+                            polled_at: Some("t".into()),
+                            ..Default::default()
+                        };
+                    }
+                    let ssn = n.settings.get("synchronous_standby_names").cloned().unwrap_or_default();
+                    let replication: Vec<serde_json::Value> = if n.in_recovery {
+                        Vec::new()
+                    } else {
+                        config
+                            .nodes
+                            .iter()
+                            .filter(|o| o.name != c.name && w.nodes[&o.name].running && w.nodes[&o.name].in_recovery)
+                            .enumerate()
+                            .map(|(i, o)| {
+                                let app = o.walreceiver_name(&config.replication);
+                                serde_json::json!({
+                                    "pid": 100 + i, "application_name": app, "client_addr": o.host,
+                                    "state": "streaming",
+                                    "sync_state": if ssn.contains(&app) { "sync" } else { "async" },
+                                    "sent_lsn": n.lsn, "write_lsn": n.lsn, "flush_lsn": n.lsn, "replay_lsn": n.lsn,
+                                    "write_lag_seconds": 0.0, "flush_lag_seconds": 0.0, "replay_lag_seconds": 0.0
+                                })
+                            })
+                            .collect()
+                    };
+                    let snapshot = serde_json::json!({
+                        "server_version": 150010, "in_recovery": n.in_recovery, "timeline": n.timeline,
+                        "system_identifier": "7000000000000000001",
+                        "current_lsn": (!n.in_recovery).then_some(n.lsn),
+                        "receive_lsn": n.in_recovery.then_some(n.lsn),
+                        "replay_lsn": n.in_recovery.then_some(n.lsn),
+                        "last_replay_at": null, "replay_delay_seconds": n.in_recovery.then_some(0.0),
+                        "replication": replication, "slots": [], "wal_receiver": null,
+                        "settings": {
+                            "synchronous_standby_names": ssn, "synchronous_commit": "on",
+                            "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 10,
+                            "primary_conninfo": "", "primary_slot_name": "",
+                            "wal_log_hints": "on", "data_checksums": "off"
+                        },
+                        "backends_waiting_sync_rep": 0,
+                        "sessions_by_role": n.sessions,
+                    });
+                    NodeObservation {
+                        snapshot: Some(
+                            serde_json::from_value::<NodeSnapshot>(snapshot)
+                                .expect("the fake world's snapshot is a NodeSnapshot"),
+                        ),
+                        polled_at: Some("t".into()),
+                        ..Default::default()
+                    }
+                })
+                .collect()
+        });
+        pgwarden_core::ClusterView::build(config, &observations)
+    }
+
     /// Records the call and returns its fault, if any.
     fn enter(&self, effect: &str, at: &str) -> Option<Fault> {
         self.with(|w| {

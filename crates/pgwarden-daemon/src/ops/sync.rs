@@ -162,3 +162,92 @@ impl Operations {
         Ok(answer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `PUT /v1/sync` in the fake world: every fault of every effect it
+    //! calls gives an error, never an answer that claims the change.
+
+    use std::time::Instant;
+
+    use pgwarden_core::Config;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::effects::fake::{FakeWorld, Fault, CONFIG};
+    use crate::poller::Published;
+
+    /// pg-b's daemon in a healthy world, the primary pg-a synchronous.
+    fn operations(world: &Arc<FakeWorld>, dir: &std::path::Path) -> Arc<Operations> {
+        let text = CONFIG.replace("/tmp/pgwarden-fake", &dir.display().to_string());
+        let config = Arc::new(Config::parse_str("fake.yaml", &text).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new(&config));
+        let published = Arc::new(Published {
+            view: Arc::new(world.view()),
+            metrics: Default::default(),
+            loop_at: Instant::now(),
+            polls_started: Vec::new(),
+        });
+        let (_tx, rx) = watch::channel(published);
+        std::mem::forget(_tx);
+        let (current, _) = watch::channel(None);
+        let (ops, _) = Operations::open(
+            config,
+            world.clone(),
+            rx,
+            metrics,
+            current,
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        ops
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_fault_of_every_effect_of_a_sync_change_is_an_error() {
+        for on in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let world = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+            let ops = operations(&world, dir.path());
+            let before = world.call_count();
+            let answer = ops.set_sync(on, false, &[]).await;
+            assert!(answer.is_ok(), "on={on}: {answer:?}");
+            let calls = world.called_since(before);
+            assert!(!calls.is_empty());
+            for (effect, at) in calls {
+                // Only sizes the warning of "async": unknown counts as none.
+                if effect == "sync_rep_waiters" {
+                    continue;
+                }
+                // "sync" with a silent peer is safe: commits only wait more.
+                if on && effect == "daemon_answers" {
+                    continue;
+                }
+                for fault in Fault::ALL {
+                    let dir = tempfile::tempdir().unwrap();
+                    let world = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+                    let ops = operations(&world, dir.path());
+                    world.fault(&effect, &at, fault);
+                    let answer = ops.set_sync(on, false, &[]).await;
+                    assert!(
+                        answer.is_err(),
+                        "sync on={on} claimed success with {fault:?} on {effect} {at}: {answer:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_async_with_a_silent_peer_needs_its_host_confirmed_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let world = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+        world.with(|w| w.hosts.get_mut("pg-a").unwrap().daemon_up = false);
+        let ops = operations(&world, dir.path());
+        let refused = ops.set_sync(false, false, &[]).await.unwrap_err();
+        assert!(refused.to_string().contains("fenced_hosts"), "{refused}");
+        let done = ops.set_sync(false, false, &["pg-a".into()]).await.unwrap();
+        assert_eq!(done.synchronous_standby_names, "");
+    }
+}
