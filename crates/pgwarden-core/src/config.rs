@@ -54,6 +54,10 @@ pub struct Config {
     /// `nodes[].api` must be an https:// URL.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Where the operation lock lives (`lock.etcd`); without it the two
+    /// daemons agree through their APIs. See [`crate::lock_config`].
+    #[serde(default)]
+    pub lock: Option<crate::lock_config::LockConfig>,
 }
 
 /// The listener's certificate and key, and whom to trust when calling the
@@ -662,7 +666,13 @@ impl Config {
                 );
             }
         }
+        out.extend(crate::lock_config::validate(self.lock.as_ref()));
         out
+    }
+
+    /// The etcd lock, when `lock.etcd` is configured.
+    pub fn etcd_lock(&self) -> Option<&crate::lock_config::EtcdLockConfig> {
+        self.lock.as_ref().and_then(|l| l.etcd.as_ref())
     }
 
     /// The entry of `nodes` this daemon runs beside (validated to exist).

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod ini;
 pub mod last_primary;
+pub mod lock_config;
 pub mod operation;
 pub mod preflight;
 pub mod routes;
