@@ -167,14 +167,19 @@ impl Operations {
     /// its TTL, until `stop` flips: also after a restart, for an operation
     /// found interrupted, which still holds the lock until resumed or aborted.
     pub async fn keep_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = self.etcd().map_or(LEASE_TTL / 3, |e| e.renew_every());
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let Some(op) = self.open_operation() else {
                 continue;
             };
+            if let Some(etcd) = self.etcd() {
+                etcd.renew(&op).await;
+                continue;
+            }
             if self.lease().operation_id() != Some(op.id.as_str()) {
                 self.lease().begin(&op.id);
             }

@@ -29,6 +29,7 @@ use journal::{Journal, JournalError};
 use lock::{Lease, LockFile};
 use steps::StepContext;
 
+pub mod etcd_lock;
 pub mod journal;
 pub mod lock;
 mod peers;
@@ -93,6 +94,9 @@ pub struct Operations {
     /// two daemons starting at the same instant then both get 409 instead of
     /// granting each other's lock. A std Mutex: never held across an await.
     starting: std::sync::Mutex<Option<String>>,
+    /// The lock in etcd when `lock.etcd` is configured; it then replaces
+    /// the peers' lock.
+    etcd: Option<etcd_lock::EtcdLock>,
 }
 
 /// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
@@ -164,7 +168,11 @@ impl Operations {
         let peer_lock = LockFile {
             path: config.state_dir.join("lock.json"),
         };
+        let etcd = config
+            .etcd_lock()
+            .map(|e| etcd_lock::EtcdLock::new(e, &config.cluster, &config.local_node));
         let me = Operations {
+            etcd,
             config,
             journal,
             effects,
@@ -283,6 +291,9 @@ impl Operations {
                     .unwrap_or_default()
             )));
         }
+        if let Some(etcd) = self.etcd() {
+            etcd.ensure_free().await?;
+        }
         self.clear_stale_peer_lock().await;
         if let Some(lock) = self.peer_lock() {
             return Err(OpError::Conflict(format!(
@@ -342,6 +353,19 @@ impl Operations {
         id: String,
         facts: std::collections::BTreeMap<String, String>,
     ) -> Result<Operation, OpError> {
+        if let Some(etcd) = self.etcd() {
+            let lock_facts = etcd.take(&id).await?;
+            let mut op = Operation::new(id, kind, request, &now());
+            op.facts.extend(facts);
+            op.facts.extend(lock_facts);
+            if let Err(e) = self.journal.save(&op) {
+                etcd.release(&op).await;
+                return Err(OpError::Internal(format!("nothing was done: {e}")));
+            }
+            tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = %op.facts[etcd_lock::TOKEN_FACT], "operation started");
+            self.current.send_replace(Some(op.clone()));
+            return Ok(op);
+        }
         self.lease().begin(&id);
         let lock_note = match self.lock_peers(&id, true).await {
             Ok(note) => note,
@@ -381,9 +405,13 @@ impl Operations {
         })?;
         // The lock is taken again, as at the start: while this operation
         // stood still its lease at the peer may have lapsed.
-        self.lease().begin(&op.id);
-        let note = self.lock_peers(&op.id, false).await?;
-        op.facts.insert("peer_lock".into(), note);
+        if let Some(etcd) = self.etcd() {
+            etcd.resume(&op).await?;
+        } else {
+            self.lease().begin(&op.id);
+            let note = self.lock_peers(&op.id, false).await?;
+            op.facts.insert("peer_lock".into(), note);
+        }
         self.journal
             .save(&op)
             .map_err(|e| OpError::Internal(format!("nothing was done: {e}")))?;
@@ -410,7 +438,10 @@ impl Operations {
         tracing::warn!(operation = %op.id, "operation aborted");
         self.lease().end();
         self.finished(&op, None);
-        self.unlock_peers(&op.id).await;
+        match self.etcd() {
+            Some(etcd) => etcd.release(&op).await,
+            None => self.unlock_peers(&op.id).await,
+        }
         Ok(op)
     }
 
@@ -474,7 +505,7 @@ impl Operations {
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
             // The lock is checked before every step's side effects.
-            if let Err(why) = self.lease().check(&op.id, Instant::now()) {
+            if let Err(why) = self.check_lock(&op).await {
                 let _ = op.finish_step(StepOutcome::Failed(why), &now());
                 let _ = self.journal.save(&op);
                 self.current.send_replace(Some(op.clone()));
@@ -520,7 +551,10 @@ impl Operations {
         self.finished(&op, Some(started.elapsed()));
         if op.state == OperationState::Succeeded {
             self.lease().end();
-            self.unlock_peers(&op.id).await;
+            match self.etcd() {
+                Some(etcd) => etcd.release(&op).await,
+                None => self.unlock_peers(&op.id).await,
+            }
             tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
         }
     }
