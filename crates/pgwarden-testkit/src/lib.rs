@@ -9,12 +9,15 @@
 //! `start`/`stop`/`is-running` commands (`pgwarden standin-ctl`) for pgwarden's
 //! `application:` section.
 //!
+//! [`etcd`] runs a real etcd member for the tests of the etcd operation lock.
+//!
 //! [`testbed`] puts the two nodes on separate simulated hosts (network namespaces with
 //! their own addresses and `/etc`), with an operator host and network cuts between them.
 
 mod bins;
 mod cluster;
 mod error;
+pub mod etcd;
 mod pgwarden_config;
 mod procs;
 pub mod service;

@@ -244,6 +244,8 @@ pub struct Options {
     pub application_extra: String,
     /// Environment of daemon i.
     pub daemon_env: Vec<Vec<(String, String)>>,
+    /// Top-level YAML sections appended to every daemon's config (`lock:`).
+    pub config_extra: String,
 }
 
 impl Env {
@@ -281,7 +283,8 @@ impl Env {
             // instance is named on one host (DESIGN.md "Two hosts"); pg-b's,
             // whose daemon the tests never take away.
             + "  runs_on: [pg-b]\n"
-            + &opts.application_extra;
+            + &opts.application_extra
+            + &opts.config_extra;
         let daemons = (0..cluster.nodes().len())
             .map(|i| {
                 let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
@@ -300,6 +303,55 @@ impl Env {
         };
         env.wait_all_polled();
         (env, app)
+    }
+
+    /// The invariants after an operation that left node `primary` the
+    /// primary (as `util::testbed::assert_invariants` for two hosts):
+    /// - no other node is writable (stopped, or in recovery);
+    /// - `/primary` answers 200 from the primary's daemon only;
+    /// - the application runs, its database.cfg pointing at the primary;
+    /// - every heartbeat it acknowledged is on the primary.
+    pub fn assert_invariants(&self, app: &App, primary: usize) {
+        for i in (0..self.cluster.nodes().len()).filter(|i| *i != primary) {
+            let writable = self.cluster.is_running(i)
+                && self.cluster.psql(i, "SELECT pg_is_in_recovery()").ok() != Some("t".into());
+            assert!(
+                !writable,
+                "node {i} is writable besides the primary {primary}"
+            );
+        }
+        poll_until(
+            self.within_polls(4),
+            "/primary 200 on the primary's daemon only",
+            || {
+                self.daemons
+                    .iter()
+                    .enumerate()
+                    .all(|(i, d)| (d.get("/primary").status == 200) == (i == primary))
+                    .then_some(())
+            },
+        )
+        .unwrap();
+        assert_eq!(app.ctl("is-running").0, 0, "the application runs");
+        let n = self.cluster.node(primary);
+        let cfg = std::fs::read_to_string(&app.config_file).unwrap();
+        assert!(
+            cfg.contains(&format!("host = {}\n", n.host))
+                && cfg.contains(&format!("port={}\n", n.port)),
+            "database.cfg points at node {primary}: {cfg}"
+        );
+        // Read the acks first: one acknowledged after the query is no false loss.
+        let acked = app.acks();
+        let c = self.cluster.credentials();
+        let beats: std::collections::HashSet<i64> = self
+            .cluster
+            .psql_db(primary, &c.app_db, "SELECT id FROM heartbeat")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let lost: Vec<i64> = acked.into_iter().filter(|a| !beats.contains(a)).collect();
+        assert!(lost.is_empty(), "acknowledged heartbeats lost: {lost:?}");
     }
 
     pub fn token(&self) -> String {

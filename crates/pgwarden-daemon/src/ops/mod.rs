@@ -102,7 +102,8 @@ pub struct Operations {
 /// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
 /// holds the run loop at that point (after the step's intent, or after its
 /// effect but before its outcome, is journaled) so a test can SIGKILL the
-/// daemon exactly there. Compiled only with the `fault-injection` feature,
+/// daemon exactly there; `promote:after:5` holds it 5 s only, so a test can
+/// change the world under a held operation and watch the next step. Compiled only with the `fault-injection` feature,
 /// which the test suites enable: the shipped binary has no such hook.
 #[cfg(not(feature = "fault-injection"))]
 async fn fault_pause(_step: StepName, _point: &str) {}
@@ -116,9 +117,16 @@ async fn fault_pause(step: StepName, point: &str) {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    if want == format!("{name}:{point}") {
+    let (at, secs) = match want.splitn(3, ':').nth(2) {
+        Some(s) => (
+            want[..want.len() - s.len() - 1].to_owned(),
+            s.parse().unwrap_or(120),
+        ),
+        None => (want.clone(), 120),
+    };
+    if at == format!("{name}:{point}") {
         tracing::warn!(%want, "fault injection: pausing the operation here");
-        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
     }
 }
 
