@@ -39,6 +39,9 @@ command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(ipr
 command -v setpriv >/dev/null || need+=(util-linux)
 # Load balancer checks of /primary and /replica run through a real HAProxy.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# The etcd operation lock (tests/tests/etcd_lock.rs) runs against a real
+# etcd member; etcd-server's own service is kept from starting (policy-rc.d).
+[ -x /usr/bin/etcd ] || need+=(etcd-server)
 # The status page is checked in a real headless browser.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # The Debian package test (tests/tests/package.rs) builds, installs and
