@@ -16,11 +16,11 @@ use util::{Env, Options};
 /// A short TTL keeps the tests that wait for it short.
 const TTL: Duration = Duration::from_secs(4);
 
-fn lock_yaml(etcd: &Etcd) -> String {
+fn lock_yaml(etcd: &Etcd, ttl: Duration) -> String {
     format!(
         "lock:\n  etcd:\n    endpoints: [{}]\n    prefix: /pgwarden-test\n    ttl: {}s\n",
         etcd.endpoint(),
-        TTL.as_secs()
+        ttl.as_secs()
     )
 }
 
@@ -40,6 +40,10 @@ fn lock_key(env: &Env) -> String {
 /// A cluster with the application, each daemon with the etcd lock and
 /// `fault[i]` as its PGWARDEN_FAULT_PAUSE (empty: none).
 fn start(etcd: &Etcd, faults: [&str; 2]) -> (Env, util::App) {
+    start_with_ttl(etcd, faults, TTL)
+}
+
+fn start_with_ttl(etcd: &Etcd, faults: [&str; 2], ttl: Duration) -> (Env, util::App) {
     let daemon_env = faults
         .iter()
         .map(|f| {
@@ -52,7 +56,7 @@ fn start(etcd: &Etcd, faults: [&str; 2]) -> (Env, util::App) {
         .collect();
     let (env, app) = Env::start_with_app(Options {
         daemon_env,
-        config_extra: lock_yaml(etcd),
+        config_extra: lock_yaml(etcd, ttl),
         ..Default::default()
     });
     env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
@@ -138,6 +142,30 @@ fn with_etcd_down_operations_are_refused_and_monitoring_goes_on() {
     );
     let r = switchover(&env, 0, "etcd down");
     assert_eq!(r.status, 503, "{}", r.body);
+    // A dry run says so too.
+    let r = env.daemons[0].post(
+        "/v1/switchover",
+        r#"{"target": "pg-b", "reason": "etcd down", "dry_run": true}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let plan = r.json();
+    assert_eq!(plan["would_proceed"], false, "{plan}");
+    let check = plan["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "etcd_lock")
+        .unwrap_or_else(|| panic!("no etcd_lock check: {plan}"))
+        .clone();
+    assert_eq!(check["verdict"], "fail", "{check}");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .contains(&etcd.endpoint()),
+        "{check}"
+    );
     // Monitoring does not depend on etcd.
     let h = env.daemons[0].get("/health");
     assert_eq!(h.status, 200, "{}", h.body);
@@ -296,5 +324,41 @@ fn a_killed_holder_loses_the_lock_after_the_ttl_and_its_resume_is_refused() {
         "{op}\n{}",
         env.daemons[1].log_text()
     );
+    env.assert_invariants(&app, 1);
+}
+
+#[test]
+fn a_holder_restarted_within_the_ttl_keeps_its_lock_and_resumes() {
+    let etcd = Etcd::start().unwrap();
+    let ttl = Duration::from_secs(15);
+    let (mut env, app) = start_with_ttl(&etcd, ["stop_old_primary:before", ""], ttl);
+    let r = switchover(&env, 0, "quick restart");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    wait_paused(&env, 0);
+    let (_, token, lease) = etcd.get(&lock_key(&env)).expect("the lock key");
+    env.daemons[0].kill();
+    let killed = Instant::now();
+    env.restart_daemon(0, &[]);
+    env.wait_all_polled();
+    let r = env.daemons[0].post(
+        &format!("/v1/operations/{id}/resume?wait=true"),
+        "",
+        &env.token(),
+    );
+    assert!(killed.elapsed() < ttl, "restarted within the TTL");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    let op = r.json();
+    assert_eq!(
+        op["facts"]["lock_token"],
+        token.to_string().as_str(),
+        "{op}"
+    );
+    assert_eq!(
+        op["facts"]["etcd_lease"],
+        lease.to_string().as_str(),
+        "{op}"
+    );
+    assert_eq!(etcd.get(&lock_key(&env)), None, "released at the end");
     env.assert_invariants(&app, 1);
 }

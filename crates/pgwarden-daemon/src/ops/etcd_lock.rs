@@ -28,6 +28,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use pgwarden_core::lock_config::EtcdLockConfig;
 use pgwarden_core::operation::Operation;
+use pgwarden_core::preflight::{Check, Verdict};
 use serde::{Deserialize, Serialize};
 
 use super::{OpError, Operations};
@@ -139,7 +140,11 @@ impl EtcdLock {
     }
 
     fn unavailable(&self, e: &EtcdError) -> OpError {
-        OpError::Unavailable(format!(
+        OpError::Unavailable(self.unavailable_message(e))
+    }
+
+    fn unavailable_message(&self, e: &EtcdError) -> String {
+        format!(
             "the operation lock is in etcd ({}), which {}: {}; operations are refused until it answers (monitoring goes on)",
             self.endpoints,
             if e.unreachable {
@@ -148,7 +153,7 @@ impl EtcdLock {
                 "answered with an error"
             },
             e.message
-        ))
+        )
     }
 
     fn describe(&self, kv: &KeyValue) -> String {
@@ -169,12 +174,37 @@ impl EtcdLock {
     pub async fn ensure_free(&self) -> Result<(), OpError> {
         match self.api.get(&self.key).await {
             Ok(None) => Ok(()),
-            Ok(Some(kv)) => Err(OpError::Conflict(format!(
-                "the etcd lock {} is held by {}; wait for it, or resume/abort it there",
-                self.key,
-                self.describe(&kv)
-            ))),
+            Ok(Some(kv)) => Err(OpError::Conflict(self.held_message(&kv))),
             Err(e) => Err(self.unavailable(&e)),
+        }
+    }
+
+    fn held_message(&self, kv: &KeyValue) -> String {
+        format!(
+            "the etcd lock {} is held by {}; wait for it, or resume/abort it there",
+            self.key,
+            self.describe(kv)
+        )
+    }
+
+    /// The preflight check `etcd_lock`: whether the lock could be taken
+    /// now, so a dry run says what the real request would meet.
+    pub async fn preflight_check(&self) -> Check {
+        let (verdict, message) = match self.api.get(&self.key).await {
+            Ok(None) => (
+                Verdict::Pass,
+                format!(
+                    "the etcd lock {} is free (etcd {})",
+                    self.key, self.endpoints
+                ),
+            ),
+            Ok(Some(kv)) => (Verdict::Fail, self.held_message(&kv)),
+            Err(e) => (Verdict::Fail, self.unavailable_message(&e)),
+        };
+        Check {
+            name: "etcd_lock",
+            verdict,
+            message,
         }
     }
 
@@ -245,17 +275,22 @@ impl EtcdLock {
                 op.id
             )));
         };
-        if let Some(why) = self.lost_reason(&op.id) {
-            return Err(Lost::Gone(format!(
+        // A renewal that found the lease gone is final; the key still says
+        // who holds the lock now.
+        let lost = self.lost_reason(&op.id).map(|why| {
+            Lost::Gone(format!(
                 "the etcd lock (token {token}) was lost: {why}; this step did not run"
-            )));
-        }
-        let kv = self.api.get(&self.key).await.map_err(|e| {
-            Lost::Unknown(format!(
-                "cannot read the etcd lock {} at {}: {}; whether this operation still holds it is unknown, so this step did not run",
-                self.key, self.endpoints, e.message
             ))
-        })?;
+        });
+        let kv = match self.api.get(&self.key).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                return Err(lost.unwrap_or_else(|| Lost::Unknown(format!(
+                    "cannot read the etcd lock {} at {}: {}; whether this operation still holds it is unknown, so this step did not run",
+                    self.key, self.endpoints, e.message
+                ))))
+            }
+        };
         let mine = LockValue {
             holder: self.holder.clone(),
             operation_id: op.id.clone(),
@@ -270,7 +305,7 @@ impl EtcdLock {
                     && kv.lease == lease
                     && serde_json::from_slice::<LockValue>(&kv.value).ok() == Some(mine) =>
             {
-                Ok(())
+                lost.map_or(Ok(()), Err)
             }
             Some(kv) => Err(Lost::Gone(format!(
                 "the etcd lock {} no longer carries this operation's token {token}: it is held by {}; this step did not run",
@@ -681,6 +716,9 @@ mod tests {
             panic!("held")
         };
         assert!(m.contains(&format!("token {token}")), "{m}");
+        let check = b.preflight_check().await;
+        assert_eq!((check.name, check.verdict), ("etcd_lock", Verdict::Fail));
+        assert!(check.message.contains("op-1"), "{}", check.message);
 
         // The lease lapses (the holder died, or someone revoked it).
         etcd.expire(fact_i64(&op, LEASE_FACT).unwrap());
@@ -703,6 +741,7 @@ mod tests {
         assert!(b.check(&other).await.is_ok());
         b.release(&other).await;
         assert!(a.ensure_free().await.is_ok());
+        assert_eq!(a.preflight_check().await.verdict, Verdict::Pass);
     }
 
     #[tokio::test]

@@ -168,6 +168,11 @@ impl Operations {
     /// found interrupted, which still holds the lock until resumed or aborted.
     pub async fn keep_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.etcd().map_or(LEASE_TTL / 3, |e| e.renew_every());
+        // A daemon restarted with an operation open renews its etcd lease at
+        // once: the lease may have only a fraction of its TTL left.
+        if let (Some(etcd), Some(op)) = (self.etcd(), self.open_operation()) {
+            etcd.renew(&op).await;
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

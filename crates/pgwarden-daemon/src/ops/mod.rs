@@ -237,7 +237,7 @@ impl Operations {
         let lock = self
             .peer_lock()
             .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
-        steps::preflight_checks(
+        let mut checks = steps::preflight_checks(
             &self.config,
             &self.effects,
             &self.view(),
@@ -245,7 +245,11 @@ impl Operations {
             request,
             open.as_deref().or(lock.as_deref()),
         )
-        .await
+        .await;
+        if let Some(etcd) = self.etcd() {
+            checks.insert(1.min(checks.len()), etcd.preflight_check().await);
+        }
+        checks
     }
 
     /// A dry run: the checks and the steps, nothing changed.
@@ -556,12 +560,16 @@ impl Operations {
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
         }
+        // The etcd lock is free when the answer says succeeded: a caller may
+        // start the next operation on another daemon right away.
+        if let (Some(etcd), OperationState::Succeeded) = (self.etcd(), op.state) {
+            etcd.release(&op).await;
+        }
         self.finished(&op, Some(started.elapsed()));
         if op.state == OperationState::Succeeded {
             self.lease().end();
-            match self.etcd() {
-                Some(etcd) => etcd.release(&op).await,
-                None => self.unlock_peers(&op.id).await,
+            if self.etcd().is_none() {
+                self.unlock_peers(&op.id).await;
             }
             tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
         }
