@@ -166,6 +166,8 @@ fn with_etcd_down_operations_are_refused_and_monitoring_goes_on() {
             .contains(&etcd.endpoint()),
         "{check}"
     );
+    let r = env.daemons[0].put("/v1/sync", r#"{"mode": "sync"}"#, &env.token());
+    assert_eq!(r.status, 503, "{}", r.body);
     // Monitoring does not depend on etcd.
     let h = env.daemons[0].get("/health");
     assert_eq!(h.status, 200, "{}", h.body);
@@ -209,6 +211,9 @@ fn a_lease_revoked_mid_operation_stops_it_before_its_next_step() {
     // While held, the other daemon refuses its own operations: the lock
     // is shared through etcd.
     let r = switchover(&env, 1, "while held");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains(&format!("token {token}")), "{}", r.body);
+    let r = env.daemons[1].put("/v1/sync", r#"{"mode": "async"}"#, &env.token());
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains(&format!("token {token}")), "{}", r.body);
 
