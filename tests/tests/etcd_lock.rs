@@ -119,6 +119,15 @@ fn a_switchover_with_the_etcd_lock_journals_its_token_and_releases_it() {
     let on_disk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(on_disk["facts"]["lock_token"], token.to_string().as_str());
+    // A daemon configured without lock.etcd that asks for the lock through
+    // the API is refused: the lock is in etcd.
+    let r = env.daemons[1].post(
+        "/v1/internal/lock",
+        r#"{"holder": "pg-a", "operation_id": "op-without-etcd", "ttl_ms": 1000}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("same `lock` section"), "{}", r.body);
     // Released at the end: the key is gone.
     assert_eq!(etcd.get(&lock_key(&env)), None);
     env.assert_invariants(&app, 1);

@@ -328,6 +328,13 @@ impl Operations {
         operation_id: &str,
         ttl: std::time::Duration,
     ) -> Result<(), OpError> {
+        // A peer that asks is configured without lock.etcd: granting would
+        // let it act beside an operation that only etcd knows of.
+        if self.etcd().is_some() {
+            return Err(OpError::Conflict(format!(
+                "this daemon keeps the operation lock in etcd (lock.etcd) and {holder} asked for it through the API: give every daemon the same `lock` section"
+            )));
+        }
         // Held until the lock file is written: see `start`.
         let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mine) = starting.as_ref() {
