@@ -379,3 +379,40 @@ fn a_holder_restarted_within_the_ttl_keeps_its_lock_and_resumes() {
     assert_eq!(etcd.get(&lock_key(&env)), None, "released at the end");
     env.assert_invariants(&app, 1);
 }
+
+/// The key is released before the switchover answers, so a rejoin sent at
+/// once (run by the rejoining node's daemon, another daemon) takes it.
+#[test]
+fn a_switchover_then_a_rejoin_back_to_back_each_take_the_etcd_lock() {
+    let etcd = Etcd::start().unwrap();
+    let (env, _app) = start(&etcd, ["", ""]);
+    env.wait_health(1, "healthy first", env.within_polls(3), |c, _| c == 200);
+    let r = env.daemons[1].post(
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "back to back"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first: i64 = r.json()["facts"]["lock_token"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = env.daemons[1].post(
+        "/v1/rejoin?wait=true",
+        r#"{"node": "pg-a", "reason": "back to back"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    let rejoin = r.json();
+    let second: i64 = rejoin["facts"]["lock_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lock_token: {rejoin}"))
+        .parse()
+        .unwrap();
+    assert!(second > first, "{second} > {first}");
+    assert_eq!(etcd.get(&lock_key(&env)), None, "released");
+    let h = env.daemons[0].get("/health");
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert_eq!(h.json()["primary"], "pg-b");
+}
