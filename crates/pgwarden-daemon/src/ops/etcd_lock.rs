@@ -410,6 +410,10 @@ impl Operations {
 pub struct EtcdGateway {
     endpoints: Vec<String>,
     http: reqwest::Client,
+    /// The endpoint that answered last, tried first: a dead member in
+    /// front of the list then costs one connect timeout once, not at
+    /// every renewal.
+    last_good: std::sync::atomic::AtomicUsize,
 }
 
 /// One etcd call's budget: well under the TTL, so a renewal that hangs
@@ -445,7 +449,11 @@ impl EtcdGateway {
             .connect_timeout(Duration::from_secs(1))
             .build()
             .expect("the HTTP client builds");
-        EtcdGateway { endpoints, http }
+        EtcdGateway {
+            endpoints,
+            http,
+            last_good: Default::default(),
+        }
     }
 
     /// POSTs `body` to `path` at the first endpoint that takes the
@@ -457,7 +465,9 @@ impl EtcdGateway {
         body: serde_json::Value,
     ) -> Result<serde_json::Value, EtcdError> {
         let mut failures = Vec::new();
-        for ep in &self.endpoints {
+        let first = self.last_good.load(std::sync::atomic::Ordering::Relaxed);
+        let n = self.endpoints.len();
+        for (i, ep) in (0..n).map(|k| ((first + k) % n, &self.endpoints[(first + k) % n])) {
             let url = format!("{}{path}", ep.trim_end_matches('/'));
             let r = match self.http.post(&url).json(&body).send().await {
                 Ok(r) => r,
@@ -472,6 +482,8 @@ impl EtcdGateway {
                     })
                 }
             };
+            self.last_good
+                .store(i, std::sync::atomic::Ordering::Relaxed);
             let status = r.status();
             let v: serde_json::Value = r.json().await.map_err(|e| EtcdError {
                 message: format!("{url}: answered {status} with an unreadable body: {e}"),
@@ -788,6 +800,53 @@ mod tests {
         assert!(
             a.check(&op).await.is_ok(),
             "a failed renewal alone loses nothing"
+        );
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn dead_endpoint() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_gateway_skips_a_dead_endpoint_and_says_when_none_answers() {
+        // A one-answer stand-in for etcd's gateway: enough to see which
+        // endpoint was used and how the answer is read.
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", live.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut c, _) = live.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let body = r#"{"header":{"revision":"9"},"kvs":[{"key":"eA==","create_revision":"7","value":"e30=","lease":"42"}],"count":"1"}"#;
+                let _ = c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let g = EtcdGateway::new(vec![dead_endpoint(), url]);
+        let kv = g.get("x").await.unwrap().unwrap();
+        assert_eq!(
+            (kv.create_revision, kv.lease, kv.value),
+            (7, 42, b"{}".to_vec())
+        );
+        assert_eq!(g.last_good.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(g.get("x").await.is_ok(), "the live one first now");
+
+        let dead = EtcdGateway::new(vec![dead_endpoint(), dead_endpoint()]);
+        let e = dead.get("x").await.unwrap_err();
+        assert!(
+            e.unreachable && e.message.contains("no endpoint accepted"),
+            "{e:?}"
         );
     }
 
