@@ -41,6 +41,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # The application's door through a pooler: a real pgbouncer (tests/tests/pgbouncer.rs).
 [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# The etcd operation lock (tests/tests/etcd_lock.rs) runs against a real
+# etcd member; etcd-server's own service is kept from starting (policy-rc.d).
+[ -x /usr/bin/etcd ] || need+=(etcd-server)
 # The status page is checked in a real headless browser.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # The Debian package test (tests/tests/package.rs) builds, installs and

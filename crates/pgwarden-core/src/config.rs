@@ -59,6 +59,10 @@ pub struct Config {
     /// leaves the application running.
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// Where the operation lock lives (`lock.etcd`); without it the two
+    /// daemons agree through their APIs. See [`crate::lock_config`].
+    #[serde(default)]
+    pub lock: Option<crate::lock_config::LockConfig>,
 }
 
 /// `proxy`: what stands between the application and PostgreSQL.
@@ -814,6 +818,7 @@ impl Config {
         if let Some(pb) = self.pgbouncer() {
             validate_pgbouncer(self, pb, &mut bad);
         }
+        out.extend(crate::lock_config::validate(self.lock.as_ref()));
         out
     }
 
@@ -828,6 +833,11 @@ impl Config {
         self.pgbouncer()
             .and_then(|p| p.db_user.as_deref())
             .or(self.application.as_ref().map(|a| a.db_user.as_str()))
+    }
+
+    /// The etcd lock, when `lock.etcd` is configured.
+    pub fn etcd_lock(&self) -> Option<&crate::lock_config::EtcdLockConfig> {
+        self.lock.as_ref().and_then(|l| l.etcd.as_ref())
     }
 
     /// The entry of `nodes` this daemon runs beside (validated to exist).

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ini;
 pub mod last_primary;
 pub mod listen;
+pub mod lock_config;
 pub mod operation;
 pub mod pgbouncer_ini;
 pub mod preflight;

@@ -10,6 +10,7 @@
 //! `application:` section.
 //!
 //! [`pgbouncer`] runs a real pgbouncer in front of a cluster (transaction pooling).
+//! [`etcd`] runs a real etcd member for the tests of the etcd operation lock.
 //!
 //! [`testbed`] puts the two nodes on separate simulated hosts (network namespaces with
 //! their own addresses and `/etc`), with an operator host and network cuts between them.
@@ -17,6 +18,7 @@
 mod bins;
 mod cluster;
 mod error;
+pub mod etcd;
 pub mod pgbouncer;
 mod pgwarden_config;
 mod procs;

@@ -247,6 +247,8 @@ pub struct Options {
     /// Asynchronous read-only replicas (`role: replica`) after the pair,
     /// each with its own daemon (see `ClusterOptions::replicas`).
     pub replicas: Vec<String>,
+    /// Top-level YAML sections appended to every daemon's config (`lock:`).
+    pub config_extra: String,
 }
 
 impl Env {
@@ -288,7 +290,8 @@ impl Env {
             // instance is named on one host (DESIGN.md "Two hosts"); pg-b's,
             // whose daemon the tests never take away.
             + "  runs_on: [pg-b]\n"
-            + &opts.application_extra;
+            + &opts.application_extra
+            + &opts.config_extra;
         let daemons = (0..cluster.nodes().len())
             .map(|i| {
                 let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();

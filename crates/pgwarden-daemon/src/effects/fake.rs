@@ -234,7 +234,7 @@ impl FakeWorld {
                                 serde_json::json!({
                                     "pid": 100 + i, "application_name": app, "client_addr": o.host,
                                     "state": "streaming",
-                                    "sync_state": if ssn.contains(&app) { "sync" } else { "async" },
+                                    "sync_state": if ssn.contains(app) { "sync" } else { "async" },
                                     "sent_lsn": n.lsn, "write_lsn": n.lsn, "flush_lsn": n.lsn, "replay_lsn": n.lsn,
                                     "write_lag_seconds": 0.0, "flush_lag_seconds": 0.0, "replay_lag_seconds": 0.0
                                 })

@@ -167,14 +167,24 @@ impl Operations {
     /// its TTL, until `stop` flips: also after a restart, for an operation
     /// found interrupted, which still holds the lock until resumed or aborted.
     pub async fn keep_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = self.etcd().map_or(LEASE_TTL / 3, |e| e.renew_every());
+        // A daemon restarted with an operation open renews its etcd lease at
+        // once: the lease may have only a fraction of its TTL left.
+        if let (Some(etcd), Some(op)) = (self.etcd(), self.open_operation()) {
+            etcd.renew(&op).await;
+        }
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let Some(op) = self.open_operation() else {
                 continue;
             };
+            if let Some(etcd) = self.etcd() {
+                etcd.renew(&op).await;
+                continue;
+            }
             if self.lease().operation_id() != Some(op.id.as_str()) {
                 self.lease().begin(&op.id);
             }
@@ -318,6 +328,13 @@ impl Operations {
         operation_id: &str,
         ttl: std::time::Duration,
     ) -> Result<(), OpError> {
+        // A peer that asks is configured without lock.etcd: granting would
+        // let it act beside an operation that only etcd knows of.
+        if self.etcd().is_some() {
+            return Err(OpError::Conflict(format!(
+                "this daemon keeps the operation lock in etcd (lock.etcd) and {holder} asked for it through the API: give every daemon the same `lock` section"
+            )));
+        }
         // Held until the lock file is written: see `start`.
         let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mine) = starting.as_ref() {

@@ -29,6 +29,7 @@ use journal::{Journal, JournalError};
 use lock::{Lease, LockFile};
 use steps::StepContext;
 
+pub mod etcd_lock;
 pub mod journal;
 pub mod lock;
 mod peers;
@@ -97,12 +98,16 @@ pub struct Operations {
     /// two daemons starting at the same instant then both get 409 instead of
     /// granting each other's lock. A std Mutex: never held across an await.
     starting: std::sync::Mutex<Option<String>>,
+    /// The lock in etcd when `lock.etcd` is configured; it then replaces
+    /// the peers' lock.
+    etcd: Option<etcd_lock::EtcdLock>,
 }
 
 /// Fault injection for the crash tests: `PGWARDEN_FAULT_PAUSE=promote:after`
 /// holds the run loop at that point (after the step's intent, or after its
 /// effect but before its outcome, is journaled) so a test can SIGKILL the
-/// daemon exactly there. Compiled only with the `fault-injection` feature,
+/// daemon exactly there; `promote:after:5` holds it 5 s only, so a test can
+/// change the world under a held operation and watch the next step. Compiled only with the `fault-injection` feature,
 /// which the test suites enable: the shipped binary has no such hook.
 #[cfg(not(feature = "fault-injection"))]
 async fn fault_pause(_step: StepName, _point: &str) {}
@@ -116,9 +121,16 @@ async fn fault_pause(step: StepName, point: &str) {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    if want == format!("{name}:{point}") {
+    let (at, secs) = match want.splitn(3, ':').nth(2) {
+        Some(s) => (
+            want[..want.len() - s.len() - 1].to_owned(),
+            s.parse().unwrap_or(120),
+        ),
+        None => (want.clone(), 120),
+    };
+    if at == format!("{name}:{point}") {
         tracing::warn!(%want, "fault injection: pausing the operation here");
-        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
     }
 }
 
@@ -168,7 +180,11 @@ impl Operations {
         let peer_lock = LockFile {
             path: config.state_dir.join("lock.json"),
         };
+        let etcd = config
+            .etcd_lock()
+            .map(|e| etcd_lock::EtcdLock::new(e, &config.cluster, &config.local_node));
         let me = Operations {
+            etcd,
             config,
             journal,
             effects,
@@ -225,7 +241,7 @@ impl Operations {
         let lock = self
             .peer_lock()
             .map(|l| format!("{} (held for {})", l.operation_id, l.holder));
-        steps::preflight_checks(
+        let mut checks = steps::preflight_checks(
             &self.config,
             &self.effects,
             &self.view(),
@@ -233,7 +249,11 @@ impl Operations {
             request,
             open.as_deref().or(lock.as_deref()),
         )
-        .await
+        .await;
+        if let Some(etcd) = self.etcd() {
+            checks.insert(1.min(checks.len()), etcd.preflight_check().await);
+        }
+        checks
     }
 
     /// A dry run: the checks and the steps, nothing changed.
@@ -286,6 +306,9 @@ impl Operations {
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default()
             )));
+        }
+        if let Some(etcd) = self.etcd() {
+            etcd.ensure_free().await?;
         }
         self.clear_stale_peer_lock().await;
         if let Some(lock) = self.peer_lock() {
@@ -346,6 +369,19 @@ impl Operations {
         id: String,
         facts: std::collections::BTreeMap<String, String>,
     ) -> Result<Operation, OpError> {
+        if let Some(etcd) = self.etcd() {
+            let lock_facts = etcd.take(&id).await?;
+            let mut op = Operation::new(id, kind, request, &now());
+            op.facts.extend(facts);
+            op.facts.extend(lock_facts);
+            if let Err(e) = self.journal.save(&op) {
+                etcd.release(&op).await;
+                return Err(OpError::Internal(format!("nothing was done: {e}")));
+            }
+            tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = %op.facts[etcd_lock::TOKEN_FACT], "operation started");
+            self.current.send_replace(Some(op.clone()));
+            return Ok(op);
+        }
         self.lease().begin(&id);
         let lock_note = match self.lock_peers(&id, true).await {
             Ok(note) => note,
@@ -386,9 +422,13 @@ impl Operations {
         })?;
         // The lock is taken again, as at the start: while this operation
         // stood still its lease at the peer may have lapsed.
-        self.lease().begin(&op.id);
-        let note = self.lock_peers(&op.id, false).await?;
-        op.facts.insert("peer_lock".into(), note);
+        if let Some(etcd) = self.etcd() {
+            etcd.resume(&op).await?;
+        } else {
+            self.lease().begin(&op.id);
+            let note = self.lock_peers(&op.id, false).await?;
+            op.facts.insert("peer_lock".into(), note);
+        }
         self.journal
             .save(&op)
             .map_err(|e| OpError::Internal(format!("nothing was done: {e}")))?;
@@ -415,7 +455,10 @@ impl Operations {
         tracing::warn!(operation = %op.id, "operation aborted");
         self.lease().end();
         self.finished(&op, None);
-        self.unlock_peers(&op.id).await;
+        match self.etcd() {
+            Some(etcd) => etcd.release(&op).await,
+            None => self.unlock_peers(&op.id).await,
+        }
         Ok(op)
     }
 
@@ -479,7 +522,7 @@ impl Operations {
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
             // The lock is checked before every step's side effects.
-            if let Err(why) = self.lease().check(&op.id, Instant::now()) {
+            if let Err(why) = self.check_lock(&op).await {
                 let _ = op.finish_step(StepOutcome::Failed(why), &now());
                 let _ = self.journal.save(&op);
                 self.current.send_replace(Some(op.clone()));
@@ -522,10 +565,17 @@ impl Operations {
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
         }
+        // The etcd lock is free when the answer says succeeded: a caller may
+        // start the next operation on another daemon right away.
+        if let (Some(etcd), OperationState::Succeeded) = (self.etcd(), op.state) {
+            etcd.release(&op).await;
+        }
         self.finished(&op, Some(started.elapsed()));
         if op.state == OperationState::Succeeded {
             self.lease().end();
-            self.unlock_peers(&op.id).await;
+            if self.etcd().is_none() {
+                self.unlock_peers(&op.id).await;
+            }
             tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
         }
     }

@@ -72,6 +72,11 @@ impl Operations {
                 lock.holder, lock.operation_id
             )));
         }
+        // With the lock in etcd, another daemon's operation shows there only;
+        // an etcd that does not answer may hide one, so it refuses too.
+        if let Some(etcd) = self.etcd() {
+            etcd.ensure_free().await?;
+        }
         let view = self.view();
         let primary = view.primary.clone().ok_or_else(|| {
             OpError::Conflict("there is no single reachable primary to configure".into())
