@@ -215,7 +215,7 @@ fn a_switchover_re_points_the_replica_without_a_restart() {
     let op = r.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     let (message, ms) = repoint_step(&op);
-    println!("re-point after switchover: ro-1 streaming from pg-b on the new timeline {ms} ms after its primary_conninfo reload ({message})");
+    println!("re-point after switchover: ro-1 streaming from pg-b on the new timeline {ms} ms from the re-point request ({message})");
     assert!(
         message.contains("ro-1 streams from pg-b on timeline 2"),
         "{message}"
@@ -261,7 +261,7 @@ fn a_failover_re_points_the_replica_to_the_new_timeline() {
     let op = r.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     let (message, ms) = repoint_step(&op);
-    println!("re-point after failover: ro-1 streaming from pg-b on the new timeline {ms} ms after its primary_conninfo reload ({message})");
+    println!("re-point after failover: ro-1 streaming from pg-b on the new timeline {ms} ms from the re-point request ({message})");
 
     assert_follows(&env, 1, 2);
     assert_eq!(env.cluster.postmaster_pid(RO), postmaster);
