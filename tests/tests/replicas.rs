@@ -376,6 +376,13 @@ fn a_replica_that_cannot_follow_fails_nothing_and_is_rebuilt_later() {
     // rejoin points it at the current one.
     env.cluster.start_node(RO).unwrap();
     env.restart_daemon(RO, &[]);
+    // The rejoin runs on ro-1's own daemon: it must have seen the primary.
+    poll_until(
+        env.within_polls(4),
+        "ro-1's daemon to see pg-b as the primary",
+        || (env.daemons[RO].get("/v1/status").json()["primary"] == "pg-b").then_some(()),
+    )
+    .unwrap();
     let r = env.daemons[1].post(
         "/v1/rejoin?wait=true",
         r#"{"node": "ro-1", "reason": "back"}"#,
@@ -450,4 +457,33 @@ fn a_forced_failover_to_the_replica_is_the_last_resort() {
         },
     )
     .unwrap();
+}
+
+#[test]
+fn a_streaming_replica_is_no_standby_for_synchronous_replication() {
+    let (env, _app) = with_replica();
+    // The standby is lost; only the replica streams.
+    env.cluster.stop_node(1, StopMode::Fast).unwrap();
+    let token = env.token();
+    let r = env.daemons[0].put("/v1/sync", r#"{"mode": "async"}"#, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    env.wait_health(
+        0,
+        "the standby not streaming",
+        env.within_polls(6),
+        |_, h| has_problem(h, "standby_not_streaming", Some("pg-b")),
+    );
+    assert_eq!(replica_row(&env, 0), "streaming|async");
+    // Restoring sync would make every commit wait for a standby that is
+    // gone: the replica streaming changes nothing.
+    let r = env.daemons[0].put("/v1/sync", r#"{"mode": "sync"}"#, &token);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("no standby streams"), "{}", r.body);
+    assert_eq!(
+        env.cluster
+            .psql(0, "SHOW synchronous_standby_names")
+            .unwrap(),
+        "",
+        "nothing was set"
+    );
 }
