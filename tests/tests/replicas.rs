@@ -413,9 +413,11 @@ fn a_forced_failover_to_the_replica_is_the_last_resort() {
         &env.token(),
     );
     assert_eq!(r.status, 422, "unforced: {}", r.body);
+    // pg-a's stop is verified as the old primary's; pg-b's host the
+    // operator confirms fenced (its sessions cannot be counted).
     let r = env.daemons[RO].post(
         "/v1/failover?wait=true",
-        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost", "force": true}"#,
+        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost", "force": true, "fenced_hosts": ["pg-b"]}"#,
         &env.token(),
     );
     assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[RO].log_text());
