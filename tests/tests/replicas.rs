@@ -215,7 +215,7 @@ fn a_switchover_re_points_the_replica_without_a_restart() {
     let op = r.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     let (message, ms) = repoint_step(&op);
-    println!("re-point after switchover: ro-1 streaming from pg-b on the new timeline {ms} ms after its primary_conninfo reload ({message})");
+    println!("re-point after switchover: ro-1 streaming from pg-b on the new timeline {ms} ms from the re-point request ({message})");
     assert!(
         message.contains("ro-1 streams from pg-b on timeline 2"),
         "{message}"
@@ -261,7 +261,7 @@ fn a_failover_re_points_the_replica_to_the_new_timeline() {
     let op = r.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     let (message, ms) = repoint_step(&op);
-    println!("re-point after failover: ro-1 streaming from pg-b on the new timeline {ms} ms after its primary_conninfo reload ({message})");
+    println!("re-point after failover: ro-1 streaming from pg-b on the new timeline {ms} ms from the re-point request ({message})");
 
     assert_follows(&env, 1, 2);
     assert_eq!(env.cluster.postmaster_pid(RO), postmaster);
@@ -376,6 +376,13 @@ fn a_replica_that_cannot_follow_fails_nothing_and_is_rebuilt_later() {
     // rejoin points it at the current one.
     env.cluster.start_node(RO).unwrap();
     env.restart_daemon(RO, &[]);
+    // The rejoin runs on ro-1's own daemon: it must have seen the primary.
+    poll_until(
+        env.within_polls(4),
+        "ro-1's daemon to see pg-b as the primary",
+        || (env.daemons[RO].get("/v1/status").json()["primary"] == "pg-b").then_some(()),
+    )
+    .unwrap();
     let r = env.daemons[1].post(
         "/v1/rejoin?wait=true",
         r#"{"node": "ro-1", "reason": "back"}"#,
@@ -406,9 +413,11 @@ fn a_forced_failover_to_the_replica_is_the_last_resort() {
         &env.token(),
     );
     assert_eq!(r.status, 422, "unforced: {}", r.body);
+    // pg-a's stop is verified as the old primary's; pg-b's host the
+    // operator confirms fenced (its sessions cannot be counted).
     let r = env.daemons[RO].post(
         "/v1/failover?wait=true",
-        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost", "force": true}"#,
+        r#"{"target": "ro-1", "reason": "pg-a and pg-b lost", "force": true, "fenced_hosts": ["pg-b"]}"#,
         &env.token(),
     );
     assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[RO].log_text());
@@ -450,4 +459,33 @@ fn a_forced_failover_to_the_replica_is_the_last_resort() {
         },
     )
     .unwrap();
+}
+
+#[test]
+fn a_streaming_replica_is_no_standby_for_synchronous_replication() {
+    let (env, _app) = with_replica();
+    // The standby is lost; only the replica streams.
+    env.cluster.stop_node(1, StopMode::Fast).unwrap();
+    let token = env.token();
+    let r = env.daemons[0].put("/v1/sync", r#"{"mode": "async"}"#, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    env.wait_health(
+        0,
+        "the standby not streaming",
+        env.within_polls(6),
+        |_, h| has_problem(h, "standby_not_streaming", Some("pg-b")),
+    );
+    assert_eq!(replica_row(&env, 0), "streaming|async");
+    // Restoring sync would make every commit wait for a standby that is
+    // gone: the replica streaming changes nothing.
+    let r = env.daemons[0].put("/v1/sync", r#"{"mode": "sync"}"#, &token);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("no standby streams"), "{}", r.body);
+    assert_eq!(
+        env.cluster
+            .psql(0, "SHOW synchronous_standby_names")
+            .unwrap(),
+        "",
+        "nothing was set"
+    );
 }

@@ -84,9 +84,11 @@ impl Operations {
         let streaming: Vec<String> = view
             .node(&primary)
             .map(|p| {
+                // A replica streaming is no standby to wait for: it is
+                // never in synchronous_standby_names.
                 p.replication
                     .iter()
-                    .filter(|l| l.streaming)
+                    .filter(|l| l.streaming && !self.config.is_replica(&l.standby))
                     .map(|l| l.standby.clone())
                     .collect()
             })

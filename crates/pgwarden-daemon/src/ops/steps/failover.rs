@@ -347,6 +347,13 @@ fn uncounted_node(op: &Operation) -> Option<&str> {
 }
 
 /// Sessions of `role` per node.
+///
+/// Besides [`uncounted_node`], two nodes that do not answer are not
+/// counted: a `role: replica` node (read-only: a session there writes
+/// nothing, and a promoted replica is a split brain the poll reports), and
+/// a node whose host the operator confirmed fenced in `fenced_hosts` (the
+/// last resort of a forced failover to a replica, with both nodes of the
+/// pair lost, names the standby's host so).
 pub(super) async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> Sessions {
     let mut out = Sessions::default();
     for n in &ctx.config.nodes {
@@ -360,6 +367,7 @@ pub(super) async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> S
             // Nothing listens there: no server, so no session.
             Err(AdminError::Refused { .. }) => {}
             Err(_) if uncounted_node(op) == Some(n.name.as_str()) => {}
+            Err(_) if n.is_replica() || op.request.fenced_hosts.contains(&n.name) => {}
             Err(e) => out.unknown.push(format!("{} ({e})", n.name)),
         }
     }
