@@ -13,6 +13,9 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 const PROBE_SQL: &str = include_str!("probe.sql");
 
+/// Idle time before the first TCP keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
 /// Where and as whom to connect to one node.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -33,7 +36,15 @@ impl Target {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("pgwarden")
-            .connect_timeout(timeout);
+            .connect_timeout(timeout)
+            // An idle connection (the admin one waits weeks between
+            // operations) whose path silently dropped is found dead by the
+            // kernel within ~25 s and rebuilt on its next use, instead of the
+            // first statement of a failover waiting out its whole budget.
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         if let Some(p) = &self.password {
             cfg.password(p.expose());
         }
@@ -142,4 +153,24 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_has_tcp_keepalives() {
+        let t = Target {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "pgwarden".into(),
+            password: None,
+            dbname: "postgres".into(),
+        };
+        let cfg = t.config(Duration::from_secs(3));
+        assert!(cfg.get_keepalives());
+        assert_eq!(cfg.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(cfg.get_keepalives_retries(), Some(3));
+    }
 }
