@@ -262,6 +262,20 @@ fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
     );
     assert_eq!(served_by(&env, &pgb), b.port);
     assert_invariants(&env, 1, &attempts);
+    // The admin console's password reached no log, answer or audit entry.
+    let secret = pgb.admin_password();
+    let audit = env.daemons[0].get("/v1/audit?limit=100").body;
+    for (what, text) in [
+        ("pg-a's log", env.daemons[0].log_text()),
+        ("pg-b's log", env.daemons[1].log_text()),
+        ("the operation", op.to_string()),
+        ("the audit log", audit),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{what} holds the pgbouncer admin password"
+        );
+    }
 }
 
 #[test]
