@@ -24,13 +24,13 @@ const TABLE: &str = "door_writes";
 /// A cluster, a pgbouncer in front of it (its `inmanta` entry on pg-a) on
 /// pg-b's host, and daemons whose config names it as the door.
 fn start() -> (Env, Pgbouncer) {
-    start_on("pg-b")
+    start_on("pg-b", &[])
 }
 
 /// The same with the pgbouncer on `host`'s host (one machine: the daemon of
 /// that host alone talks to it, as on two hosts).
-fn start_on(host: &str) -> (Env, Pgbouncer) {
-    let (env, pgb) = Env::start_with_extra_from(|cluster: &TestCluster| {
+fn start_on(host: &str, daemon_env: &[Vec<(String, String)>]) -> (Env, Pgbouncer) {
+    let (env, pgb) = Env::start_with_extra_from(daemon_env, |cluster: &TestCluster| {
         let c = cluster.credentials();
         let a = cluster.node(0);
         let admin_password = format!("admin-{}", c.app_password);
@@ -262,6 +262,20 @@ fn a_writer_on_one_pgbouncer_connection_keeps_committing_across_a_switchover() {
     );
     assert_eq!(served_by(&env, &pgb), b.port);
     assert_invariants(&env, 1, &attempts);
+    // The admin console's password reached no log, answer or audit entry.
+    let secret = pgb.admin_password();
+    let audit = env.daemons[0].get("/v1/audit?limit=100").body;
+    for (what, text) in [
+        ("pg-a's log", env.daemons[0].log_text()),
+        ("pg-b's log", env.daemons[1].log_text()),
+        ("the operation", op.to_string()),
+        ("the audit log", audit),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{what} holds the pgbouncer admin password"
+        );
+    }
 }
 
 #[test]
@@ -365,7 +379,7 @@ fn a_pgbouncer_ini_that_pgbouncer_would_not_reload_is_refused_before_anything_is
 
 #[test]
 fn a_pgbouncer_on_a_host_whose_daemon_is_silent_is_not_taken_as_paused() {
-    let (mut env, pgb) = start_on("pg-a");
+    let (mut env, pgb) = start_on("pg-a", &[]);
     let writer = start_writer(&env, &pgb);
     wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
     env.daemons[0].kill();
@@ -468,6 +482,72 @@ fn after_a_failover_pgbouncer_leads_the_same_client_connection_to_the_new_primar
             st["name"], st["started_at"], st["finished_at"]
         );
     }
+    assert_invariants(&env, 1, &attempts);
+    assert_eq!(served_by(&env, &pgb), env.cluster.node(1).port);
+}
+
+#[test]
+fn a_switchover_killed_after_the_fence_is_resumed_with_pgbouncer_still_paused() {
+    let fault = vec![
+        vec![(
+            "PGWARDEN_FAULT_PAUSE".to_owned(),
+            "stop_old_primary:before".to_owned(),
+        )],
+        vec![],
+    ];
+    let (mut env, pgb) = start_on("pg-b", &fault);
+    let writer = start_writer(&env, &pgb);
+    wait_ack_after(&writer, Instant::now(), "a first commit through pgbouncer");
+    let r = env.daemons[0].post(
+        "/v1/switchover",
+        r#"{"target": "pg-b", "reason": "pgbouncer crash test"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    poll_until(
+        Duration::from_secs(60),
+        "the daemon to reach the fault point",
+        || {
+            env.daemons[0]
+                .log_text()
+                .contains("fault injection: pausing the operation here")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.daemons[0].log_text()));
+    env.daemons[0].kill();
+    env.restart_daemon(0, &[]);
+    // The resume re-checks the fence (pgbouncer still paused, no session
+    // back), then finishes; the writer waited and goes on, on pg-b.
+    let r = env.daemons[0].post(
+        &format!("/v1/operations/{id}/resume?wait=true"),
+        "",
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    assert!(
+        env.daemons[0]
+            .log_text()
+            .contains("re-verified before resuming: pgbouncer still paused"),
+        "{}",
+        env.daemons[0].log_text()
+    );
+    wait_ack_after(
+        &writer,
+        Instant::now(),
+        "a commit through pgbouncer after the resume",
+    );
+    assert_eq!(
+        writer.connections(),
+        1,
+        "pgbouncer closed the application's connection"
+    );
+    let attempts = writer.finish();
+    assert!(
+        attempts.iter().all(|a| a.error.is_none()),
+        "the application saw errors"
+    );
     assert_invariants(&env, 1, &attempts);
     assert_eq!(served_by(&env, &pgb), env.cluster.node(1).port);
 }

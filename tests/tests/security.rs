@@ -61,6 +61,8 @@ const MUTATING: &[(&str, &str, &str)] = &[
     ("POST", "/v1/node/stop", ""),
     ("POST", "/v1/node/application/stop", ""),
     ("POST", "/v1/node/application/config", r#"{"operation": "security-test", "host": "10.9.9.9", "port": 1}"#),
+    ("POST", "/v1/node/pgbouncer/pause", ""),
+    ("POST", "/v1/node/pgbouncer/repoint", r#"{"action": "repoint", "operation": "security-test", "host": "10.9.9.9", "port": 1}"#),
     ("PUT", "/v1/sync", r#"{"mode": "async", "force": true}"#),
     ("POST", "/v1/rejoin", r#"{"node": "pg-b", "method": "basebackup", "force": true}"#),
     ("POST", "/v1/internal/lock", r#"{"holder": "pg-b", "operation_id": "security-test"}"#),
@@ -459,6 +461,14 @@ fn check_auth_table(env: &Env) {
     }
     let r = with_token("POST", "/v1/node/reboot", "");
     assert_error(&r, 404, "not_found", "POST /v1/node/reboot with the token");
+    // No proxy.pgbouncer in this config: the route is there, and says so.
+    let r = with_token("POST", "/v1/node/pgbouncer/pause", "");
+    assert_error(
+        &r,
+        409,
+        "conflict",
+        "POST /v1/node/pgbouncer/pause with the token",
+    );
     let r = with_token(
         "POST",
         "/v1/internal/lock",

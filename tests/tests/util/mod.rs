@@ -329,13 +329,16 @@ impl Env {
 
     /// With `extra` YAML appended to every daemon's config.
     pub fn start_with_extra(extra: &str) -> Env {
-        Env::start_with_extra_from(|_| (extra.to_owned(), ())).0
+        Env::start_with_extra_from(&[], |_| (extra.to_owned(), ())).0
     }
 
     /// With the YAML that `extra` makes from the cluster (and what it
     /// started beside it, e.g. a pgbouncer in front of it) appended to every
-    /// daemon's config.
-    pub fn start_with_extra_from<T>(extra: impl FnOnce(&TestCluster) -> (String, T)) -> (Env, T) {
+    /// daemon's config, daemon i with the environment `daemon_env[i]`.
+    pub fn start_with_extra_from<T>(
+        daemon_env: &[Vec<(String, String)>],
+        extra: impl FnOnce(&TestCluster) -> (String, T),
+    ) -> (Env, T) {
         let cluster = TestCluster::start(ClusterOptions::default()).expect("build the cluster");
         let mut layout = DaemonLayout::for_tests(&cluster);
         let (yaml, beside) = extra(&cluster);
@@ -343,7 +346,11 @@ impl Env {
         let daemons = (0..cluster.nodes().len())
             .map(|i| {
                 let cfg = pgwarden_testkit::write_pgwarden_config(&cluster, i, &layout).unwrap();
-                Daemon::start(&cfg, layout.api_url(i))
+                let env: Vec<(&str, &str)> = daemon_env
+                    .get(i)
+                    .map(|v| v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+                    .unwrap_or_default();
+                Daemon::start_with_env(&cfg, layout.api_url(i), &env)
             })
             .collect();
         let env = Env {

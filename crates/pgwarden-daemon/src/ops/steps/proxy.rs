@@ -83,6 +83,13 @@ pub(super) async fn fence(
                 "{h}: its daemon does not answer; its pgbouncer fenced by the operator's confirmation"
             )),
             Err(e) => {
+                // A daemon that did not answer in time may have paused its
+                // pgbouncer all the same: resume it too (RESUME of one that
+                // is not paused is harmless). One that answered undid its
+                // own PAUSE; unreachable: nothing was sent.
+                if e.status.is_none() && !e.unreachable {
+                    paused.push(h.clone());
+                }
                 let resumed = resume_all(ctx, &paused).await;
                 return fail(format!(
                     "cannot pause pgbouncer on {h}: {}{}; nothing promoted ({resumed})",
