@@ -418,7 +418,7 @@ fn the_install_guide_on_two_hosts_clones_the_first_standby_and_status_agrees() {
 
     let pgwarden = |host: Host, args: &[&str], env: &[(&str, &str)]| {
         let out = tb
-            .host_command(host, &util::pgwarden_bin())
+            .host_command(host, &tb.pgwarden_bin())
             .args(args)
             .env_remove("PGWARDEN_URL")
             .envs(env.iter().copied())

@@ -346,6 +346,21 @@ impl Testbed {
     fn layout(&self) -> Result<(), KitError> {
         check_traversable(&self.dir)?;
         mkdir(&self.dir, Some(0o755))?;
+        // The daemons and the application run as postgres, which may not
+        // reach the build's target/ (a checkout under a private directory):
+        // they run a link (or a copy) of the binary in the testbed's own.
+        let staged = self.pgwarden_bin();
+        if fs::hard_link(&self.opts.pgwarden_bin, &staged).is_err() {
+            fs::copy(&self.opts.pgwarden_bin, &staged).ctx(|| {
+                format!(
+                    "copying {} to {}",
+                    self.opts.pgwarden_bin.display(),
+                    staged.display()
+                )
+            })?;
+        }
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o755))
+            .ctx(|| format!("chmod 755 {}", staged.display()))?;
         let pg = &self.runner;
         for sub in ["logs", "sockets", "state", "app"] {
             let d = self.dir.join(sub);
@@ -702,6 +717,12 @@ impl Testbed {
             .current_dir(&self.dir)
     }
 
+    /// The `pgwarden` binary every host runs (inside the testbed's directory,
+    /// so that postgres can reach it).
+    pub fn pgwarden_bin(&self) -> PathBuf {
+        self.dir.join("pgwarden")
+    }
+
     /// Runs `pgwarden standin-ctl ACTION` for `host`'s instance, on `host`, as the user
     /// the daemons run as (so the instance's files stay the daemon's). Returns the exit
     /// status and the output.
@@ -711,7 +732,7 @@ impl Testbed {
         if self.opts.daemon_user == DaemonUser::Postgres {
             cmd.args(as_postgres_exec());
         }
-        cmd.arg(&self.opts.pgwarden_bin)
+        cmd.arg(self.pgwarden_bin())
             .args(["standin-ctl", action, "--dir"])
             .arg(self.app_dir(host));
         if action == "start" {
@@ -762,7 +783,7 @@ impl Testbed {
             check = check.args(as_postgres_exec());
         }
         check
-            .arg(&self.opts.pgwarden_bin)
+            .arg(self.pgwarden_bin())
             .args(["check-config", "--config", DAEMON_CONFIG])
             .current_dir(&self.dir)
             .run()?;
@@ -776,7 +797,7 @@ impl Testbed {
                 cmd.env_remove(&key);
             }
         }
-        cmd.arg(&self.opts.pgwarden_bin)
+        cmd.arg(self.pgwarden_bin())
             .args(["run", "--config", DAEMON_CONFIG])
             .env("PGWARDEN_LOG", "info,pgwarden_pg=debug")
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -72,7 +72,7 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
     // application's commands for its own host, and an operation reaches the
     // other host's instance through that host's daemon.
     y.push_str(&crate::service::standin_application_yaml(
-        &opts.pgwarden_bin,
+        &tb.pgwarden_bin(),
         &tb.app_dir(host),
         &c.app_user,
         std::path::Path::new(APP_CONFIG),
