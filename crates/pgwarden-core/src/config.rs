@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod lock;
+
 /// The whole configuration of one pgwarden daemon.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -60,9 +62,9 @@ pub struct Config {
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
     /// Where the operation lock lives (`lock.etcd`); without it the two
-    /// daemons agree through their APIs. See [`crate::lock_config`].
+    /// daemons agree through their APIs. See [`lock`].
     #[serde(default)]
-    pub lock: Option<crate::lock_config::LockConfig>,
+    pub lock: Option<lock::LockConfig>,
 }
 
 /// `proxy`: what stands between the application and PostgreSQL.
@@ -818,7 +820,7 @@ impl Config {
         if let Some(pb) = self.pgbouncer() {
             validate_pgbouncer(self, pb, &mut bad);
         }
-        out.extend(crate::lock_config::validate(self.lock.as_ref()));
+        out.extend(lock::validate(self.lock.as_ref()));
         out
     }
 
@@ -836,7 +838,7 @@ impl Config {
     }
 
     /// The etcd lock, when `lock.etcd` is configured.
-    pub fn etcd_lock(&self) -> Option<&crate::lock_config::EtcdLockConfig> {
+    pub fn etcd_lock(&self) -> Option<&lock::EtcdLockConfig> {
         self.lock.as_ref().and_then(|l| l.etcd.as_ref())
     }
 

@@ -5,12 +5,12 @@
 //! The daemon records it from every view in which the primary answered
 //! (and persists it, fsync'd, when it changes a failover's verdict or the
 //! LSN moved a quarter of `max_lag_on_failover`); preflight compares the
-//! target with it (`target_has_primary_wal`).
+//! target with it (`target_has_primary_wal`). A sight is taken from a view
+//! by `LastPrimary::from_view`, in `assess.rs`, where views are built.
 
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::Lsn;
-use crate::view::{ClusterView, Role};
 
 /// One standby as the primary's `pg_stat_replication` showed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,32 +35,6 @@ pub struct LastPrimary {
 }
 
 impl LastPrimary {
-    /// The writable primary of `view` if it answered in this very poll.
-    pub fn from_view(view: &ClusterView, now: &str) -> Option<LastPrimary> {
-        let p = view.writable_primary()?;
-        let s = p.snapshot.as_ref()?;
-        if !p.reachable || p.role != Role::Primary {
-            return None;
-        }
-        Some(LastPrimary {
-            node: p.name.clone(),
-            seen_at: now.to_owned(),
-            timeline: s.timeline,
-            current_lsn: s.current_lsn,
-            synchronous_standby_names: s.settings.synchronous_standby_names.clone(),
-            standbys: p
-                .replication
-                .iter()
-                .map(|l| LastStandby {
-                    name: l.standby.clone(),
-                    state: l.row.state.clone(),
-                    sync_state: l.row.sync_state.clone(),
-                    flush_lsn: l.row.flush_lsn,
-                })
-                .collect(),
-        })
-    }
-
     /// Whether this sight is worth an fsync over `on_disk`: anything that
     /// changes a failover's verdict at once (another primary or timeline,
     /// `synchronous_standby_names`, a standby's state or sync_state), or the
@@ -119,6 +93,7 @@ mod tests {
     }
     use crate::snapshot::tests::{primary, standby};
     use crate::view::tests::{config, failed, ok};
+    use crate::view::ClusterView;
 
     #[test]
     fn recorded_only_from_a_primary_that_answered() {

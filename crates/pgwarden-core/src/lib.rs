@@ -8,6 +8,7 @@
 //! exhaustively without PostgreSQL (see the unit tests in each module).
 
 pub mod answer;
+mod assess;
 pub mod config;
 pub mod conninfo;
 // The fuzz targets' properties; public so `fuzz/` (cargo-fuzz) can call them.
@@ -17,10 +18,11 @@ pub mod health;
 pub mod ini;
 pub mod last_primary;
 pub mod listen;
-pub mod lock_config;
+
 pub mod operation;
 pub mod pgbouncer_ini;
 pub mod preflight;
+pub mod problem;
 pub mod routes;
 pub mod secret;
 pub mod snapshot;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pgwarden_core::lock_config::EtcdLockConfig;
+use pgwarden_core::config::lock::EtcdLockConfig;
 use pgwarden_core::operation::Operation;
 use pgwarden_core::preflight::{Check, Verdict};
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Invalid, PathSeg};
+use super::{Invalid, PathSeg};
 
 /// `lock:`, one of its backends.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -120,7 +120,7 @@ pub fn validate(lock: Option<&LockConfig>) -> Vec<Invalid> {
 mod tests {
     use crate::config::Config;
 
-    const BASE: &str = include_str!("../../../config/pgwarden.example.yaml");
+    const BASE: &str = include_str!("../../../../config/pgwarden.example.yaml");
 
     fn with_lock(lock: &str) -> Result<Config, crate::ConfigError> {
         Config::parse_str("pgwarden.yaml", &format!("{BASE}\n{lock}"))
