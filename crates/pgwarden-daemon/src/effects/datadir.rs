@@ -70,6 +70,139 @@ pub fn write_owned_like_dir(to: &Path, bytes: &[u8], dir: &Path) -> std::io::Res
     fsutil::write_atomic_owned(to, bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
+/// What a rejoin does to this host's files: look at a data directory, keep
+/// and restore the node's own configuration files, swap a fresh copy in,
+/// and run the copying tools. Behind a trait so that the rejoin's steps
+/// touch no file themselves.
+#[async_trait::async_trait]
+pub trait DataDirs: Send + Sync {
+    fn exists(&self, path: &Path) -> bool;
+    /// Absent or without entries.
+    fn is_empty(&self, dir: &Path) -> bool;
+    /// Free bytes on the file system holding `dir`.
+    fn free_bytes(&self, dir: &Path) -> Option<u64>;
+    /// Copies `names` that exist in `from` into the private directory `to`.
+    fn keep(&self, from: &Path, to: &Path, names: &[&str]) -> Result<(), String>;
+    /// Copies `names` kept in `from` back into the data directory `dir`,
+    /// owned like it.
+    fn restore(&self, from: &Path, dir: &Path, names: &[&str]) -> Result<(), String>;
+    fn remove_all(&self, path: &Path) -> std::io::Result<()>;
+    /// Puts the copy `new` in place of `dir`, the old one moved to `old`
+    /// (an empty `dir` is removed instead); whether an old one was kept.
+    fn swap(&self, new: &Path, dir: &Path, old: &Path) -> Result<bool, String>;
+    /// [`write_auto_conf`] and, for a standby, `standby.signal`.
+    fn configure_standby(
+        &self,
+        dir: &Path,
+        settings: &[(&str, Option<String>)],
+        signal: bool,
+    ) -> std::io::Result<()>;
+    /// Runs a tool (pg_rewind, pg_basebackup) to its end, with `env`.
+    async fn run_tool(
+        &self,
+        argv: &[String],
+        env: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<(), String>;
+}
+
+/// The real file system of this host.
+pub struct RealDataDirs;
+
+#[async_trait::async_trait]
+impl DataDirs for RealDataDirs {
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn is_empty(&self, dir: &Path) -> bool {
+        std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    }
+
+    fn free_bytes(&self, dir: &Path) -> Option<u64> {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    fn keep(&self, from: &Path, to: &Path, names: &[&str]) -> Result<(), String> {
+        fsutil::private_dir(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+        for f in names {
+            if from.join(f).exists() {
+                std::fs::copy(from.join(f), to.join(f))
+                    .map_err(|e| format!("cannot keep {f}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, from: &Path, dir: &Path, names: &[&str]) -> Result<(), String> {
+        for f in names {
+            let saved = from.join(f);
+            if saved.exists() {
+                std::fs::read(&saved)
+                    .and_then(|bytes| write_owned_like_dir(&dir.join(f), &bytes, dir))
+                    .map_err(|e| format!("cannot restore {f}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_all(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn swap(&self, new: &Path, dir: &Path, old: &Path) -> Result<bool, String> {
+        let mut kept = false;
+        if dir.exists() {
+            if self.is_empty(dir) {
+                std::fs::remove_dir(dir)
+                    .map_err(|e| format!("cannot replace the empty {}: {e}", dir.display()))?;
+            } else {
+                std::fs::rename(dir, old)
+                    .map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
+                kept = true;
+            }
+        }
+        std::fs::rename(new, dir)
+            .map_err(|e| format!("cannot move the copy into {}: {e}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            let _ = fsutil::sync_dir(parent);
+        }
+        Ok(kept)
+    }
+
+    fn configure_standby(
+        &self,
+        dir: &Path,
+        settings: &[(&str, Option<String>)],
+        signal: bool,
+    ) -> std::io::Result<()> {
+        write_auto_conf(dir, settings)?;
+        let file = dir.join("standby.signal");
+        if signal && !file.exists() {
+            write_owned_like_dir(&file, b"", dir)?;
+        }
+        Ok(())
+    }
+
+    async fn run_tool(
+        &self,
+        argv: &[String],
+        env: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        super::command::run_checked_env(argv, env, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

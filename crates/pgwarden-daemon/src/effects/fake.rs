@@ -357,6 +357,56 @@ impl FakeWorld {
     }
 }
 
+/// Data directories in the fake world: none (a rejoin is not tabled there
+/// yet); every change fails, so nothing can pass for done.
+struct NoDataDirs;
+static NO_DATA_DIRS: NoDataDirs = NoDataDirs;
+
+#[async_trait]
+impl super::datadir::DataDirs for NoDataDirs {
+    fn exists(&self, _: &std::path::Path) -> bool {
+        false
+    }
+    fn is_empty(&self, _: &std::path::Path) -> bool {
+        true
+    }
+    fn free_bytes(&self, _: &std::path::Path) -> Option<u64> {
+        None
+    }
+    fn keep(&self, _: &std::path::Path, _: &std::path::Path, _: &[&str]) -> Result<(), String> {
+        Err("no data directories in the fake world".into())
+    }
+    fn restore(&self, _: &std::path::Path, _: &std::path::Path, _: &[&str]) -> Result<(), String> {
+        Err("no data directories in the fake world".into())
+    }
+    fn remove_all(&self, _: &std::path::Path) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "no data directories in the fake world",
+        ))
+    }
+    fn swap(
+        &self,
+        _: &std::path::Path,
+        _: &std::path::Path,
+        _: &std::path::Path,
+    ) -> Result<bool, String> {
+        Err("no data directories in the fake world".into())
+    }
+    fn configure_standby(
+        &self,
+        _: &std::path::Path,
+        _: &[(&str, Option<String>)],
+        _: bool,
+    ) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "no data directories in the fake world",
+        ))
+    }
+    async fn run_tool(&self, _: &[String], _: &[(&str, &str)], _: Duration) -> Result<(), String> {
+        Err("no tools in the fake world".into())
+    }
+}
+
 /// SQL on one fake node.
 struct FakeSql {
     world: Arc<Mutex<World>>,
@@ -537,6 +587,14 @@ impl Effects for FakeWorld {
 
     fn node_quick(&self, name: &str) -> Arc<dyn NodeSql> {
         self.node(name)
+    }
+
+    fn data_dirs(&self) -> &dyn super::datadir::DataDirs {
+        &NO_DATA_DIRS
+    }
+
+    async fn pg_control(&self, _dir: &std::path::Path) -> Result<super::node::PgControl, String> {
+        Err("the fake world has no data directories".into())
     }
 
     fn monitor_password(&self) -> Option<String> {

@@ -99,6 +99,11 @@ pub trait Effects: Send + Sync {
     /// The same with the poll timeout: "does it answer at all?".
     fn node_quick(&self, name: &str) -> Arc<dyn NodeSql>;
 
+    /// This host's data directories and the copying tools (a rejoin).
+    fn data_dirs(&self) -> &dyn datadir::DataDirs;
+    /// `pg_controldata` of `dir`, with this daemon's node's tools.
+    async fn pg_control(&self, dir: &std::path::Path) -> Result<node::PgControl, String>;
+
     /// Passwords for the tools run during a rejoin (handed over in
     /// PGPASSWORD, never on a command line).
     fn monitor_password(&self) -> Option<String>;

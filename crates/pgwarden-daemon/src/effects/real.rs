@@ -164,6 +164,14 @@ impl RealEffects {
 
 #[async_trait]
 impl Effects for RealEffects {
+    fn data_dirs(&self) -> &dyn super::datadir::DataDirs {
+        &super::datadir::RealDataDirs
+    }
+
+    async fn pg_control(&self, dir: &std::path::Path) -> Result<node::PgControl, String> {
+        node::pg_control(self.config.local(), dir).await
+    }
+
     fn monitor_password(&self) -> Option<String> {
         self.secrets
             .monitor_password

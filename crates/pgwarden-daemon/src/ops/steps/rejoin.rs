@@ -20,9 +20,8 @@ use pgwarden_core::operation::{Operation, StepName, StepOutcome};
 use pgwarden_core::Config;
 
 use super::{fail, ok, require_synchronous, run_preflight, wait_for, StepContext};
-use crate::effects::command::{self, as_user};
-use crate::effects::datadir::{primary_conninfo, write_auto_conf, write_owned_like_dir};
-use crate::effects::fsutil;
+use crate::effects::command::as_user;
+use crate::effects::datadir::primary_conninfo;
 use crate::effects::NodeSql;
 
 /// A copy of 1 GB on this kind of machine takes well under a minute; a
@@ -72,21 +71,6 @@ fn bin(config: &Config, name: &str) -> String {
     }
 }
 
-fn is_empty_dir(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(true)
-}
-
-/// Free bytes on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     if let Err(refused) = run_preflight(ctx, op).await {
         return refused;
@@ -116,7 +100,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         .cloned()
         .unwrap_or_else(|| "auto".into());
     op.facts.insert("method_asked".into(), asked.clone());
-    let (method, why) = if is_empty_dir(&dir) {
+    let (method, why) = if ctx.effects.data_dirs().is_empty(&dir) {
         (
             "basebackup",
             "the data directory is empty or absent: a first clone".to_owned(),
@@ -138,7 +122,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             Err(e) => return fail(format!("cannot size the copy of {primary}: {e}")),
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        if let Some(free) = free_bytes(parent) {
+        if let Some(free) = ctx.effects.data_dirs().free_bytes(parent) {
             // The copy needs the databases plus room for WAL streamed meanwhile.
             let want = needed + needed / 10 + 64 * 1024 * 1024;
             if free < want {
@@ -165,7 +149,7 @@ async fn rewind_possible(
     dir: &Path,
     primary: &dyn NodeSql,
 ) -> Result<String, String> {
-    let control = crate::effects::node::pg_control(ctx.config.local(), dir).await?;
+    let control = ctx.effects.pg_control(dir).await?;
     let (hints, checksums) = (control.wal_log_hints, control.checksums);
     if !hints && !checksums {
         return Err(
@@ -195,7 +179,7 @@ async fn stop_node(ctx: &StepContext) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    if is_empty_dir(&dir) {
+    if ctx.effects.data_dirs().is_empty(&dir) {
         return StepOutcome::Skipped("no data directory yet: nothing to stop".into());
     }
     match ctx
@@ -223,19 +207,13 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     };
     // Keep this node's own configuration files before a tool overwrites them.
     let keep = own_files_dir(ctx, op);
-    if !keep.exists() && !is_empty_dir(&dir) {
-        if let Err(e) = fsutil::private_dir(&keep) {
+    let dirs = ctx.effects.data_dirs();
+    if !dirs.exists(&keep) && !dirs.is_empty(&dir) {
+        if let Err(e) = dirs.keep(&dir, &keep, &OWN_FILES) {
             return fail(format!(
                 "cannot keep the configuration files in {}: {e}",
                 keep.display()
             ));
-        }
-        for f in OWN_FILES {
-            if dir.join(f).exists() {
-                if let Err(e) = std::fs::copy(dir.join(f), keep.join(f)) {
-                    return fail(format!("cannot keep {f}: {e}"));
-                }
-            }
         }
     }
     let os_user = ctx.config.local().os_user.clone();
@@ -243,7 +221,7 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // pg_rewind leaves a backup_label telling recovery where to start: its
     // presence in a stopped directory means an earlier attempt of this step
     // rewound it already (a resume), and a second rewind would break it.
-    let rewound_before = dir.join("backup_label").exists();
+    let rewound_before = dirs.exists(&dir.join("backup_label"));
     if op.facts.get("method").map(String::as_str) == Some("rewind") && rewound_before {
         note = "already rewound by an earlier attempt of this step".into();
     } else if op.facts.get("method").map(String::as_str) == Some("rewind") {
@@ -270,7 +248,7 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         );
         let pw = ctx.effects.monitor_password();
         let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
-        match command::run_checked_env(&argv, &env, COPY_TIMEOUT).await {
+        match dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
             Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
             Err(e) if op.facts.get("method_asked").map(String::as_str) == Some("rewind") => {
                 return fail(format!(
@@ -294,23 +272,10 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         }
     }
     // The node's own configuration files go back over the primary's.
-    for f in OWN_FILES {
-        let saved = keep.join(f);
-        if saved.exists() {
-            if let Err(e) = copy_owned_like(&saved, &dir.join(f), &dir) {
-                return fail(format!("cannot restore {f}: {e}"));
-            }
-        }
+    if let Err(e) = dirs.restore(&keep, &dir, &OWN_FILES) {
+        return fail(e);
     }
     ok(note)
-}
-
-/// Copies `from` to `to` with the owner of `dir` (the data directory's).
-fn copy_owned_like(from: &Path, to: &Path, dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let bytes = std::fs::read(from)?;
-    let meta = std::fs::metadata(dir)?;
-    fsutil::write_atomic_owned(to, &bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
 /// A fresh copy into `<data_dir>.pgwarden-new-<op>`, then swapped in; the
@@ -329,7 +294,8 @@ async fn basebackup(
         .unwrap_or_default();
     let new = dir.with_file_name(format!("{name}.pgwarden-new-{}", op.id));
     let old = dir.with_file_name(format!("{name}.pgwarden-old-{}", op.id));
-    if old.exists() && dir.exists() && !new.exists() {
+    let dirs = ctx.effects.data_dirs();
+    if dirs.exists(&old) && dirs.exists(dir) && !dirs.exists(&new) {
         // Resumed after the swap: the copy is in place.
         op.facts
             .insert("old_data_dir".into(), old.display().to_string());
@@ -338,9 +304,9 @@ async fn basebackup(
             old.display()
         ));
     }
-    if new.exists() {
+    if dirs.exists(&new) {
         // An interrupted copy of ours: start it again.
-        std::fs::remove_dir_all(&new)
+        dirs.remove_all(&new)
             .map_err(|e| format!("cannot clear the unfinished copy {}: {e}", new.display()))?;
     }
     let p = ctx.config.node(primary).ok_or("unknown primary")?;
@@ -376,33 +342,21 @@ async fn basebackup(
     );
     let pw = ctx.effects.replication_password();
     let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
-    if let Err(e) = command::run_checked_env(&argv, &env, COPY_TIMEOUT).await {
+    if let Err(e) = dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
         // Nothing of the old directory was touched; the partial copy goes.
-        let _ = std::fs::remove_dir_all(&new);
+        let _ = dirs.remove_all(&new);
         return Err(format!(
             "pg_basebackup from {primary} failed: {e}; the old data directory is untouched"
         ));
     }
     // Swap: the old directory aside (kept), the copy in its place.
-    if dir.exists() {
-        if is_empty_dir(dir) {
-            std::fs::remove_dir(dir)
-                .map_err(|e| format!("cannot replace the empty {}: {e}", dir.display()))?;
-        } else {
-            std::fs::rename(dir, &old)
-                .map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
-            op.facts
-                .insert("old_data_dir".into(), old.display().to_string());
-        }
-    }
-    std::fs::rename(&new, dir)
-        .map_err(|e| format!("cannot move the copy into {}: {e}", dir.display()))?;
-    if let Some(parent) = dir.parent() {
-        let _ = fsutil::sync_dir(parent);
+    if dirs.swap(&new, dir, &old)? {
+        op.facts
+            .insert("old_data_dir".into(), old.display().to_string());
     }
     Ok(format!(
         "fresh copy from {primary} with pg_basebackup{}",
-        if old.exists() {
+        if dirs.exists(&old) {
             format!(
                 "; the old data directory is kept at {} until the standby is synchronous",
                 old.display()
@@ -426,7 +380,7 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let me = ctx.config.local();
     let conninfo = primary_conninfo(&ctx.config, ctx.effects.replication_password(), p);
     let slot = (!me.is_replica()).then(|| r.slot.clone());
-    let write = write_auto_conf(
+    let write = ctx.effects.data_dirs().configure_standby(
         &dir,
         &[
             ("primary_conninfo", Some(conninfo)),
@@ -434,15 +388,8 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
             // A standby must not wait for standbys of its own.
             ("synchronous_standby_names", None),
         ],
-    )
-    .and_then(|_| {
-        let signal = dir.join("standby.signal");
-        if signal.exists() {
-            Ok(())
-        } else {
-            write_owned_like_dir(&signal, b"", &dir)
-        }
-    });
+        true,
+    );
     match write {
         Ok(()) => ok(format!(
             "standby.signal written; primary_conninfo -> {}:{} as application_name {}, {}",
@@ -552,8 +499,8 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
                 "; the old data directory is kept at {}",
                 old.display()
             ));
-        } else if old.exists() {
-            match std::fs::remove_dir_all(&old) {
+        } else if ctx.effects.data_dirs().exists(&old) {
+            match ctx.effects.data_dirs().remove_all(&old) {
                 Ok(()) => msg.push_str(&format!(
                     "; removed the old data directory {}",
                     old.display()
@@ -565,6 +512,6 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
             }
         }
     }
-    let _ = std::fs::remove_dir_all(own_files_dir(ctx, op));
+    let _ = ctx.effects.data_dirs().remove_all(&own_files_dir(ctx, op));
     ok(msg)
 }
