@@ -4,7 +4,7 @@
 //! Debian package `prometheus`, `amtool` from `prometheus-alertmanager`), and
 //! cross-checked against the metrics the daemon exports
 //! (crates/pgwarden-daemon/src/metrics.rs) and the problem codes of
-//! crates/pgwarden-core/src/health.rs.
+//! crates/pgwarden-core/src/problem.rs.
 
 mod util;
 
@@ -39,9 +39,9 @@ const METRICS_RS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../crates/pgwarden-daemon/src/metrics.rs"
 );
-const HEALTH_RS: &str = concat!(
+const PROBLEM_RS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../crates/pgwarden-core/src/health.rs"
+    "/../crates/pgwarden-core/src/problem.rs"
 );
 const RUNBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/runbook.md");
 /// Where the package installs docs/*.md (crates/pgwarden/Cargo.toml), the
@@ -229,16 +229,16 @@ fn assert_only_exported(what: &str, names: &BTreeSet<String>) {
     );
 }
 
-/// The problem codes of health.rs (`ProblemCode::X => "code"`).
+/// The problem codes of problem.rs (`ProblemCode::X => "code"`).
 fn problem_codes() -> BTreeSet<String> {
-    let codes: BTreeSet<String> = read(HEALTH_RS)
+    let codes: BTreeSet<String> = read(PROBLEM_RS)
         .lines()
         .filter(|l| l.contains("ProblemCode::") && l.contains("=> \""))
         .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
         .collect();
     assert!(
         codes.contains("node_down") && codes.contains("operation_failed"),
-        "the scan of {HEALTH_RS} found no problem codes ({codes:?}): update problem_codes()"
+        "the scan of {PROBLEM_RS} found no problem codes ({codes:?}): update problem_codes()"
     );
     codes
 }
@@ -380,7 +380,7 @@ fn alerts_name_only_real_problem_codes() {
     let unknown: Vec<_> = named.difference(&codes).collect();
     assert!(
         unknown.is_empty(),
-        "alerts.yml names problem codes that health.rs does not have: {unknown:?} (codes: {codes:?})"
+        "alerts.yml names problem codes that problem.rs does not have: {unknown:?} (codes: {codes:?})"
     );
 }
 
