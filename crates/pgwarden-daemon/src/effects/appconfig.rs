@@ -33,16 +33,12 @@ pub fn switch(
     if updated == original {
         return Ok(false);
     }
-    let backup = path.with_file_name(format!(
-        "{}.pgwarden-{operation}.bak",
-        path.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    if !backup.exists() {
-        fsutil::write_atomic(&backup, original.as_bytes(), 0o600)
-            .map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
-    }
+    fsutil::keep_original(path, operation, original.as_bytes()).map_err(|e| {
+        format!(
+            "cannot write the backup {}.pgwarden-{operation}.bak: {e}",
+            path.display()
+        )
+    })?;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     write_like(path, updated.as_bytes(), &meta)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
