@@ -562,13 +562,14 @@ impl Operations {
                 // save retries. Resume would re-check the real state anyway.
                 tracing::error!(operation = %op.id, "cannot journal the end of a step: {e}");
             }
+            // The etcd lock is free before anyone sees "succeeded" (a
+            // waiting request answers at the publication below): a caller
+            // may start the next operation on another daemon right away.
+            if let (Some(etcd), OperationState::Succeeded) = (self.etcd(), op.state) {
+                etcd.release(&op).await;
+            }
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
-        }
-        // The etcd lock is free when the answer says succeeded: a caller may
-        // start the next operation on another daemon right away.
-        if let (Some(etcd), OperationState::Succeeded) = (self.etcd(), op.state) {
-            etcd.release(&op).await;
         }
         self.finished(&op, Some(started.elapsed()));
         if op.state == OperationState::Succeeded {
