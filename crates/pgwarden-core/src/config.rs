@@ -65,6 +65,28 @@ pub struct Config {
     /// daemons agree through their APIs. See [`lock`].
     #[serde(default)]
     pub lock: Option<lock::LockConfig>,
+    /// How a rejoin copies (`rejoin.basebackup_max_rate`).
+    #[serde(default)]
+    pub rejoin: RejoinConfig,
+}
+
+/// `rejoin`: how a rejoin's pg_basebackup copies the primary.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejoinConfig {
+    /// pg_basebackup `--max-rate` in bytes per second (e.g. `50MiB`): a cap
+    /// on what the copy takes from the primary's disk and network. Default:
+    /// no cap. PostgreSQL accepts 32kB to 1GB.
+    #[serde(
+        default,
+        deserialize_with = "opt_byte_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub basebackup_max_rate: Option<u64>,
+}
+
+fn opt_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    byte_size(d).map(Some)
 }
 
 /// `proxy`: what stands between the application and PostgreSQL.
@@ -602,6 +624,15 @@ impl Config {
     pub fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         let mut bad = |path: Vec<PathSeg>, message: String| out.push(Invalid { path, message });
+
+        if let Some(rate) = self.rejoin.basebackup_max_rate {
+            if !(32 << 10..=1 << 30).contains(&rate) {
+                bad(
+                    vec![key("rejoin"), key("basebackup_max_rate")],
+                    format!("rejoin.basebackup_max_rate: pg_basebackup accepts 32kB to 1GB per second, not {rate} bytes: write e.g. 50MiB, or leave it out for no cap"),
+                );
+            }
+        }
 
         if self.cluster.trim().is_empty() {
             bad(
@@ -1206,6 +1237,20 @@ application:
         let p = &e.problems[0];
         assert_eq!((p.line, p.column), (10, 3), "{e}");
         assert!(p.message.contains("unknown key `failure_treshold`"), "{e}");
+    }
+
+    #[test]
+    fn the_rejoin_copy_rate_is_a_size_within_what_pg_basebackup_accepts() {
+        let c = Config::parse_str("x", EXAMPLE).unwrap();
+        assert_eq!(c.rejoin.basebackup_max_rate, None, "no cap by default");
+        let c = Config::parse_str(
+            "x",
+            &format!("{EXAMPLE}rejoin:\n  basebackup_max_rate: 8MiB\n"),
+        )
+        .unwrap();
+        assert_eq!(c.rejoin.basebackup_max_rate, Some(8 << 20));
+        let e = err(&format!("{EXAMPLE}rejoin:\n  basebackup_max_rate: 1kB\n"));
+        assert!(e.to_string().contains("32kB to 1GB"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod operation;
 pub mod pgbouncer_ini;
 pub mod preflight;
 pub mod problem;
+pub mod progress;
 pub mod routes;
 pub mod secret;
 pub mod snapshot;

@@ -142,6 +142,10 @@ pub struct Step {
     /// How many times the step was started (more than 1 after a resume).
     #[serde(default)]
     pub attempts: u32,
+    /// The long work of a running step (a pg_basebackup copy), updated in
+    /// memory while it runs; a finished step keeps its final figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::Progress>,
 }
 
 /// What the operator asked for.
@@ -216,6 +220,7 @@ impl Operation {
                 finished_at: None,
                 message: None,
                 attempts: 0,
+                progress: None,
             })
             .collect();
         Operation {
@@ -259,6 +264,7 @@ impl Operation {
         step.started_at = Some(now.to_owned());
         step.finished_at = None;
         step.attempts += 1;
+        step.progress = None;
         Ok(step.name)
     }
 

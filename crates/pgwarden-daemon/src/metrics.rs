@@ -58,6 +58,11 @@ pub struct Metrics {
     operations_total: IntCounterVec,
     last_operation_duration_seconds: GaugeVec,
     application_fenced: IntGauge,
+    /// The running step's long work (a rejoin's copy): bytes done/total,
+    /// rate, ETA; a series only for a figure that is known.
+    operation_progress_bytes: GaugeVec,
+    operation_progress_rate: GaugeVec,
+    operation_progress_eta: GaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -125,6 +130,9 @@ impl Metrics {
             operation_in_progress: reg!(IntGauge::with_opts(opts("operation_in_progress", "1 while a failover, switchover or rejoin runs."))),
             operations_total: reg!(IntCounterVec::new(opts("operations_total", "Finished operations by kind and result."), &["kind", "result"])),
             application_fenced: reg!(IntGauge::with_opts(opts("application_fenced", "1 while an operation holds the application stopped (between fence_application and start_application)."))),
+            operation_progress_bytes: reg!(GaugeVec::new(opts("operation_progress_bytes", "Bytes done (kind=done) and to do in all (kind=total) by the running step's long work (a rejoin's pg_basebackup), as its source shows it; absent when not known."), &["operation", "step", "kind"])),
+            operation_progress_rate: reg!(GaugeVec::new(opts("operation_progress_rate_bytes_per_second", "Rate of the running step's long work over the last 20 s; absent when not known."), &["operation", "step"])),
+            operation_progress_eta: reg!(GaugeVec::new(opts("operation_progress_eta_seconds", "Seconds the running step's long work needs at its current rate; absent when not known."), &["operation", "step"])),
             last_operation_duration_seconds: reg!(GaugeVec::new(opts("last_operation_duration_seconds", "Duration of the last finished operation of each kind."), &["kind"])),
             registry,
             process,
@@ -319,6 +327,41 @@ impl Metrics {
     pub fn set_operation(&self, in_progress: bool, fenced: bool) {
         self.operation_in_progress.set(i64::from(in_progress));
         self.application_fenced.set(i64::from(fenced));
+    }
+
+    /// The progress of `step` of a running `operation` (a kind), or none:
+    /// every figure not known has no series, so unknown never reads as 0.
+    pub fn set_progress(
+        &self,
+        operation: &str,
+        step: pgwarden_core::operation::StepName,
+        p: Option<&pgwarden_core::progress::Progress>,
+    ) {
+        self.operation_progress_bytes.reset();
+        self.operation_progress_rate.reset();
+        self.operation_progress_eta.reset();
+        let Some(p) = p else { return };
+        let step = serde_json::to_value(step)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        for (kind, v) in [("done", p.bytes_done), ("total", p.bytes_total)] {
+            if let Some(v) = v {
+                self.operation_progress_bytes
+                    .with_label_values(&[operation, &step, kind])
+                    .set(v as f64);
+            }
+        }
+        if let Some(r) = p.rate_bytes_per_s {
+            self.operation_progress_rate
+                .with_label_values(&[operation, &step])
+                .set(r);
+        }
+        if let Some(e) = p.eta_s {
+            self.operation_progress_eta
+                .with_label_values(&[operation, &step])
+                .set(e);
+        }
     }
 
     /// Counts a finished operation; `took` is None for an abort.

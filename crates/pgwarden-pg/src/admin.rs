@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use pgwarden_core::progress::BasebackupRow;
 use pgwarden_core::snapshot::{Lsn, WalReceiver};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -317,6 +318,42 @@ impl Node {
         let sql = "SELECT sum(pg_database_size(oid))::bigint FROM pg_database";
         let v = self.value(sql).await?;
         v.parse().map_err(|_| self.answer(sql, &v))
+    }
+
+    /// The row of pg_stat_progress_basebackup of the base backup whose
+    /// walsender runs as `application_name` (pg_basebackup's connection),
+    /// or `None` while it has none (not started yet, or all sent). Needs
+    /// pg_read_all_stats (pg_monitor) to see another role's backup.
+    pub async fn basebackup_progress(
+        &self,
+        application_name: &str,
+    ) -> Result<Option<BasebackupRow>, AdminError> {
+        let sql = format!(
+            "SELECT p.phase, p.backup_total::text, p.backup_streamed::text, \
+             p.tablespaces_total::text, p.tablespaces_streamed::text \
+             FROM pg_stat_progress_basebackup p JOIN pg_stat_activity a ON a.pid = p.pid \
+             WHERE a.application_name = {} ORDER BY a.backend_start DESC LIMIT 1",
+            quote_literal(application_name)
+        );
+        let rows = self.query(&sql).await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let col = |i: usize| row.get(i).cloned().flatten();
+        let num = |i: usize| -> Result<u64, AdminError> {
+            let v = col(i).unwrap_or_default();
+            v.parse().map_err(|_| self.answer(&sql, &v))
+        };
+        Ok(Some(BasebackupRow {
+            phase: col(0).unwrap_or_default(),
+            // NULL until estimated, and with --no-estimate-size.
+            backup_total: col(1)
+                .map(|v| v.parse().map_err(|_| self.answer(&sql, &v)))
+                .transpose()?,
+            backup_streamed: num(2)?,
+            tablespaces_total: num(3)?,
+            tablespaces_streamed: num(4)?,
+        }))
     }
 
     /// Whether this role may call every function pg_rewind calls on a

@@ -280,19 +280,22 @@ async fn follow(
 
     let mut op = first;
     let mut lost_since: Option<Instant> = None;
+    let mut shown = ProgressShown::new(std::io::stdout().is_terminal());
     loop {
-        print_lines(&f.lines(&op));
+        shown.print(&f.lines(&op));
         if !is_running(&op) {
+            shown.clear();
             let (lines, code) = outcome(&op, flags);
             print_lines(&lines);
             return Ok(code);
         }
+        shown.update(&op);
         tokio::select! {
-            _ = &mut ctrl_c => return interrupted(),
+            _ = &mut ctrl_c => { shown.clear(); return interrupted() },
             _ = tokio::time::sleep(POLL) => {}
         }
         let answer = tokio::select! {
-            _ = &mut ctrl_c => return interrupted(),
+            _ = &mut ctrl_c => { shown.clear(); return interrupted() },
             r = client.get_with_timeout(&path, Duration::from_secs(5)) => r,
         };
         match answer {
@@ -317,6 +320,90 @@ async fn follow(
                 }
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The running step's progress as a follower shows it: a bar redrawn in
+/// place on a terminal (indicatif), else a plain line now and then.
+enum ProgressShown {
+    Bar(Option<(String, indicatif::ProgressBar)>),
+    Plain(ProgressThrottle, Instant),
+}
+
+impl ProgressShown {
+    /// A plain follower prints at most one progress line every this often.
+    const PLAIN_EVERY_S: f64 = 5.0;
+
+    fn new(terminal: bool) -> ProgressShown {
+        if terminal {
+            ProgressShown::Bar(None)
+        } else {
+            ProgressShown::Plain(ProgressThrottle::new(Self::PLAIN_EVERY_S), Instant::now())
+        }
+    }
+
+    /// Prints step lines above the bar.
+    fn print(&mut self, lines: &[String]) {
+        match self {
+            ProgressShown::Bar(Some((_, bar))) if !lines.is_empty() => {
+                bar.suspend(|| print_lines(lines))
+            }
+            _ => print_lines(lines),
+        }
+    }
+
+    fn clear(&mut self) {
+        if let ProgressShown::Bar(bar) = self {
+            if let Some((_, b)) = bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+
+    fn update(&mut self, op: &Operation) {
+        let Some((step, p)) = running_progress(op) else {
+            self.clear();
+            return;
+        };
+        match self {
+            ProgressShown::Plain(throttle, t0) => {
+                if throttle.due(t0.elapsed().as_secs_f64(), &step.name, p) {
+                    outln!("{}", progress_line(step, p));
+                }
+            }
+            ProgressShown::Bar(bar) => {
+                if bar.as_ref().is_some_and(|(name, _)| *name != step.name) {
+                    self.clear();
+                    return self.update(op);
+                }
+                let ProgressShown::Bar(bar) = self else {
+                    return;
+                };
+                let (_, b) = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::with_draw_target(
+                        None,
+                        indicatif::ProgressDrawTarget::stdout(),
+                    );
+                    // Under the step's start line: the time and name columns.
+                    b.set_prefix(format!("{:12}  {:<23}", "", step.name));
+                    (step.name.clone(), b)
+                });
+                // The daemon's figures (its rate and ETA over the source's
+                // readings), not indicatif's own estimate of our polls.
+                let template = if p.fraction().is_some() {
+                    "{prefix}  [{bar:30}] {msg}"
+                } else {
+                    "{prefix}  {spinner} {msg}"
+                };
+                if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b.set_length(p.bytes_total.unwrap_or(0));
+                b.set_position(p.bytes_done.unwrap_or(0));
+                b.set_message(p.line());
+                b.tick();
+            }
         }
     }
 }

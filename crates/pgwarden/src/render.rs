@@ -52,6 +52,9 @@ pub struct Step {
     pub finished_at: Option<String>,
     pub message: Option<String>,
     pub attempts: u32,
+    /// The long work of a running step (a rejoin's copy); see
+    /// [`running_progress`].
+    pub progress: Option<pgwarden_core::progress::Progress>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -367,6 +370,59 @@ impl Follower {
             }
         }
         out
+    }
+}
+
+/// The running step of `op` and the progress it shows, if any.
+pub fn running_progress(op: &Operation) -> Option<(&Step, &pgwarden_core::progress::Progress)> {
+    op.steps
+        .iter()
+        .find(|s| s.state == "running")
+        .and_then(|s| s.progress.as_ref().map(|p| (s, p)))
+}
+
+/// `              rebuild_data_directory   streaming database files: 120.0 MiB of ...`:
+/// a progress line under the step's start line, for a follower that is
+/// not a terminal.
+pub fn progress_line(s: &Step, p: &pgwarden_core::progress::Progress) -> String {
+    let line = format!(
+        "{:<CLOCK_WIDTH$}  {:<STEP_WIDTH$}  {}",
+        p.observed_at
+            .is_empty()
+            .then(String::new)
+            .unwrap_or_else(|| clock(&p.observed_at)),
+        s.name,
+        one_line(&p.line())
+    );
+    line.trim_end().to_owned()
+}
+
+/// When a follower without a terminal prints a progress line: a new phase
+/// at once, otherwise at most one every `every_s` seconds (a copy of hours
+/// must not flood a log). Time is a parameter.
+pub struct ProgressThrottle {
+    every_s: f64,
+    last: Option<(f64, String)>,
+}
+
+impl ProgressThrottle {
+    pub fn new(every_s: f64) -> ProgressThrottle {
+        ProgressThrottle {
+            every_s,
+            last: None,
+        }
+    }
+
+    pub fn due(&mut self, now_s: f64, step: &str, p: &pgwarden_core::progress::Progress) -> bool {
+        let key = format!("{step}/{}", p.phase);
+        let due = match &self.last {
+            None => true,
+            Some((at, k)) => *k != key || now_s - at >= self.every_s,
+        };
+        if due {
+            self.last = Some((now_s, key));
+        }
+        due
     }
 }
 
@@ -737,6 +793,7 @@ mod tests {
             finished_at: end.map(rfc3339),
             message: msg.map(str::to_owned),
             attempts: u32::from(start.is_some()),
+            progress: None,
         }
     }
 
@@ -901,6 +958,49 @@ mod tests {
         let lines = f.lines(&resumed);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("12:00:06.234  promote"));
+    }
+
+    #[test]
+    fn progress_is_shown_under_its_step_and_a_plain_follower_is_throttled() {
+        let mut running = step("rebuild_data_directory", "running", Some(T0), None, None);
+        let mut o = op("running", vec![running.clone()]);
+        assert!(
+            running_progress(&o).is_none(),
+            "no progress: nothing to show"
+        );
+        let p = pgwarden_core::progress::Progress {
+            phase: "streaming database files".into(),
+            bytes_done: Some(120 << 20),
+            bytes_total: Some(300 << 20),
+            rate_bytes_per_s: Some((8 << 20) as f64),
+            eta_s: Some(22.6),
+            observed_at: rfc3339(T0 + 5.0),
+            note: None,
+        };
+        running.progress = Some(p.clone());
+        o.steps = vec![running];
+        let (s, shown) = running_progress(&o).unwrap();
+        assert_eq!(shown, &p);
+        assert_eq!(
+            &progress_line(s, shown)[CLOCK_WIDTH..],
+            "  rebuild_data_directory   streaming database files: 120.0 MiB of 300.0 MiB (40%), 8.0 MiB/s, about 23s left"
+        );
+        let mut t = ProgressThrottle::new(5.0);
+        assert!(
+            t.due(0.0, "rebuild_data_directory", &p),
+            "the first at once"
+        );
+        assert!(!t.due(1.0, "rebuild_data_directory", &p));
+        assert!(!t.due(4.9, "rebuild_data_directory", &p));
+        assert!(t.due(5.0, "rebuild_data_directory", &p));
+        let finishing = pgwarden_core::progress::Progress {
+            phase: "finishing".into(),
+            ..p.clone()
+        };
+        assert!(
+            t.due(5.5, "rebuild_data_directory", &finishing),
+            "a new phase at once"
+        );
     }
 
     #[test]

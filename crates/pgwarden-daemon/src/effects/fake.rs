@@ -59,6 +59,9 @@ pub struct FakeNode {
     pub sessions: BTreeMap<String, u64>,
     pub settings: BTreeMap<String, String>,
     pub slots: BTreeSet<String>,
+    /// What pg_stat_progress_basebackup shows of a copy from this node, as
+    /// a test sets it.
+    pub basebackup: Option<pgwarden_core::progress::BasebackupRow>,
 }
 
 /// One host: its daemon and its application instance.
@@ -143,6 +146,7 @@ impl FakeWorld {
                     sessions,
                     settings,
                     slots: BTreeSet::new(),
+                    basebackup: None,
                 },
             );
             hosts.insert(
@@ -573,6 +577,13 @@ impl NodeSql for FakeSql {
             }))
         })
         .await
+    }
+    async fn basebackup_progress(
+        &self,
+        _application_name: &str,
+    ) -> Result<Option<pgwarden_core::progress::BasebackupRow>, AdminError> {
+        self.enter("basebackup_progress", |n| Ok(n.basebackup.clone()))
+            .await
     }
 }
 

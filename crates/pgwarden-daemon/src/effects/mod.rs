@@ -88,6 +88,12 @@ pub trait NodeSql: Send + Sync {
     async fn may_read_files_for_rewind(&self) -> Result<bool, AdminError>;
     /// The WAL receiver: status, sender, timeline; `None` without one.
     async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError>;
+    /// The pg_stat_progress_basebackup row of the base backup that runs as
+    /// `application_name` on this node (its source); `None` without one.
+    async fn basebackup_progress(
+        &self,
+        application_name: &str,
+    ) -> Result<Option<pgwarden_core::progress::BasebackupRow>, AdminError>;
 }
 
 /// Everything an operation, the poller or the stale guard does to the world.
@@ -254,5 +260,11 @@ impl NodeSql for pgwarden_pg::Node {
     }
     async fn wal_receiver(&self) -> Result<Option<WalReceiver>, AdminError> {
         pgwarden_pg::Node::wal_receiver(self).await
+    }
+    async fn basebackup_progress(
+        &self,
+        application_name: &str,
+    ) -> Result<Option<pgwarden_core::progress::BasebackupRow>, AdminError> {
+        pgwarden_pg::Node::basebackup_progress(self, application_name).await
     }
 }

@@ -419,10 +419,30 @@ fn operation(h: &mut String, op: Option<&Operation>) {
              <td class=\"step-message\">{msg}</td></tr>",
             started = or_dash(s.started_at.clone()),
             finished = or_dash(s.finished_at.clone()),
-            msg = s.message.as_deref().map(escape).unwrap_or_default(),
+            msg = s.message.as_deref().map(escape).unwrap_or_default()
+                + &s.progress.as_ref().map(step_progress).unwrap_or_default(),
         );
     }
     h.push_str("</tbody>\n</table>\n</div>\n");
+}
+
+/// A step's long work: a bar when the total is known, then the figures
+/// (`unknown` when its source could not be read).
+fn step_progress(p: &pgwarden_core::progress::Progress) -> String {
+    let bar = p
+        .fraction()
+        .map(|f| {
+            format!(
+                "<progress max=\"1000\" value=\"{:.0}\"></progress> ",
+                f * 1000.0
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<div class=\"step-progress small\" title=\"observed {at}\">{bar}{line}</div>",
+        at = escape(&p.observed_at),
+        line = escape(&p.line()),
+    )
 }
 
 fn audit(h: &mut String, entries: &Result<&[AuditEntry], String>) {
@@ -769,6 +789,37 @@ nodes:
         );
         assert!(element(&html, "step-done").contains(">pending<"));
         assert!(element(&html, "problems").contains("operation_failed"));
+        // A step's progress: its bar and figures, or unknown said plainly.
+        op.steps[2].progress = Some(pgwarden_core::progress::Progress {
+            phase: "streaming database files".into(),
+            bytes_done: Some(25 << 20),
+            bytes_total: Some(100 << 20),
+            rate_bytes_per_s: Some((5 << 20) as f64),
+            eta_s: Some(15.0),
+            observed_at: "2026-11-22T01:31:49.000Z".into(),
+            note: None,
+        });
+        op.steps[3].progress = Some(pgwarden_core::progress::Progress {
+            phase: "unknown".into(),
+            note: Some("cannot read <it>".into()),
+            ..Default::default()
+        });
+        let html2 = page_of(&c, &view, Some(&op), &entries);
+        let stop = element(&html2, "step-stop_old_primary");
+        assert!(
+            stop.contains("<progress max=\"1000\" value=\"250\">"),
+            "{stop}"
+        );
+        assert!(
+            stop.contains("25.0 MiB of 100.0 MiB (25%), 5.0 MiB/s, about 15s left"),
+            "{stop}"
+        );
+        let promote = element(&html2, "step-promote");
+        assert!(!promote.contains("<progress"), "{promote}");
+        assert!(
+            promote.contains("unknown (cannot read &lt;it&gt;)"),
+            "{promote}"
+        );
 
         let audit = element(&html, "audit");
         assert_eq!(audit.matches("class=\"audit-entry\"").count(), 3);

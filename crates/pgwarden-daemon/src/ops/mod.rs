@@ -485,6 +485,7 @@ impl Operations {
             effects: self.effects.clone(),
             view: self.view(),
             fenced_hosts: op.request.fenced_hosts.clone(),
+            progress: Default::default(),
         };
         match steps::reverify(&ctx, &op).await {
             Ok(held) => {
@@ -534,9 +535,12 @@ impl Operations {
                 effects: self.effects.clone(),
                 view: self.view(),
                 fenced_hosts: op.request.fenced_hosts.clone(),
+                progress: self.progress_reporter(&op, step),
             };
             let step_started = Instant::now();
             let outcome = steps::run_step(&ctx, &mut op, step).await;
+            drop(ctx);
+            self.metrics.set_progress(op.kind.as_str(), step, None);
             match &outcome {
                 StepOutcome::Failed(m) => {
                     tracing::error!(operation = %op.id, ?step, "step failed: {m}")
@@ -579,6 +583,34 @@ impl Operations {
             }
             tracing::info!(operation = %op.id, seconds = started.elapsed().as_secs_f64(), "operation succeeded");
         }
+    }
+
+    /// Where `step` of `op` reports its progress while it runs: onto that
+    /// step of the operation in memory (what `/v1/operations` and the
+    /// status page read; the journal is not written for it) and into the
+    /// progress metrics.
+    fn progress_reporter(
+        self: &Arc<Self>,
+        op: &Operation,
+        step: StepName,
+    ) -> steps::progress::Reporter {
+        let me = Arc::downgrade(self);
+        let (id, kind) = (op.id.clone(), op.kind);
+        steps::progress::Reporter::new(move |p| {
+            let Some(me) = me.upgrade() else { return };
+            me.metrics.set_progress(kind.as_str(), step, p.as_ref());
+            me.current.send_if_modified(|cur| {
+                let Some(s) = cur.as_mut().filter(|o| o.id == id).and_then(|o| {
+                    o.steps.iter_mut().find(|s| {
+                        s.name == step && s.state == pgwarden_core::operation::StepState::Running
+                    })
+                }) else {
+                    return false;
+                };
+                s.progress = p.clone();
+                true
+            });
+        })
     }
 
     /// Waits until every node's latest poll started after `since` (bounded

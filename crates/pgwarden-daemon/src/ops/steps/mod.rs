@@ -20,6 +20,7 @@ use pgwarden_core::Config;
 use crate::effects::{Effects, NodeSql};
 
 pub mod failover;
+pub mod progress;
 pub mod proxy;
 pub mod rejoin;
 pub mod replicas;
@@ -36,6 +37,8 @@ pub struct StepContext {
     /// Hosts the request confirms fenced (`fenced_hosts`): their silence is
     /// accepted where pgwarden would otherwise stop.
     pub fenced_hosts: Vec<String>,
+    /// Where the step's long work shows its progress (see `progress.rs`).
+    pub progress: progress::Reporter,
 }
 
 /// How often conditions are re-checked while waiting for them: often, as

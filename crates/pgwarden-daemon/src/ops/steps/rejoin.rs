@@ -19,7 +19,7 @@ use std::time::Duration;
 use pgwarden_core::operation::{Operation, StepName, StepOutcome};
 use pgwarden_core::Config;
 
-use super::{fail, ok, require_synchronous, run_preflight, wait_for, StepContext};
+use super::{fail, ok, progress, require_synchronous, run_preflight, wait_for, StepContext};
 use crate::effects::command::as_user;
 use crate::effects::datadir::primary_conninfo;
 use crate::effects::NodeSql;
@@ -248,6 +248,12 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         );
         let pw = ctx.effects.monitor_password();
         let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
+        // pg_rewind shows no progress on its source, and its own output
+        // comes at its end: only the phase is shown.
+        ctx.progress.report(Some(progress::phase_only(
+            "rewinding",
+            "pg_rewind copies only the blocks changed since the timelines diverged; its progress is not read",
+        )));
         match dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
             Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
             Err(e) if op.facts.get("method_asked").map(String::as_str) == Some("rewind") => {
@@ -311,6 +317,7 @@ async fn basebackup(
     }
     let p = ctx.config.node(primary).ok_or("unknown primary")?;
     let r = &ctx.config.replication;
+    let app = progress::copy_application_name(&ctx.config.local_node);
     let argv = as_user(
         os_user,
         vec![
@@ -328,8 +335,18 @@ async fn basebackup(
             "-c".into(),
             "fast".into(),
             "-w".into(),
+            // Names its walsender, so that its row of the source's
+            // pg_stat_progress_basebackup can be found (progress.rs).
+            "-d".into(),
+            format!("application_name={app}"),
         ]
         .into_iter()
+        .chain(
+            ctx.config
+                .rejoin
+                .basebackup_max_rate
+                .map(|rate| format!("--max-rate={}k", rate / 1024)),
+        )
         // A replica copies over a temporary slot: the pair's slot is in
         // use by the standby.
         .chain(
@@ -342,7 +359,12 @@ async fn basebackup(
     );
     let pw = ctx.effects.replication_password();
     let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
-    if let Err(e) = dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
+    let started = tokio::time::Instant::now();
+    let copy = dirs.run_tool(&argv, &env, COPY_TIMEOUT);
+    let (copied, last) = progress::watch_basebackup(ctx, primary, &app, copy).await;
+    let figures = pgwarden_core::progress::summary(&last, started.elapsed().as_secs_f64());
+    progress::keep_final(op, last);
+    if let Err(e) = copied {
         // Nothing of the old directory was touched; the partial copy goes.
         let _ = dirs.remove_all(&new);
         return Err(format!(
@@ -355,7 +377,8 @@ async fn basebackup(
             .insert("old_data_dir".into(), old.display().to_string());
     }
     Ok(format!(
-        "fresh copy from {primary} with pg_basebackup{}",
+        "fresh copy from {primary} with pg_basebackup{}{}",
+        figures.map(|f| format!(" ({f})")).unwrap_or_default(),
         if dirs.exists(&old) {
             format!(
                 "; the old data directory is kept at {} until the standby is synchronous",

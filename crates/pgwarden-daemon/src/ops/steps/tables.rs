@@ -161,6 +161,7 @@ fn context(w: &Arc<FakeWorld>, fenced_hosts: &[&str]) -> StepContext {
         config,
         effects: w.clone(),
         fenced_hosts: fenced_hosts.iter().map(|h| h.to_string()).collect(),
+        progress: Default::default(),
     }
 }
 
