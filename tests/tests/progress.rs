@@ -48,6 +48,16 @@ fn a_rejoin_copy_shows_its_bytes_rate_and_eta_while_it_runs() {
     assert!(matches!(r.status, 200 | 202), "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/operations/{id}");
+    // The CLI follows it without a terminal: plain progress lines.
+    let follower = std::process::Command::new(util::pgwarden_bin())
+        .args(["operations", &id, "--follow", "--url", &env.daemons[1].url])
+        .env_remove("PGWARDEN_URL")
+        .env_remove("PGWARDEN_TOKEN_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let rebuild = |op: &serde_json::Value| {
         op["steps"]
             .as_array()
@@ -101,7 +111,7 @@ fn a_rejoin_copy_shows_its_bytes_rate_and_eta_while_it_runs() {
 
     // The same figures as metrics, while the copy runs.
     let labels = [("operation", "rejoin"), ("step", "rebuild_data_directory")];
-    let m = poll_until(env.within_polls(3), "the progress metrics", || {
+    poll_until(env.within_polls(3), "the progress metrics", || {
         let text = env.daemons[1].metrics();
         let with = |kind| {
             let mut l = labels.to_vec();
@@ -109,18 +119,14 @@ fn a_rejoin_copy_shows_its_bytes_rate_and_eta_while_it_runs() {
             metric(&text, "pgwarden_operation_progress_bytes", &l)
         };
         let (done, total) = (with("done")?, with("total")?);
-        (done > 0.0 && done < total).then_some(text)
+        let rate = metric(
+            &text,
+            "pgwarden_operation_progress_rate_bytes_per_second",
+            &labels,
+        )?;
+        (done > 0.0 && done < total && rate > 0.0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", env.daemons[1].metrics()));
-    assert!(
-        metric(
-            &m,
-            "pgwarden_operation_progress_rate_bytes_per_second",
-            &labels
-        )
-        .is_some(),
-        "{m}"
-    );
 
     // The operation ends well, the step keeping its final figure.
     let op = poll_until(Duration::from_secs(120), "the rejoin to end", || {
@@ -134,6 +140,27 @@ fn a_rejoin_copy_shows_its_bytes_rate_and_eta_while_it_runs() {
         started.elapsed().as_secs_f64(),
         rebuild(&op)["message"]
     );
+    let followed = follower.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&followed.stdout);
+    println!("pgwarden operations {id} --follow (no terminal):\n{out}");
+    assert!(
+        followed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("rebuild_data_directory   streaming database files: "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("MiB/s, about ") && l.contains(" left")),
+        "{out}"
+    );
+    // At most one line every 5 s of a phase (and one per phase change).
+    let copy_s = started.elapsed().as_secs_f64();
+    assert!(lines.len() as f64 <= copy_s / 5.0 + 2.0, "{out}");
     let step = rebuild(&op);
     assert_eq!(step["progress"]["phase"], "done", "{step}");
     assert!(
