@@ -485,21 +485,8 @@ fn timeline(n: &crate::view::NodeView) -> u32 {
     n.snapshot.as_ref().map(|s| s.timeline).unwrap_or(0)
 }
 
-/// 1536 -> "1.5 KiB": sizes in messages, the way operators read them.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// Moved to [`crate::units`]; kept here for the paths that name it.
+pub use crate::units::human_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod routes;
 pub mod secret;
 pub mod snapshot;
+pub mod units;
 pub mod view;
 
 pub use answer::Answer;

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::human_bytes;
+use crate::units::{human_bytes, human_seconds};
 
 /// The rate is measured over this much of the recent past: long enough to
 /// smooth a pause of the source (a checkpoint, a large file), short enough
@@ -86,18 +86,6 @@ impl Progress {
             out.push_str(&format!(" ({n})"));
         }
         out
-    }
-}
-
-/// `23s`, `4m 05s`, `2h 07m`.
-pub fn human_seconds(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
     }
 }
 
@@ -404,7 +392,5 @@ mod tests {
             unknown.line(),
             "unknown (cannot read pg_stat_progress_basebackup on pg-a: timeout)"
         );
-        assert_eq!(human_seconds(245.0), "4m 05s");
-        assert_eq!(human_seconds(7620.0), "2h 07m");
     }
 }
