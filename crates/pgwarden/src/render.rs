@@ -589,6 +589,11 @@ pub fn render_operation(op: &Operation, flags: &str) -> String {
     for s in &op.steps {
         out.push_str(&step_line(s));
         out.push('\n');
+        // A running step's long work, as last read.
+        if let Some(p) = s.progress.as_ref().filter(|_| s.state == "running") {
+            out.push_str(&progress_line(s, p));
+            out.push('\n');
+        }
     }
     for l in outcome(op, flags).0 {
         out.push_str(&l);
@@ -1000,6 +1005,12 @@ mod tests {
         assert!(
             t.due(5.5, "rebuild_data_directory", &finishing),
             "a new phase at once"
+        );
+        // `pgwarden operations ID` shows it under the running step.
+        let shown = render_operation(&o, "");
+        assert!(
+            shown.contains("streaming database files: 120.0 MiB of 300.0 MiB"),
+            "{shown}"
         );
     }
 
