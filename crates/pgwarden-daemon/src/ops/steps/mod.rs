@@ -25,6 +25,8 @@ pub mod rejoin;
 pub mod replicas;
 #[cfg(test)]
 mod tables;
+#[cfg(test)]
+mod tables_rejoin;
 
 pub use failover::{preflight_checks, reverify, silent_hosts};
 

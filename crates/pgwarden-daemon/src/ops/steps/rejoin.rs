@@ -100,7 +100,16 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         .cloned()
         .unwrap_or_else(|| "auto".into());
     op.facts.insert("method_asked".into(), asked.clone());
-    let (method, why) = if ctx.effects.data_dirs().is_empty(&dir) {
+    let empty = match ctx.effects.data_dirs().is_empty(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(format!(
+                "cannot tell whether {} holds a data directory: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let (method, why) = if empty {
         (
             "basebackup",
             "the data directory is empty or absent: a first clone".to_owned(),
@@ -122,17 +131,19 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             Err(e) => return fail(format!("cannot size the copy of {primary}: {e}")),
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        if let Some(free) = ctx.effects.data_dirs().free_bytes(parent) {
-            // The copy needs the databases plus room for WAL streamed meanwhile.
-            let want = needed + needed / 10 + 64 * 1024 * 1024;
-            if free < want {
-                return fail(format!(
-                    "not enough disk under {} for a copy of {primary}: {} free, {} needed (the old data directory is kept until the new one works)",
-                    parent.display(),
-                    pgwarden_core::health::human_bytes(free),
-                    pgwarden_core::health::human_bytes(want)
-                ));
-            }
+        let free = match ctx.effects.data_dirs().free_bytes(parent) {
+            Ok(f) => f,
+            Err(e) => return fail(format!("cannot tell whether a copy of {primary} fits: {e}")),
+        };
+        // The copy needs the databases plus room for WAL streamed meanwhile.
+        let want = needed + needed / 10 + 64 * 1024 * 1024;
+        if free < want {
+            return fail(format!(
+                "not enough disk under {} for a copy of {primary}: {} free, {} needed (the old data directory is kept until the new one works)",
+                parent.display(),
+                pgwarden_core::health::human_bytes(free),
+                pgwarden_core::health::human_bytes(want)
+            ));
         }
     }
     op.facts.insert("method".into(), method.into());
@@ -179,8 +190,15 @@ async fn stop_node(ctx: &StepContext) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    if ctx.effects.data_dirs().is_empty(&dir) {
-        return StepOutcome::Skipped("no data directory yet: nothing to stop".into());
+    match ctx.effects.data_dirs().is_empty(&dir) {
+        Ok(true) => return StepOutcome::Skipped("no data directory yet: nothing to stop".into()),
+        Ok(false) => {}
+        Err(e) => {
+            return fail(format!(
+                "cannot tell whether {} holds a data directory: {e}",
+                dir.display()
+            ))
+        }
     }
     match ctx
         .effects
@@ -208,7 +226,17 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // Keep this node's own configuration files before a tool overwrites them.
     let keep = own_files_dir(ctx, op);
     let dirs = ctx.effects.data_dirs();
-    if !dirs.exists(&keep) && !dirs.is_empty(&dir) {
+    let look = |r: Result<bool, String>| r.map_err(|e| fail(format!("{e}; nothing was changed")));
+    let kept_before = match look(dirs.exists(&keep)) {
+        Ok(k) => k,
+        Err(o) => return o,
+    };
+    if !kept_before
+        && !match look(dirs.is_empty(&dir)) {
+            Ok(e) => e,
+            Err(o) => return o,
+        }
+    {
         if let Err(e) = dirs.keep(&dir, &keep, &OWN_FILES) {
             return fail(format!(
                 "cannot keep the configuration files in {}: {e}",
@@ -221,7 +249,10 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // pg_rewind leaves a backup_label telling recovery where to start: its
     // presence in a stopped directory means an earlier attempt of this step
     // rewound it already (a resume), and a second rewind would break it.
-    let rewound_before = dirs.exists(&dir.join("backup_label"));
+    let rewound_before = match look(dirs.exists(&dir.join("backup_label"))) {
+        Ok(r) => r,
+        Err(o) => return o,
+    };
     if op.facts.get("method").map(String::as_str) == Some("rewind") && rewound_before {
         note = "already rewound by an earlier attempt of this step".into();
     } else if op.facts.get("method").map(String::as_str) == Some("rewind") {
@@ -295,7 +326,7 @@ async fn basebackup(
     let new = dir.with_file_name(format!("{name}.pgwarden-new-{}", op.id));
     let old = dir.with_file_name(format!("{name}.pgwarden-old-{}", op.id));
     let dirs = ctx.effects.data_dirs();
-    if dirs.exists(&old) && dirs.exists(dir) && !dirs.exists(&new) {
+    if dirs.exists(&old)? && dirs.exists(dir)? && !dirs.exists(&new)? {
         // Resumed after the swap: the copy is in place.
         op.facts
             .insert("old_data_dir".into(), old.display().to_string());
@@ -304,7 +335,7 @@ async fn basebackup(
             old.display()
         ));
     }
-    if dirs.exists(&new) {
+    if dirs.exists(&new)? {
         // An interrupted copy of ours: start it again.
         dirs.remove_all(&new)
             .map_err(|e| format!("cannot clear the unfinished copy {}: {e}", new.display()))?;
@@ -350,13 +381,14 @@ async fn basebackup(
         ));
     }
     // Swap: the old directory aside (kept), the copy in its place.
-    if dirs.swap(&new, dir, &old)? {
+    let kept = dirs.swap(&new, dir, &old)?;
+    if kept {
         op.facts
             .insert("old_data_dir".into(), old.display().to_string());
     }
     Ok(format!(
         "fresh copy from {primary} with pg_basebackup{}",
-        if dirs.exists(&old) {
+        if kept {
             format!(
                 "; the old data directory is kept at {} until the standby is synchronous",
                 old.display()
@@ -499,9 +531,21 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
                 "; the old data directory is kept at {}",
                 old.display()
             ));
-        } else if ctx.effects.data_dirs().exists(&old) {
-            match ctx.effects.data_dirs().remove_all(&old) {
-                Ok(()) => msg.push_str(&format!(
+        } else {
+            // The standby works: a leftover old directory is reported, not a
+            // reason to fail a rejoin that is done.
+            match ctx.effects.data_dirs().exists(&old).and_then(|there| {
+                there
+                    .then(|| {
+                        ctx.effects
+                            .data_dirs()
+                            .remove_all(&old)
+                            .map_err(|e| e.to_string())
+                    })
+                    .transpose()
+            }) {
+                Ok(None) => {}
+                Ok(Some(())) => msg.push_str(&format!(
                     "; removed the old data directory {}",
                     old.display()
                 )),
