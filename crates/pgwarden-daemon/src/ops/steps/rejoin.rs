@@ -47,10 +47,7 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
             } else {
                 "synchronous standby"
             },
-            op.facts
-                .get("primary")
-                .map(String::as_str)
-                .unwrap_or("the primary")
+            op.facts.primary.as_deref().unwrap_or("the primary")
         )),
         other => fail(format!("step {other:?} is not a rejoin step")),
     }
@@ -79,7 +76,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Some(p) => p.name.clone(),
         None => return fail("no primary to follow"),
     };
-    op.facts.insert("primary".into(), primary.clone());
+    op.facts.primary = Some(primary.clone());
     let dir = match data_dir(&ctx.config) {
         Ok(d) => d,
         Err(o) => return o,
@@ -95,11 +92,11 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // the method chosen).
     let asked = op
         .facts
-        .get("method_asked")
-        .or(op.facts.get("method"))
-        .cloned()
+        .method_asked
+        .clone()
+        .or(op.facts.method.clone())
         .unwrap_or_else(|| "auto".into());
-    op.facts.insert("method_asked".into(), asked.clone());
+    op.facts.method_asked = Some(asked.clone());
     let empty = match ctx.effects.data_dirs().is_empty(&dir) {
         Ok(e) => e,
         Err(e) => {
@@ -146,8 +143,8 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             ));
         }
     }
-    op.facts.insert("method".into(), method.into());
-    op.facts.insert("method_reason".into(), why.clone());
+    op.facts.method = Some(method.into());
+    op.facts.method_reason = Some(why.clone());
     ok(format!(
         "will rebuild {} from {primary} with {method}: {why}",
         ctx.config.local_node
@@ -219,7 +216,7 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let Some(p) = ctx.config.node(&primary) else {
         return fail("the journal lacks the primary");
     };
@@ -253,9 +250,9 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Ok(r) => r,
         Err(o) => return o,
     };
-    if op.facts.get("method").map(String::as_str) == Some("rewind") && rewound_before {
+    if op.facts.method.as_deref() == Some("rewind") && rewound_before {
         note = "already rewound by an earlier attempt of this step".into();
-    } else if op.facts.get("method").map(String::as_str) == Some("rewind") {
+    } else if op.facts.method.as_deref() == Some("rewind") {
         // pg_rewind reads the source's timeline from its control file, which
         // shows the new timeline only after the first checkpoint following a
         // promotion: without this it may decide "no rewind required" and
@@ -281,7 +278,7 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         let env: Vec<(&str, &str)> = pw.iter().map(|p| ("PGPASSWORD", p.as_str())).collect();
         match dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
             Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
-            Err(e) if op.facts.get("method_asked").map(String::as_str) == Some("rewind") => {
+            Err(e) if op.facts.method_asked.as_deref() == Some("rewind") => {
                 return fail(format!(
                     "pg_rewind was asked for and failed: {e}; ask for basebackup (or auto) instead"
                 ));
@@ -289,14 +286,13 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             Err(e) => {
                 // Not fatal: a fresh copy always works (and keeps the old directory).
                 tracing::warn!("pg_rewind failed, falling back to pg_basebackup: {e}");
-                op.facts.insert("method".into(), "basebackup".into());
-                op.facts
-                    .insert("method_reason".into(), format!("pg_rewind failed: {e}"));
+                op.facts.method = Some("basebackup".into());
+                op.facts.method_reason = Some(format!("pg_rewind failed: {e}"));
                 note = format!("pg_rewind failed ({e}); ");
             }
         }
     }
-    if op.facts.get("method").map(String::as_str) == Some("basebackup") {
+    if op.facts.method.as_deref() == Some("basebackup") {
         match basebackup(ctx, op, &dir, &primary, os_user.as_deref()).await {
             Ok(m) => note.push_str(&m),
             Err(e) => return fail(format!("{note}{e}")),
@@ -328,8 +324,7 @@ async fn basebackup(
     let dirs = ctx.effects.data_dirs();
     if dirs.exists(&old)? && dirs.exists(dir)? && !dirs.exists(&new)? {
         // Resumed after the swap: the copy is in place.
-        op.facts
-            .insert("old_data_dir".into(), old.display().to_string());
+        op.facts.old_data_dir = Some(old.clone());
         return Ok(format!(
             "fresh copy already in place (old directory at {})",
             old.display()
@@ -383,8 +378,7 @@ async fn basebackup(
     // Swap: the old directory aside (kept), the copy in its place.
     let kept = dirs.swap(&new, dir, &old)?;
     if kept {
-        op.facts
-            .insert("old_data_dir".into(), old.display().to_string());
+        op.facts.old_data_dir = Some(old.clone());
     }
     Ok(format!(
         "fresh copy from {primary} with pg_basebackup{}",
@@ -404,7 +398,7 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let Some(p) = ctx.config.node(&primary) else {
         return fail("the journal lacks the primary");
     };
@@ -455,7 +449,7 @@ async fn start(ctx: &StepContext) -> StepOutcome {
 async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let me = ctx.config.local_node.clone();
     let node = ctx.effects.node_quick(&me);
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let seen = std::sync::Mutex::new(String::from("no answer"));
     let ended = wait_for(
         Duration::from_secs(120),
@@ -505,7 +499,7 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
 }
 
 async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let mut msg = if ctx.config.local().is_replica() {
         // Never in synchronous_standby_names: a replica's absence must not
         // block the primary's commits.
@@ -525,8 +519,8 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
         )
     };
     // Only now is the replacement proven: the old directory may go.
-    if let Some(old) = op.facts.get("old_data_dir").map(PathBuf::from) {
-        if op.facts.get("keep_old_data").map(String::as_str) == Some("true") {
+    if let Some(old) = op.facts.old_data_dir.clone() {
+        if op.facts.keep_old_data == Some(true) {
             msg.push_str(&format!(
                 "; the old data directory is kept at {}",
                 old.display()

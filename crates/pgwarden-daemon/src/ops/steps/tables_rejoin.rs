@@ -215,8 +215,8 @@ fn operation(s: Scenario) -> Operation {
     };
     let mut op = Operation::new("op-1".into(), OperationKind::Rejoin, request, "t0");
     let method = if s == AskedRewind { "rewind" } else { "auto" };
-    op.facts.insert("method".into(), method.into());
-    op.facts.insert("keep_old_data".into(), "false".into());
+    op.facts.method = Some(method.into());
+    op.facts.keep_old_data = Some(false);
     op
 }
 
@@ -380,8 +380,7 @@ async fn a_whole_rejoin_ends_streaming_with_the_nodes_own_files_back() {
     ] {
         let w = world(s);
         let mut op = operation(s);
-        op.facts
-            .insert("keep_old_data".into(), keep_old.to_string());
+        op.facts.keep_old_data = Some(keep_old);
         for (step, outcome) in run_all(&w, &mut op).await {
             assert!(
                 !matches!(outcome, StepOutcome::Failed(_)),
@@ -398,7 +397,7 @@ async fn a_whole_rejoin_ends_streaming_with_the_nodes_own_files_back() {
         } else {
             "basebackup"
         };
-        assert_eq!(op.facts["method"], method, "{s:?}");
+        assert_eq!(op.facts.method.as_deref(), Some(method), "{s:?}");
         w.with(|w| {
             let b = &w.nodes["pg-b"];
             assert!(
