@@ -85,7 +85,8 @@ impl FakeFs {
         self.entries.retain(|p, _| !p.starts_with(path));
     }
 
-    fn move_tree(&mut self, from: &Path, to: &Path) -> Result<(), String> {
+    /// A rename of `from` (and everything under it) to `to`.
+    pub fn move_tree(&mut self, from: &Path, to: &Path) -> Result<(), String> {
         if self.exists(to) {
             return Err(format!("{}: File exists (os error 17)", to.display()));
         }

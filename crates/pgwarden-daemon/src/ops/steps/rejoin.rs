@@ -376,7 +376,9 @@ async fn basebackup(
         ));
     }
     // Swap: the old directory aside (kept), the copy in its place.
-    let kept = dirs.swap(&new, dir, &old)?;
+    // An earlier attempt killed half-way through its swap left the old
+    // directory aside already: it is kept, and goes once the standby works.
+    let kept = dirs.swap(&new, dir, &old)? || dirs.exists(&old)?;
     if kept {
         op.facts.old_data_dir = Some(old.clone());
     }

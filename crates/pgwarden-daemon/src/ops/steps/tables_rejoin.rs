@@ -543,3 +543,50 @@ async fn a_rejoin_without_a_primary_is_refused_before_touching_the_disk() {
     );
     assert!(calls.is_empty(), "{calls:?}");
 }
+
+/// A daemon killed half-way through the swap (the old directory moved
+/// aside, the copy not yet in its place): the resumed rebuild copies again,
+/// knows the old directory is there, and removes it only at the end.
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_killed_half_way_through_the_swap_keeps_the_old_directory_until_the_end() {
+    let w = world(Basebackup);
+    let ctx = context(&w);
+    let mut op = operation(Basebackup);
+    for _ in 0..2 {
+        let step = op.start_step("t").unwrap();
+        let outcome = run_step(&ctx, &mut op, step).await;
+        op.finish_step(outcome, "t").unwrap();
+    }
+    // What the killed attempt left: the own files kept, a copy made, the
+    // old directory moved aside.
+    let own = ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"];
+    use crate::effects::Effects as _;
+    w.data_dirs()
+        .keep(Path::new(DIR), Path::new(KEEP), &own)
+        .unwrap();
+    w.with(|w| {
+        w.fs.data_dir(Path::new(NEW), "a copy of the primary", true);
+        w.fs.move_tree(Path::new(DIR), Path::new(OLD)).unwrap();
+    });
+    assert_eq!(op.start_step("t").unwrap(), StepName::RebuildDataDirectory);
+    let outcome = run_step(&ctx, &mut op, StepName::RebuildDataDirectory).await;
+    assert!(
+        matches!(&outcome, StepOutcome::Succeeded(m) if m.contains("kept at")),
+        "{outcome:?}"
+    );
+    op.finish_step(outcome, "t").unwrap();
+    assert_eq!(op.facts.old_data_dir.as_deref(), Some(Path::new(OLD)));
+    assert_disk(&w, Basebackup, &op, "after the resumed rebuild");
+    for (step, outcome) in run_all(&w, &mut op).await {
+        assert!(
+            !matches!(outcome, StepOutcome::Failed(_)),
+            "{step:?}: {outcome:?}"
+        );
+    }
+    w.with(|w| {
+        assert!(
+            !w.fs.exists(OLD),
+            "the old directory goes once the standby is synchronous"
+        )
+    });
+}
