@@ -223,17 +223,15 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // Keep this node's own configuration files before a tool overwrites them.
     let keep = own_files_dir(ctx, op);
     let dirs = ctx.effects.data_dirs();
-    let look = |r: Result<bool, String>| r.map_err(|e| fail(format!("{e}; nothing was changed")));
-    let kept_before = match look(dirs.exists(&keep)) {
+    let unchanged = |e: String| fail(format!("{e}; the data directory is unchanged"));
+    let keep_now = dirs
+        .exists(&keep)
+        .and_then(|kept| Ok(!kept && !dirs.is_empty(&dir)?));
+    let keep_now = match keep_now {
         Ok(k) => k,
-        Err(o) => return o,
+        Err(e) => return unchanged(e),
     };
-    if !kept_before
-        && !match look(dirs.is_empty(&dir)) {
-            Ok(e) => e,
-            Err(o) => return o,
-        }
-    {
+    if keep_now {
         if let Err(e) = dirs.keep(&dir, &keep, &OWN_FILES) {
             return fail(format!(
                 "cannot keep the configuration files in {}: {e}",
@@ -246,9 +244,9 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // pg_rewind leaves a backup_label telling recovery where to start: its
     // presence in a stopped directory means an earlier attempt of this step
     // rewound it already (a resume), and a second rewind would break it.
-    let rewound_before = match look(dirs.exists(&dir.join("backup_label"))) {
+    let rewound_before = match dirs.exists(&dir.join("backup_label")) {
         Ok(r) => r,
-        Err(o) => return o,
+        Err(e) => return unchanged(e),
     };
     if op.facts.method.as_deref() == Some("rewind") && rewound_before {
         note = "already rewound by an earlier attempt of this step".into();
