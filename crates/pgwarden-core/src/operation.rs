@@ -19,6 +19,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod facts;
+pub use facts::{Facts, ReplicaFacts};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationKind {
@@ -175,9 +178,10 @@ pub struct Operation {
     pub finished_at: Option<String>,
     pub steps: Vec<Step>,
     /// Facts recorded by steps for later steps and for resume (e.g. the
-    /// old primary's final LSN, the new timeline), as name -> value.
+    /// old primary's final LSN, the new timeline); a map of strings on
+    /// the wire.
     #[serde(default)]
-    pub facts: std::collections::BTreeMap<String, String>,
+    pub facts: Facts,
 }
 
 /// A transition that the operation's state does not allow.

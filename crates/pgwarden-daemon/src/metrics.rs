@@ -402,3 +402,121 @@ fn reg_build_info(registry: &Registry) -> IntGaugeVec {
         .expect("metric names are unique");
     g
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::fake::{FakeWorld, CONFIG};
+
+    fn rendered(w: &FakeWorld) -> String {
+        let config = w.config();
+        let m = Metrics::new(&config);
+        m.update(&config, &w.view());
+        m.render()
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line `{line}` in:\n{}",
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    /// pg-a primary, pg-b its streaming synchronous standby; the fake
+    /// world lists no replication slot, so slot_missing is the view's one
+    /// problem, and a series.
+    #[test]
+    fn metrics_of_a_streaming_pair_come_from_the_view() {
+        let w = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+        let t = rendered(&w);
+        has(&t, r#"pgwarden_node_up{node="pg-a",cluster="test"} 1"#);
+        has(&t, r#"pgwarden_node_up{node="pg-b",cluster="test"} 1"#);
+        has(
+            &t,
+            r#"pgwarden_node_is_primary{node="pg-a",cluster="test"} 1"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_node_is_primary{node="pg-b",cluster="test"} 0"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_node_role{node="pg-b",role="standby",cluster="test"} 1"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_node_timeline{node="pg-a",cluster="test"} 1"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_node_wal_lsn_bytes{kind="current",node="pg-a",cluster="test"} 50331648"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_node_sessions{node="pg-a",cluster="test"} 2"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_sync_standby_names_set{node="pg-a",cluster="test"} 1"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_replication_connected{node="pg-a",standby="pg-b",cluster="test"} 1"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_replication_sync{node="pg-a",standby="pg-b",cluster="test"} 1"#,
+        );
+        has(&t, r#"pgwarden_split_brain{cluster="test"} 0"#);
+        has(
+            &t,
+            r#"pgwarden_problem{code="slot_missing",node="pg-a",severity="critical",cluster="test"} 1"#,
+        );
+        has(&t, r#"pgwarden_cluster_healthy{cluster="test"} 0"#);
+    }
+
+    /// The standby down: its series say so, and the primary's "is the
+    /// standby there" series stay, at 0, so that alerts on `== 0` fire.
+    #[test]
+    fn a_standby_that_is_down_is_zero_not_absent() {
+        let w = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+        w.with(|w| w.nodes.get_mut("pg-b").unwrap().running = false);
+        let t = rendered(&w);
+        has(&t, r#"pgwarden_node_up{node="pg-b",cluster="test"} 0"#);
+        has(
+            &t,
+            r#"pgwarden_replication_connected{node="pg-a",standby="pg-b",cluster="test"} 0"#,
+        );
+        has(
+            &t,
+            r#"pgwarden_replication_sync{node="pg-a",standby="pg-b",cluster="test"} 0"#,
+        );
+        has(&t, r#"pgwarden_cluster_healthy{cluster="test"} 0"#);
+        has(
+            &t,
+            r#"pgwarden_problem{code="node_down",node="pg-b",severity="critical",cluster="test"} 1"#,
+        );
+        assert!(
+            !t.contains(r#"pgwarden_node_timeline{node="pg-b",cluster="test"}"#),
+            "no timeline for a node that did not answer"
+        );
+    }
+
+    /// Two writable nodes: split_brain is 1 and so is the problem.
+    #[test]
+    fn two_primaries_are_a_split_brain() {
+        let w = FakeWorld::new(Config::parse_str("fake.yaml", CONFIG).unwrap());
+        w.with(|w| w.nodes.get_mut("pg-b").unwrap().in_recovery = false);
+        let t = rendered(&w);
+        has(&t, r#"pgwarden_split_brain{cluster="test"} 1"#);
+        has(
+            &t,
+            r#"pgwarden_node_is_primary{node="pg-b",cluster="test"} 1"#,
+        );
+        has(&t, r#"pgwarden_cluster_healthy{cluster="test"} 0"#);
+    }
+}

@@ -247,20 +247,7 @@ async fn build_views(
                 polls_started[result.node] = Some(result.started);
                 let obs = &mut observations[result.node];
                 log_transition(name, obs, &result.outcome);
-                match result.outcome {
-                    Ok(snapshot) => {
-                        obs.snapshot = Some(snapshot);
-                        obs.consecutive_failures = 0;
-                        obs.last_error = None;
-                    }
-                    Err(e) => {
-                        // The last snapshot stays: the view decides how long
-                        // it counts (until the node is down).
-                        obs.consecutive_failures = obs.consecutive_failures.saturating_add(1);
-                        obs.last_error = Some(e);
-                    }
-                }
-                obs.polled_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+                record_poll(obs, result.outcome, humantime::format_rfc3339_millis(SystemTime::now()).to_string());
                 // An operation stopped half-way is a cluster problem too.
                 let guard = guard_failure
                     .borrow()
@@ -294,9 +281,7 @@ async fn build_views(
                 }));
             }
             Some((node, answers)) = daemons.recv() => {
-                let obs = &mut observations[node];
-                let failures = obs.daemon_failures.unwrap_or(0);
-                obs.daemon_failures = Some(if answers { 0 } else { failures.saturating_add(1) });
+                record_daemon(&mut observations[node], answers);
                 if answers {
                     // A peer that answers again is no longer "fenced": the
                     // operator's confirmation was for its silence.
@@ -318,6 +303,35 @@ async fn build_views(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Folds one poll of a node into its observation: the debounce. A failed
+/// poll counts one more failure in a row and keeps the last snapshot (the
+/// view calls the node down only after `poll.failure_threshold` of them);
+/// an answer resets the count.
+fn record_poll(obs: &mut NodeObservation, outcome: Result<NodeSnapshot, String>, at: String) {
+    match outcome {
+        Ok(snapshot) => {
+            obs.snapshot = Some(snapshot);
+            obs.consecutive_failures = 0;
+            obs.last_error = None;
+        }
+        Err(e) => {
+            obs.consecutive_failures = obs.consecutive_failures.saturating_add(1);
+            obs.last_error = Some(e);
+        }
+    }
+    obs.polled_at = Some(at);
+}
+
+/// The same for the daemon beside the node: silent checks in a row.
+fn record_daemon(obs: &mut NodeObservation, answers: bool) {
+    let failures = obs.daemon_failures.unwrap_or(0);
+    obs.daemon_failures = Some(if answers {
+        0
+    } else {
+        failures.saturating_add(1)
+    });
 }
 
 /// One line for `systemctl status`: health, the primary, the problems.
@@ -413,5 +427,62 @@ impl LastPrimaryRecord {
             self.last = Some(seen);
         }
         self.last.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::fake::{FakeWorld, CONFIG};
+    use pgwarden_core::view::Role;
+
+    /// A node that stops answering is down only after
+    /// `poll.failure_threshold` failed polls in a row, its last answer
+    /// kept until then; one answer brings it back and resets the count.
+    #[test]
+    fn a_node_is_down_only_after_the_failure_threshold_and_back_at_one_answer() {
+        let config = Config::parse_str("fake.yaml", CONFIG).unwrap();
+        let threshold = config.poll.failure_threshold;
+        assert!(threshold > 1, "the debounce needs a threshold above 1");
+        let w = FakeWorld::new(config.clone());
+        let answers = w.view();
+        let snapshot = |i: usize| answers.nodes[i].snapshot.clone().unwrap();
+        let mut obs = vec![NodeObservation::default(); 2];
+        for (i, o) in obs.iter_mut().enumerate() {
+            record_poll(o, Ok(snapshot(i)), "t0".into());
+        }
+        let view = |obs: &[NodeObservation]| ClusterView::build(&config, obs);
+        assert_eq!(view(&obs).node("pg-a").unwrap().role, Role::Primary);
+        for failed in 1..=threshold {
+            record_poll(
+                &mut obs[0],
+                Err("connection refused".into()),
+                format!("t{failed}"),
+            );
+            let v = view(&obs);
+            let a = v.node("pg-a").unwrap();
+            assert_eq!(obs[0].consecutive_failures, failed);
+            assert_eq!(a.down, failed >= threshold, "after {failed} failed polls");
+            assert!(obs[0].snapshot.is_some(), "the last answer is kept");
+            assert_eq!(obs[0].last_error.as_deref(), Some("connection refused"));
+            assert_eq!(
+                obs[0].polled_at.as_deref(),
+                Some(format!("t{failed}").as_str())
+            );
+        }
+        record_poll(&mut obs[0], Ok(snapshot(0)), "t9".into());
+        assert_eq!(
+            (obs[0].consecutive_failures, obs[0].last_error.as_deref()),
+            (0, None)
+        );
+        assert!(!view(&obs).node("pg-a").unwrap().down);
+
+        let mut d = NodeObservation::default();
+        assert_eq!(d.daemon_failures, None, "never asked is not silent");
+        record_daemon(&mut d, false);
+        record_daemon(&mut d, false);
+        assert_eq!(d.daemon_failures, Some(2));
+        record_daemon(&mut d, true);
+        assert_eq!(d.daemon_failures, Some(0));
     }
 }

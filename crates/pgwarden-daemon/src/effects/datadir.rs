@@ -70,21 +70,38 @@ pub fn write_owned_like_dir(to: &Path, bytes: &[u8], dir: &Path) -> std::io::Res
     fsutil::write_atomic_owned(to, bytes, 0o600, Some((meta.uid(), meta.gid())))
 }
 
+/// Writes `to` atomically with the mode, owner and group of `meta`: a
+/// node's own configuration file goes back as it was (a pg_hba.conf 0640
+/// stays group-readable), not as the copying tool left it.
+fn copy_with_meta(to: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fsutil::write_atomic_owned(
+        to,
+        bytes,
+        meta.permissions().mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
+}
+
 /// What a rejoin does to this host's files: look at a data directory, keep
 /// and restore the node's own configuration files, swap a fresh copy in,
 /// and run the copying tools. Behind a trait so that the rejoin's steps
 /// touch no file themselves.
 #[async_trait::async_trait]
 pub trait DataDirs: Send + Sync {
-    fn exists(&self, path: &Path) -> bool;
-    /// Absent or without entries.
-    fn is_empty(&self, dir: &Path) -> bool;
+    /// Whether `path` exists; `Err` when that cannot be told (a permission
+    /// error, an I/O error): never read as "absent".
+    fn exists(&self, path: &Path) -> Result<bool, String>;
+    /// Absent or without entries; `Err` when it cannot be read (never read
+    /// as "empty").
+    fn is_empty(&self, dir: &Path) -> Result<bool, String>;
     /// Free bytes on the file system holding `dir`.
-    fn free_bytes(&self, dir: &Path) -> Option<u64>;
-    /// Copies `names` that exist in `from` into the private directory `to`.
+    fn free_bytes(&self, dir: &Path) -> Result<u64, String>;
+    /// Copies `names` that exist in `from` into the private directory `to`,
+    /// each with its mode, owner and group.
     fn keep(&self, from: &Path, to: &Path, names: &[&str]) -> Result<(), String>;
     /// Copies `names` kept in `from` back into the data directory `dir`,
-    /// owned like it.
+    /// with the mode, owner and group they had when kept.
     fn restore(&self, from: &Path, dir: &Path, names: &[&str]) -> Result<(), String>;
     fn remove_all(&self, path: &Path) -> std::io::Result<()>;
     /// Puts the copy `new` in place of `dir`, the old one moved to `old`
@@ -111,43 +128,66 @@ pub struct RealDataDirs;
 
 #[async_trait::async_trait]
 impl DataDirs for RealDataDirs {
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
+    fn exists(&self, path: &Path) -> Result<bool, String> {
+        path.try_exists()
+            .map_err(|e| format!("cannot tell whether {} exists: {e}", path.display()))
     }
 
-    fn is_empty(&self, dir: &Path) -> bool {
-        std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true)
+    fn is_empty(&self, dir: &Path) -> Result<bool, String> {
+        let unreadable = |e: std::io::Error| format!("cannot read {}: {e}", dir.display());
+        match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(unreadable(e)),
+            Ok(mut d) => match d.next() {
+                None => Ok(true),
+                Some(Ok(_)) => Ok(false),
+                Some(Err(e)) => Err(unreadable(e)),
+            },
+        }
     }
 
-    fn free_bytes(&self, dir: &Path) -> Option<u64> {
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    fn free_bytes(&self, dir: &Path) -> Result<u64, String> {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
+            Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        } else {
+            Err(format!(
+                "cannot tell the free space under {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ))
+        }
     }
 
     fn keep(&self, from: &Path, to: &Path, names: &[&str]) -> Result<(), String> {
         fsutil::private_dir(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
         for f in names {
-            if from.join(f).exists() {
-                std::fs::copy(from.join(f), to.join(f))
-                    .map_err(|e| format!("cannot keep {f}: {e}"))?;
-            }
+            let cannot = |e: std::io::Error| format!("cannot keep {f}: {e}");
+            let meta = match std::fs::metadata(from.join(f)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.map_err(cannot)?,
+            };
+            std::fs::read(from.join(f))
+                .and_then(|bytes| copy_with_meta(&to.join(f), &bytes, &meta))
+                .map_err(cannot)?;
         }
         Ok(())
     }
 
     fn restore(&self, from: &Path, dir: &Path, names: &[&str]) -> Result<(), String> {
         for f in names {
+            let cannot = |e: std::io::Error| format!("cannot restore {f}: {e}");
             let saved = from.join(f);
-            if saved.exists() {
-                std::fs::read(&saved)
-                    .and_then(|bytes| write_owned_like_dir(&dir.join(f), &bytes, dir))
-                    .map_err(|e| format!("cannot restore {f}: {e}"))?;
-            }
+            let meta = match std::fs::metadata(&saved) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.map_err(cannot)?,
+            };
+            std::fs::read(&saved)
+                .and_then(|bytes| copy_with_meta(&dir.join(f), &bytes, &meta))
+                .map_err(cannot)?;
         }
         Ok(())
     }
@@ -158,8 +198,8 @@ impl DataDirs for RealDataDirs {
 
     fn swap(&self, new: &Path, dir: &Path, old: &Path) -> Result<bool, String> {
         let mut kept = false;
-        if dir.exists() {
-            if self.is_empty(dir) {
+        if self.exists(dir)? {
+            if self.is_empty(dir)? {
                 std::fs::remove_dir(dir)
                     .map_err(|e| format!("cannot replace the empty {}: {e}", dir.display()))?;
             } else {
@@ -218,5 +258,40 @@ mod tests {
             ],
         );
         assert_eq!(out, "# Do not edit this file manually!\nwork_mem = '8MB'\nprimary_conninfo = 'host=b pw=''q'''\n");
+    }
+
+    /// The real keep and restore bring a file back with its own mode and
+    /// owner, over whatever the copying tool left there.
+    #[test]
+    fn kept_files_come_back_with_their_mode_and_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = std::env::temp_dir().join(format!("pgwarden-keep-{}", std::process::id()));
+        let (dir, keep) = (base.join("data"), base.join("keep"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hba = dir.join("pg_hba.conf");
+        std::fs::write(&hba, "local all all peer\n").unwrap();
+        std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let d = RealDataDirs;
+        d.keep(&dir, &keep, &["pg_hba.conf", "pg_ident.conf"])
+            .unwrap();
+        // The tool's copy: the primary's file, 0600.
+        std::fs::remove_file(&hba).unwrap();
+        std::fs::write(&hba, "host all all 0.0.0.0/0 trust\n").unwrap();
+        std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o600)).unwrap();
+        d.restore(&keep, &dir, &["pg_hba.conf", "pg_ident.conf"])
+            .unwrap();
+        let meta = std::fs::metadata(&hba).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&hba).unwrap(),
+            "local all all peer\n"
+        );
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        let owner = std::fs::metadata(&base).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (owner.uid(), owner.gid()));
+        assert!(!dir.join("pg_ident.conf").exists(), "nothing made up");
+        assert_eq!(d.exists(&dir.join("nothing")), Ok(false));
+        assert_eq!(d.is_empty(&base.join("absent")), Ok(true));
+        assert_eq!(d.is_empty(&dir), Ok(false));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -4,6 +4,10 @@
 //! any node or host, a [`Fault`] that makes it fail, time out, find nothing
 //! to connect to, or answer something that cannot be read.
 //!
+//! This host's data directories are a file tree in memory, with the
+//! copying tools as effects ([`fs`]), so that a rejoin's decisions are
+//! tabled too, with what each leaves on disk.
+//!
 //! It is no stand-in for PostgreSQL: the real-cluster suites prove the
 //! steps work. It exists so that every outcome of every effect a step calls
 //! is tried, in milliseconds, and the step's decision asserted.
@@ -20,6 +24,8 @@ use pgwarden_pg::AdminError;
 
 use super::app::AppCommand;
 use super::{pgbouncer, Effects, NodeSql, NodeState, PeerError};
+
+pub mod fs;
 
 /// How an effect goes wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,12 +87,22 @@ pub struct World {
     pub faults: BTreeMap<(String, String), Fault>,
     /// Every effect called, as (effect, node or host), in order.
     pub calls: Vec<(String, String)>,
+    /// This daemon's host's files (data directories).
+    pub fs: fs::FakeFs,
+}
+
+/// Records the call of `effect` at `at` and returns its fault, if any.
+fn enter(world: &Mutex<World>, effect: &str, at: &str) -> Option<Fault> {
+    let mut w = world.lock().unwrap();
+    w.calls.push((effect.to_owned(), at.to_owned()));
+    w.faults.get(&(effect.to_owned(), at.to_owned())).copied()
 }
 
 /// The fake world: `Arc<FakeWorld>` is an `Arc<dyn Effects>`.
 pub struct FakeWorld {
     config: Arc<Config>,
     world: Arc<Mutex<World>>,
+    dirs: fs::FakeDataDirs,
 }
 
 /// Two hosts, pg-a primary on timeline 1 at 0/3000000, pg-b its streaming
@@ -158,14 +174,19 @@ impl FakeWorld {
                 },
             );
         }
+        let world = Arc::new(Mutex::new(World {
+            nodes,
+            hosts,
+            faults: BTreeMap::new(),
+            calls: Vec::new(),
+            fs: fs::FakeFs::default(),
+        }));
         Arc::new(FakeWorld {
             config: Arc::new(config),
-            world: Arc::new(Mutex::new(World {
-                nodes,
-                hosts,
-                faults: BTreeMap::new(),
-                calls: Vec::new(),
-            })),
+            dirs: fs::FakeDataDirs {
+                world: world.clone(),
+            },
+            world,
         })
     }
 
@@ -278,10 +299,7 @@ impl FakeWorld {
 
     /// Records the call and returns its fault, if any.
     fn enter(&self, effect: &str, at: &str) -> Option<Fault> {
-        self.with(|w| {
-            w.calls.push((effect.to_owned(), at.to_owned()));
-            w.faults.get(&(effect.to_owned(), at.to_owned())).copied()
-        })
+        enter(&self.world, effect, at)
     }
 
     /// A timeout takes its time (instant under a paused test clock).
@@ -341,8 +359,32 @@ impl FakeWorld {
         })
     }
 
-    fn start(&self, node: &str) -> NodeState {
+    fn start(&self, node: &str) -> Result<NodeState, String> {
+        let data_dir = (node == self.config.local_node)
+            .then(|| self.config.local().data_dir.clone())
+            .flatten();
         self.with(|w| {
+            // This host's node starts from its data directory: a standby
+            // when standby.signal is there, following the primary's timeline.
+            if let Some(dir) = data_dir {
+                if !w.fs.exists(dir.join("PG_VERSION")) {
+                    return Err(format!(
+                        "pg_ctl: directory \"{}\" is not a database cluster directory",
+                        dir.display()
+                    ));
+                }
+                if w.fs.exists(dir.join("standby.signal")) {
+                    let primary_tl = w
+                        .nodes
+                        .values()
+                        .filter(|n| n.running && !n.in_recovery)
+                        .map(|n| n.timeline)
+                        .max();
+                    let n = w.nodes.get_mut(node).expect("a configured node");
+                    n.in_recovery = true;
+                    n.timeline = primary_tl.unwrap_or(n.timeline);
+                }
+            }
             let n = w.nodes.get_mut(node).expect("a configured node");
             n.running = true;
             n.cluster_state = if n.in_recovery {
@@ -351,63 +393,13 @@ impl FakeWorld {
                 "in production"
             }
             .to_owned();
-            NodeState {
+            Ok(NodeState {
                 node: node.to_owned(),
                 cluster_state: Some(n.cluster_state.clone()),
                 checkpoint_lsn: Some(n.lsn),
                 message: format!("{node} started"),
-            }
+            })
         })
-    }
-}
-
-/// Data directories in the fake world: none (a rejoin is not tabled there
-/// yet); every change fails, so nothing can pass for done.
-struct NoDataDirs;
-static NO_DATA_DIRS: NoDataDirs = NoDataDirs;
-
-#[async_trait]
-impl super::datadir::DataDirs for NoDataDirs {
-    fn exists(&self, _: &std::path::Path) -> bool {
-        false
-    }
-    fn is_empty(&self, _: &std::path::Path) -> bool {
-        true
-    }
-    fn free_bytes(&self, _: &std::path::Path) -> Option<u64> {
-        None
-    }
-    fn keep(&self, _: &std::path::Path, _: &std::path::Path, _: &[&str]) -> Result<(), String> {
-        Err("no data directories in the fake world".into())
-    }
-    fn restore(&self, _: &std::path::Path, _: &std::path::Path, _: &[&str]) -> Result<(), String> {
-        Err("no data directories in the fake world".into())
-    }
-    fn remove_all(&self, _: &std::path::Path) -> std::io::Result<()> {
-        Err(std::io::Error::other(
-            "no data directories in the fake world",
-        ))
-    }
-    fn swap(
-        &self,
-        _: &std::path::Path,
-        _: &std::path::Path,
-        _: &std::path::Path,
-    ) -> Result<bool, String> {
-        Err("no data directories in the fake world".into())
-    }
-    fn configure_standby(
-        &self,
-        _: &std::path::Path,
-        _: &[(&str, Option<String>)],
-        _: bool,
-    ) -> std::io::Result<()> {
-        Err(std::io::Error::other(
-            "no data directories in the fake world",
-        ))
-    }
-    async fn run_tool(&self, _: &[String], _: &[(&str, &str)], _: Duration) -> Result<(), String> {
-        Err("no tools in the fake world".into())
     }
 }
 
@@ -424,13 +416,7 @@ impl FakeSql {
         effect: &str,
         f: impl FnOnce(&mut FakeNode) -> Result<T, String>,
     ) -> Result<T, AdminError> {
-        let fault = {
-            let mut w = self.world.lock().unwrap();
-            w.calls.push((effect.to_owned(), self.name.clone()));
-            w.faults
-                .get(&(effect.to_owned(), self.name.clone()))
-                .copied()
-        };
+        let fault = enter(&self.world, effect, &self.name);
         FakeWorld::hang(fault).await;
         let node = self.name.clone();
         let statement = effect.to_owned();
@@ -601,11 +587,31 @@ impl Effects for FakeWorld {
     }
 
     fn data_dirs(&self) -> &dyn super::datadir::DataDirs {
-        &NO_DATA_DIRS
+        &self.dirs
     }
 
-    async fn pg_control(&self, _dir: &std::path::Path) -> Result<super::node::PgControl, String> {
-        Err("the fake world has no data directories".into())
+    async fn pg_control(&self, dir: &std::path::Path) -> Result<super::node::PgControl, String> {
+        let file = dir.join("global/pg_control");
+        if let Some(f) = self.enter("pg_control", &dir.display().to_string()) {
+            return Err(format!(
+                "pg_controldata failed ({f:?}): could not open file \"{}\"",
+                file.display()
+            ));
+        }
+        let text = self
+            .with(|w| w.fs.get(&file).and_then(|e| e.text.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "pg_controldata: could not open file \"{}\": No such file or directory",
+                    file.display()
+                )
+            })?;
+        Ok(super::node::PgControl {
+            cluster_state: Some("shut down".into()),
+            checkpoint_lsn: None,
+            wal_log_hints: text.contains("wal_log_hints=on"),
+            checksums: text.contains("checksums=on"),
+        })
     }
 
     fn monitor_password(&self) -> Option<String> {
@@ -626,10 +632,10 @@ impl Effects for FakeWorld {
         if node != self.config.local_node && !self.with(|w| w.hosts[node].daemon_up) {
             return Err(Self::peer_error(node, Fault::Unreachable).message);
         }
-        Ok(match action {
-            "stop" => self.stop(node),
+        match action {
+            "stop" => Ok(self.stop(node)),
             _ => self.start(node),
-        })
+        }
     }
 
     async fn stop_within(&self, node: &str, _budget: Duration) -> Result<NodeState, PeerError> {

@@ -641,9 +641,11 @@ async fn rejoin(State(s): Shared, Query(q): Query<WaitParam>, body: Bytes) -> Re
     if b.dry_run {
         return Json(s.ops.plan(OperationKind::Rejoin, &request).await).into_response();
     }
-    let mut facts = std::collections::BTreeMap::new();
-    facts.insert("method".to_owned(), method);
-    facts.insert("keep_old_data".to_owned(), b.keep_old_data.to_string());
+    let facts = pgwarden_core::operation::Facts {
+        method: Some(method),
+        keep_old_data: Some(b.keep_old_data),
+        ..Default::default()
+    };
     match s
         .ops
         .start_with(OperationKind::Rejoin, request, facts)

@@ -88,9 +88,24 @@ pub struct LockValue {
     pub operation_id: String,
 }
 
-/// The facts an operation journals about its etcd lock.
-pub const TOKEN_FACT: &str = "lock_token";
-pub const LEASE_FACT: &str = "etcd_lease";
+/// What an operation journals about its etcd lock (facts `lock_token`,
+/// `etcd_lease`, `etcd_lock`).
+#[derive(Clone, Debug)]
+pub struct LockFacts {
+    /// The key's create revision: the fencing token.
+    pub token: i64,
+    pub lease: i64,
+    /// How it was taken, for the operator.
+    pub note: String,
+}
+
+impl LockFacts {
+    pub fn record(self, facts: &mut pgwarden_core::operation::Facts) {
+        facts.lock_token = Some(self.token);
+        facts.etcd_lease = Some(self.lease);
+        facts.etcd_lock = Some(self.note);
+    }
+}
 
 /// The etcd lock of one daemon.
 pub struct EtcdLock {
@@ -102,10 +117,6 @@ pub struct EtcdLock {
     /// Why the lease of an operation is lost for good (a renewal found it
     /// gone), by operation id. A std Mutex: never held across an await.
     lost: std::sync::Mutex<HashMap<String, String>>,
-}
-
-fn fact_i64(op: &Operation, name: &str) -> Option<i64> {
-    op.facts.get(name).and_then(|v| v.parse().ok())
 }
 
 impl EtcdLock {
@@ -210,7 +221,7 @@ impl EtcdLock {
     }
 
     /// Takes the lock for `operation_id`: the facts to journal with it.
-    pub async fn take(&self, operation_id: &str) -> Result<Vec<(String, String)>, OpError> {
+    pub async fn take(&self, operation_id: &str) -> Result<LockFacts, OpError> {
         let ttl_s = self.ttl.as_secs().max(1) as i64;
         let lease = self
             .api
@@ -223,17 +234,14 @@ impl EtcdLock {
         })
         .expect("a lock value serializes");
         match self.api.create(&self.key, &value, lease).await {
-            Ok(Created::At(token)) => Ok(vec![
-                (TOKEN_FACT.into(), token.to_string()),
-                (LEASE_FACT.into(), lease.to_string()),
-                (
-                    "etcd_lock".into(),
-                    format!(
-                        "{} created at revision {token} (the fencing token) with lease {lease:x} of {ttl_s}s, in etcd {}",
-                        self.key, self.endpoints
-                    ),
+            Ok(Created::At(token)) => Ok(LockFacts {
+                token,
+                lease,
+                note: format!(
+                    "{} created at revision {token} (the fencing token) with lease {lease:x} of {ttl_s}s, in etcd {}",
+                    self.key, self.endpoints
                 ),
-            ]),
+            }),
             Ok(Created::Held(kv)) => {
                 self.revoke_quietly(lease).await;
                 Err(OpError::Conflict(format!(
@@ -269,8 +277,7 @@ impl EtcdLock {
     }
 
     async fn verify(&self, op: &Operation) -> Result<(), Lost> {
-        let (Some(token), Some(lease)) = (fact_i64(op, TOKEN_FACT), fact_i64(op, LEASE_FACT))
-        else {
+        let (Some(token), Some(lease)) = (op.facts.lock_token, op.facts.etcd_lease) else {
             return Err(Lost::Gone(format!(
                 "operation {} journaled no etcd lock token, so it may not act while the lock is in etcd",
                 op.id
@@ -328,7 +335,7 @@ impl EtcdLock {
     /// that does not answer decides nothing (the check before the next step
     /// reads the key and stops then).
     pub async fn renew(&self, op: &Operation) {
-        let Some(lease) = fact_i64(op, LEASE_FACT) else {
+        let Some(lease) = op.facts.etcd_lease else {
             return;
         };
         match self.api.keep_alive(lease).await {
@@ -361,15 +368,13 @@ impl EtcdLock {
             Err(Lost::Unknown(m)) => return Err(OpError::Unavailable(m)),
             Err(Lost::Gone(m)) => return Err(refused(m)),
         }
-        match self
-            .api
-            .keep_alive(fact_i64(op, LEASE_FACT).unwrap_or(0))
-            .await
-        {
+        match self.api.keep_alive(op.facts.etcd_lease.unwrap_or(0)).await {
             Ok(ttl) if ttl > 0 => Ok(()),
             Ok(_) => Err(refused(format!(
                 "the etcd lease of this operation's lock (token {}) expired",
-                op.facts.get(TOKEN_FACT).map(String::as_str).unwrap_or("?")
+                op.facts
+                    .lock_token
+                    .map_or_else(|| "?".into(), |t| t.to_string())
             ))),
             Err(e) => Err(self.unavailable(&e)),
         }
@@ -382,12 +387,12 @@ impl EtcdLock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&op.id);
-        if let Some(token) = fact_i64(op, TOKEN_FACT) {
+        if let Some(token) = op.facts.lock_token {
             if let Err(e) = self.api.delete_if(&self.key, token).await {
                 tracing::warn!(operation = %op.id, "could not delete the etcd lock key (its lease ends it): {}", e.message);
             }
         }
-        if let Some(lease) = fact_i64(op, LEASE_FACT) {
+        if let Some(lease) = op.facts.etcd_lease {
             self.revoke_quietly(lease).await;
         }
     }
@@ -703,7 +708,10 @@ mod tests {
             },
             "t",
         );
-        op.facts.extend(l.take(id).await.expect("the lock is free"));
+        l.take(id)
+            .await
+            .expect("the lock is free")
+            .record(&mut op.facts);
         op
     }
 
@@ -714,7 +722,7 @@ mod tests {
         assert_eq!(a.key, "/pgwarden/demo/lock");
         assert_eq!(a.renew_every(), Duration::from_secs(2));
         let op = taken(&a, "op-1").await;
-        let token: i64 = op.facts[TOKEN_FACT].parse().unwrap();
+        let token: i64 = op.facts.lock_token.unwrap();
         assert!(a.check(&op).await.is_ok());
         assert!(a.resume(&op).await.is_ok(), "still held: resumable");
 
@@ -734,11 +742,11 @@ mod tests {
         assert!(check.message.contains("op-1"), "{}", check.message);
 
         // The lease lapses (the holder died, or someone revoked it).
-        etcd.expire(fact_i64(&op, LEASE_FACT).unwrap());
+        etcd.expire(op.facts.etcd_lease.unwrap());
         let e = a.check(&op).await.unwrap_err();
         assert!(e.contains("is gone") && e.contains("did not run"), "{e}");
         let other = taken(&b, "op-2").await;
-        assert!(other.facts[TOKEN_FACT].parse::<i64>().unwrap() > token);
+        assert!(other.facts.lock_token.unwrap() > token);
         let e = a.check(&op).await.unwrap_err();
         assert!(
             e.contains(&format!("token {token}")) && e.contains("op-2 of the daemon beside pg-b"),
@@ -856,7 +864,7 @@ mod tests {
         let etcd = Arc::new(FakeEtcd::default());
         let a = lock(&etcd, "pg-a");
         let mut op = taken(&a, "op-1").await;
-        op.facts.remove(TOKEN_FACT);
+        op.facts.lock_token = None;
         assert!(a
             .check(&op)
             .await

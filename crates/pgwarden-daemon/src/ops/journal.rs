@@ -188,4 +188,38 @@ mod tests {
         assert_eq!(mode(&state), 0o700);
         assert_eq!(mode(&state.join("operations/op-1.json")), 0o600);
     }
+
+    /// A journal file written before facts were typed (a rejoin that
+    /// copied, recorded as the string map of that time) loads, its facts
+    /// typed, and is written back with the same keys and values.
+    #[test]
+    fn a_journal_file_of_the_string_facts_days_loads_and_saves_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let old = serde_json::json!({
+            "id": "20261122T013147Z-rejoin-2d5d8e", "kind": "rejoin", "state": "succeeded",
+            "request": {"target": "pg-a", "reason": "", "force": false},
+            "created_at": "2026-11-22T01:31:47Z", "finished_at": "2026-11-22T01:32:30Z",
+            "steps": [{"name": "preflight", "state": "succeeded", "started_at": "t", "finished_at": "t", "message": "ok", "attempts": 1}],
+            "facts": {
+                "keep_old_data": "false", "method": "basebackup", "method_asked": "auto",
+                "method_reason": "pg_rewind cannot work here (neither wal_log_hints nor data checksums are on in this data directory)",
+                "old_data_dir": "/var/lib/postgresql/15/main.pgwarden-old-20261122T013147Z-rejoin-2d5d8e",
+                "peer_lock": "granted by pg-b", "primary": "pg-b"
+            }
+        });
+        let file = d
+            .path()
+            .join("operations/20261122T013147Z-rejoin-2d5d8e.json");
+        fs::write(&file, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+        let (ops, corrupt) = j.load_all().unwrap();
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        let f = &ops[0].facts;
+        assert_eq!(f.method.as_deref(), Some("basebackup"));
+        assert_eq!(f.keep_old_data, Some(false));
+        assert_eq!(f.primary.as_deref(), Some("pg-b"));
+        j.save(&ops[0]).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert_eq!(back, old);
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use pgwarden_core::operation::{
-    Operation, OperationKind, OperationState, Request, StepName, StepOutcome,
+    Facts, Operation, OperationKind, OperationState, Request, StepName, StepOutcome,
 };
 use pgwarden_core::preflight::{self, Check};
 use pgwarden_core::Config;
@@ -275,12 +275,12 @@ impl Operations {
         kind: OperationKind,
         request: Request,
     ) -> Result<Operation, OpError> {
-        let mut facts = std::collections::BTreeMap::new();
+        let mut facts = Facts::default();
         // A forced failover says in its first answer (and so in the audit
         // entry) what it may cost; preflight records it again when it runs.
         if kind == OperationKind::Failover && request.force {
             if let Some(lost) = preflight::bytes_possibly_lost(&self.view(), &request.target) {
-                facts.insert("bytes_possibly_lost".into(), lost.to_string());
+                facts.bytes_possibly_lost = Some(lost);
             }
         }
         self.start_with(kind, request, facts).await
@@ -292,7 +292,7 @@ impl Operations {
         self: &Arc<Self>,
         kind: OperationKind,
         request: Request,
-        facts: std::collections::BTreeMap<String, String>,
+        facts: Facts,
     ) -> Result<Operation, OpError> {
         let _gate = self.gate.lock().await;
         if let Some(open) = self.open_operation() {
@@ -367,18 +367,18 @@ impl Operations {
         kind: OperationKind,
         request: Request,
         id: String,
-        facts: std::collections::BTreeMap<String, String>,
+        facts: Facts,
     ) -> Result<Operation, OpError> {
         if let Some(etcd) = self.etcd() {
             let lock_facts = etcd.take(&id).await?;
             let mut op = Operation::new(id, kind, request, &now());
-            op.facts.extend(facts);
-            op.facts.extend(lock_facts);
+            op.facts = facts;
+            lock_facts.record(&mut op.facts);
             if let Err(e) = self.journal.save(&op) {
                 etcd.release(&op).await;
                 return Err(OpError::Internal(format!("nothing was done: {e}")));
             }
-            tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = %op.facts[etcd_lock::TOKEN_FACT], "operation started");
+            tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = ?op.facts.lock_token, "operation started");
             self.current.send_replace(Some(op.clone()));
             return Ok(op);
         }
@@ -392,8 +392,8 @@ impl Operations {
         };
         let plan = kind.plan(self.config.replicas().next().is_some());
         let mut op = Operation::planned(id, kind, request, &now(), &plan);
-        op.facts.extend(facts);
-        op.facts.insert("peer_lock".into(), lock_note);
+        op.facts = facts;
+        op.facts.peer_lock = Some(lock_note);
         if let Err(e) = self.journal.save(&op) {
             self.unlock_peers(&op.id).await;
             return Err(OpError::Internal(format!("nothing was done: {e}")));
@@ -427,7 +427,7 @@ impl Operations {
         } else {
             self.lease().begin(&op.id);
             let note = self.lock_peers(&op.id, false).await?;
-            op.facts.insert("peer_lock".into(), note);
+            op.facts.peer_lock = Some(note);
         }
         self.journal
             .save(&op)

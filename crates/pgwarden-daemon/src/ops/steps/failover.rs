@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use pgwarden_core::config::{ApplicationConfig, Placement};
 use pgwarden_core::operation::{Operation, OperationKind, StepName, StepOutcome};
 use pgwarden_core::preflight::{self, PreflightInput, Verdict};
-use pgwarden_core::snapshot::Lsn;
 use pgwarden_core::view::{ClusterView, Role};
 use pgwarden_core::{Answer, Config};
 
@@ -89,7 +88,7 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
         held.push(format!("{} still fenced", app.name));
     }
     if op.completed(StepName::StopOldPrimary) && !promoted {
-        if let Some(old) = op.facts.get("old_primary") {
+        if let Some(old) = &op.facts.old_primary {
             match ctx.effects.node_quick(old).is_in_recovery().await {
                 Ok(false) => {
                     return Err(format!(
@@ -115,7 +114,7 @@ pub async fn reverify(ctx: &StepContext, op: &Operation) -> Result<Vec<String>, 
                 .and_then(|n| n.snapshot.as_ref())
                 .map(|s| s.system_identifier)
         };
-        if let (Some(old), Some(tid)) = (op.facts.get("old_primary"), id(target)) {
+        if let (Some(old), Some(tid)) = (&op.facts.old_primary, id(target)) {
             if id(old).is_some_and(|o| o != tid) {
                 return Err(format!(
                     "{target} is no longer a copy of {old}'s cluster (system identifier {tid})"
@@ -238,13 +237,12 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         .or_else(|| ctx.view.nodes.iter().find(pair))
         .map(|n| n.name.clone());
     if let Some(old) = old {
-        op.facts.insert("old_primary".into(), old);
+        op.facts.old_primary = Some(old);
     }
     // A forced failover says what it may cost (journal, answer and audit).
     if op.kind == OperationKind::Failover && op.request.force {
         if let Some(lost) = preflight::bytes_possibly_lost(&ctx.view, target) {
-            op.facts
-                .insert("bytes_possibly_lost".into(), lost.to_string());
+            op.facts.bytes_possibly_lost = Some(lost);
         }
     }
     let warnings: Vec<&str> = checks
@@ -342,7 +340,7 @@ fn uncounted_node(op: &Operation) -> Option<&str> {
         .iter()
         .any(|s| s.name == StepName::StopOldPrimary && s.attempts > 0);
     (op.kind == OperationKind::Failover || stop_begun)
-        .then(|| op.facts.get("old_primary").map(String::as_str))
+        .then_some(op.facts.old_primary.as_deref())
         .flatten()
 }
 
@@ -414,9 +412,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             Ok(Answer::No) => notes.push(format!("not running on {h}")),
             Ok(Answer::Yes) => {
                 // Where it ran: `placement: stay` starts it there again.
-                op.facts
-                    .entry("app_ran_on".into())
-                    .or_insert_with(|| h.clone());
+                op.facts.app_ran_on.get_or_insert_with(|| h.clone());
                 if let Err(e) = ctx.effects.app_command_on(&h, AppCommand::Stop).await {
                     return fail(format!(
                         "stopping {} on {h} failed: {}",
@@ -453,10 +449,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
         }
     }
     // The application's own time, apart from pgwarden's (benchmarks).
-    op.facts.insert(
-        "app_stop_ms".into(),
-        began.elapsed().as_millis().to_string(),
-    );
+    op.facts.app_stop_ms = Some(began.elapsed().as_millis() as u64);
     let hosts_note = notes.join("; ");
     // The processes are gone; their sessions must be too. A backend busy in
     // a long query does not notice its client died, so after a grace period
@@ -513,7 +506,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
 }
 
 async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let old = match fact(op, "old_primary") {
+    let old = match fact(&op.facts.old_primary, "old_primary") {
         Ok(o) => o.to_owned(),
         Err(o) => return o,
     };
@@ -530,7 +523,7 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
                     lsn
                 }
                 // Already stopped (a resumed step): the final LSN was recorded.
-                Err(_) => op.facts.get("old_primary_final_lsn").and_then(|v| Lsn::parse(v)),
+                Err(_) => op.facts.old_primary_final_lsn,
             };
             let state = match ctx.effects.node_action(&old, "stop").await {
                 Ok(s) => s,
@@ -548,7 +541,7 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
             let Some(final_lsn) = state.checkpoint_lsn.or(before) else {
                 return fail(format!("cannot tell the final LSN of {old}: refusing to promote without verifying"));
             };
-            op.facts.insert("old_primary_final_lsn".into(), final_lsn.to_string());
+            op.facts.old_primary_final_lsn = Some(final_lsn);
             let standby = ctx.effects.node(&target);
             let replayed = wait_for(Duration::from_secs(30), Duration::from_millis(10), || async {
                 standby.replay_lsn().await.ok().flatten().filter(|r| *r >= final_lsn)
@@ -621,14 +614,11 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     match node.is_in_recovery().await {
         Err(e) => return fail(format!("cannot reach {target}: {e}")),
         Ok(false) => {
-            let tl = node
-                .timeline()
-                .await
-                .map(|t| t.to_string())
-                .unwrap_or_else(|_| "?".into());
-            op.facts
-                .entry("new_timeline".into())
-                .or_insert_with(|| tl.clone());
+            let tl = node.timeline().await.ok();
+            if let Some(t) = tl {
+                op.facts.new_timeline.get_or_insert(t);
+            }
+            let tl = tl.map_or_else(|| "?".into(), |t| t.to_string());
             return StepOutcome::Skipped(format!(
                 "{target} is already a primary (timeline {tl}): not promoted again"
             ));
@@ -644,8 +634,7 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // replays; the primary's own at its last sight does not. For the
     // record only: the check below compares the node with itself.
     let seen = ctx.view.last_primary.as_ref().map_or(0, |l| l.timeline);
-    op.facts
-        .insert("timeline_before".into(), before.max(seen).to_string());
+    op.facts.timeline_before = Some(before.max(seen));
     let started = Instant::now();
     if let Err(e) = node.request_promotion().await {
         return fail(format!("pg_promote on {target} failed: {e}"));
@@ -670,9 +659,8 @@ async fn promote(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             ))
         }
     };
-    op.facts.insert("new_timeline".into(), after.to_string());
-    op.facts
-        .insert("promote_writable_ms".into(), waited.as_millis().to_string());
+    op.facts.new_timeline = Some(after);
+    op.facts.promote_writable_ms = Some(waited.as_millis() as u64);
     if after <= before {
         return fail(format!(
             "{target} left recovery but its timeline is still {after}"
@@ -792,7 +780,7 @@ async fn start_host(
     let target = &op.request.target;
     let mut candidates = Vec::new();
     if app.placement == Placement::Stay {
-        if let Some(before) = op.facts.get("app_ran_on") {
+        if let Some(before) = &op.facts.app_ran_on {
             candidates.push(before.clone());
         }
     }
@@ -839,11 +827,8 @@ async fn start_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
             app.name, e.message
         ));
     }
-    op.facts.insert(
-        "app_start_ms".into(),
-        began.elapsed().as_millis().to_string(),
-    );
-    op.facts.insert("app_started_on".into(), host.clone());
+    op.facts.app_start_ms = Some(began.elapsed().as_millis() as u64);
+    op.facts.app_started_on = Some(host.clone());
     let node = ctx.effects.node_quick(target);
     let up = wait_for(app.start_timeout, POLL, || async {
         if !matches!(running_on(ctx, app, &host).await, Ok(true)) {
@@ -919,8 +904,7 @@ fn done(op: &Operation) -> StepOutcome {
         "{} is the primary on timeline {}",
         op.request.target,
         op.facts
-            .get("new_timeline")
-            .map(String::as_str)
-            .unwrap_or("?")
+            .new_timeline
+            .map_or_else(|| "?".into(), |t| t.to_string())
     ))
 }

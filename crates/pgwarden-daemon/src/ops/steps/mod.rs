@@ -26,6 +26,8 @@ pub mod rejoin;
 pub mod replicas;
 #[cfg(test)]
 mod tables;
+#[cfg(test)]
+mod tables_rejoin;
 
 pub use failover::{preflight_checks, reverify, silent_hosts};
 
@@ -114,8 +116,10 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
     }
 }
 
-pub(super) fn fact<'o>(op: &'o Operation, name: &str) -> Result<&'o str, StepOutcome> {
-    op.facts.get(name).map(String::as_str).ok_or_else(|| {
+/// A fact an earlier step recorded (`name` is its journal key), or the
+/// step's failure saying it is missing.
+pub(super) fn fact<'o, T>(value: &'o Option<T>, name: &str) -> Result<&'o T, StepOutcome> {
+    value.as_ref().ok_or_else(|| {
         fail(format!(
             "the journal lacks `{name}` (recorded by an earlier step)"
         ))

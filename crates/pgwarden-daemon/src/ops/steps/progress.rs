@@ -81,9 +81,13 @@ pub async fn watch_basebackup<E>(
             tokio::time::sleep(EVERY).await;
         }
     };
+    // Biased, the watch first: a first reading is taken before the tool is
+    // polled, and the outcome does not depend on select!'s random choice
+    // when both are ready (the fake world's tools end at once).
     let out = tokio::select! {
-        out = tool => out,
+        biased;
         never = poll => never,
+        out = tool => out,
     };
     let last = tracker.lock().unwrap_or_else(|p| p.into_inner()).finished(
         out.is_ok(),

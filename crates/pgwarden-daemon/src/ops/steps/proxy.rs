@@ -24,22 +24,6 @@ use crate::effects::pgbouncer::{Action, Report};
 /// released, so a long transaction there holds it).
 const SERVERS_MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Facts: the hosts whose pgbouncer this operation paused, and re-pointed.
-const PAUSED: &str = "pgbouncer_paused";
-const REPOINTED: &str = "pgbouncer_repointed";
-
-fn list(op: &Operation, fact: &str) -> Vec<String> {
-    op.facts
-        .get(fact)
-        .map(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// RESUMEs the pgbouncers of `hosts` (after a failed fence); says how it went.
 async fn resume_all(ctx: &StepContext, hosts: &[String]) -> String {
     if hosts.is_empty() {
@@ -76,7 +60,7 @@ pub(super) async fn fence(
                 paused.push(h.clone());
                 // Journaled at once: a crash from here on leaves it paused,
                 // and resume or abort must know where.
-                op.facts.insert(PAUSED.into(), paused.join(","));
+                op.facts.pgbouncer_paused = Some(paused.clone());
                 notes.push(format!("pgbouncer on {h} paused"));
             }
             Err(e) if e.unreachable && ctx_confirmed(ctx, &h) => notes.push(format!(
@@ -103,10 +87,7 @@ pub(super) async fn fence(
             }
         }
     }
-    op.facts.insert(
-        "pgbouncer_pause_ms".into(),
-        began.elapsed().as_millis().to_string(),
-    );
+    op.facts.pgbouncer_pause_ms = Some(began.elapsed().as_millis() as u64);
     // Paused, the pools' server connections are idle and stay open (until
     // server_idle_timeout): close them, so that no session of the role is
     // left on the old primary. A session still there after that is a
@@ -140,7 +121,7 @@ pub(super) async fn fence(
 /// What a resumed operation re-checks of a proxy fence before promoting:
 /// each pgbouncer it paused still paused, and no session of the role back.
 pub(super) async fn reverify_fence(ctx: &StepContext, op: &Operation) -> Result<String, String> {
-    for h in list(op, PAUSED) {
+    for h in op.facts.pgbouncer_paused.clone().unwrap_or_default() {
         match ctx.effects.pgbouncer_on(&h, &Action::Status).await {
             Ok(Report { paused: true, .. }) => {}
             Ok(_) => {
@@ -202,7 +183,7 @@ pub(super) async fn switch(
                 ))
             }
         }
-        op.facts.insert(REPOINTED.into(), done.join(","));
+        op.facts.pgbouncer_repointed = Some(done.clone());
     }
     let began = Instant::now();
     for h in &done {
@@ -213,10 +194,7 @@ pub(super) async fn switch(
             ));
         }
     }
-    op.facts.insert(
-        "pgbouncer_resume_ms".into(),
-        began.elapsed().as_millis().to_string(),
-    );
+    op.facts.pgbouncer_resume_ms = Some(began.elapsed().as_millis() as u64);
     ok(format!(
         "{}; SHOW DATABASES names {}:{}; RELOAD, RECONNECT, RESUME done on {}",
         notes.join("; "),
@@ -246,7 +224,7 @@ pub(super) async fn verify(ctx: &StepContext, op: &Operation, pb: &PgbouncerConf
         return fail(format!("unknown node {target}"));
     };
     let mut notes = Vec::new();
-    for h in list(op, REPOINTED) {
+    for h in op.facts.pgbouncer_repointed.clone().unwrap_or_default() {
         let checked = wait_for(SERVERS_MOVE_TIMEOUT, POLL, || async {
             let r = ctx.effects.pgbouncer_on(&h, &Action::Status).await.ok()?;
             let elsewhere = r

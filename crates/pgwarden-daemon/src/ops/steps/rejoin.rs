@@ -47,10 +47,7 @@ pub async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepName) -> 
             } else {
                 "synchronous standby"
             },
-            op.facts
-                .get("primary")
-                .map(String::as_str)
-                .unwrap_or("the primary")
+            op.facts.primary.as_deref().unwrap_or("the primary")
         )),
         other => fail(format!("step {other:?} is not a rejoin step")),
     }
@@ -79,7 +76,7 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Some(p) => p.name.clone(),
         None => return fail("no primary to follow"),
     };
-    op.facts.insert("primary".into(), primary.clone());
+    op.facts.primary = Some(primary.clone());
     let dir = match data_dir(&ctx.config) {
         Ok(d) => d,
         Err(o) => return o,
@@ -95,12 +92,21 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // the method chosen).
     let asked = op
         .facts
-        .get("method_asked")
-        .or(op.facts.get("method"))
-        .cloned()
+        .method_asked
+        .clone()
+        .or(op.facts.method.clone())
         .unwrap_or_else(|| "auto".into());
-    op.facts.insert("method_asked".into(), asked.clone());
-    let (method, why) = if ctx.effects.data_dirs().is_empty(&dir) {
+    op.facts.method_asked = Some(asked.clone());
+    let empty = match ctx.effects.data_dirs().is_empty(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(format!(
+                "cannot tell whether {} holds a data directory: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let (method, why) = if empty {
         (
             "basebackup",
             "the data directory is empty or absent: a first clone".to_owned(),
@@ -122,21 +128,23 @@ async fn preflight_step(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             Err(e) => return fail(format!("cannot size the copy of {primary}: {e}")),
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        if let Some(free) = ctx.effects.data_dirs().free_bytes(parent) {
-            // The copy needs the databases plus room for WAL streamed meanwhile.
-            let want = needed + needed / 10 + 64 * 1024 * 1024;
-            if free < want {
-                return fail(format!(
-                    "not enough disk under {} for a copy of {primary}: {} free, {} needed (the old data directory is kept until the new one works)",
-                    parent.display(),
-                    pgwarden_core::health::human_bytes(free),
-                    pgwarden_core::health::human_bytes(want)
-                ));
-            }
+        let free = match ctx.effects.data_dirs().free_bytes(parent) {
+            Ok(f) => f,
+            Err(e) => return fail(format!("cannot tell whether a copy of {primary} fits: {e}")),
+        };
+        // The copy needs the databases plus room for WAL streamed meanwhile.
+        let want = needed + needed / 10 + 64 * 1024 * 1024;
+        if free < want {
+            return fail(format!(
+                "not enough disk under {} for a copy of {primary}: {} free, {} needed (the old data directory is kept until the new one works)",
+                parent.display(),
+                pgwarden_core::health::human_bytes(free),
+                pgwarden_core::health::human_bytes(want)
+            ));
         }
     }
-    op.facts.insert("method".into(), method.into());
-    op.facts.insert("method_reason".into(), why.clone());
+    op.facts.method = Some(method.into());
+    op.facts.method_reason = Some(why.clone());
     ok(format!(
         "will rebuild {} from {primary} with {method}: {why}",
         ctx.config.local_node
@@ -179,8 +187,15 @@ async fn stop_node(ctx: &StepContext) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    if ctx.effects.data_dirs().is_empty(&dir) {
-        return StepOutcome::Skipped("no data directory yet: nothing to stop".into());
+    match ctx.effects.data_dirs().is_empty(&dir) {
+        Ok(true) => return StepOutcome::Skipped("no data directory yet: nothing to stop".into()),
+        Ok(false) => {}
+        Err(e) => {
+            return fail(format!(
+                "cannot tell whether {} holds a data directory: {e}",
+                dir.display()
+            ))
+        }
     }
     match ctx
         .effects
@@ -201,14 +216,22 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let Some(p) = ctx.config.node(&primary) else {
         return fail("the journal lacks the primary");
     };
     // Keep this node's own configuration files before a tool overwrites them.
     let keep = own_files_dir(ctx, op);
     let dirs = ctx.effects.data_dirs();
-    if !dirs.exists(&keep) && !dirs.is_empty(&dir) {
+    let unchanged = |e: String| fail(format!("{e}; the data directory is unchanged"));
+    let keep_now = dirs
+        .exists(&keep)
+        .and_then(|kept| Ok(!kept && !dirs.is_empty(&dir)?));
+    let keep_now = match keep_now {
+        Ok(k) => k,
+        Err(e) => return unchanged(e),
+    };
+    if keep_now {
         if let Err(e) = dirs.keep(&dir, &keep, &OWN_FILES) {
             return fail(format!(
                 "cannot keep the configuration files in {}: {e}",
@@ -221,10 +244,13 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
     // pg_rewind leaves a backup_label telling recovery where to start: its
     // presence in a stopped directory means an earlier attempt of this step
     // rewound it already (a resume), and a second rewind would break it.
-    let rewound_before = dirs.exists(&dir.join("backup_label"));
-    if op.facts.get("method").map(String::as_str) == Some("rewind") && rewound_before {
+    let rewound_before = match dirs.exists(&dir.join("backup_label")) {
+        Ok(r) => r,
+        Err(e) => return unchanged(e),
+    };
+    if op.facts.method.as_deref() == Some("rewind") && rewound_before {
         note = "already rewound by an earlier attempt of this step".into();
-    } else if op.facts.get("method").map(String::as_str) == Some("rewind") {
+    } else if op.facts.method.as_deref() == Some("rewind") {
         // pg_rewind reads the source's timeline from its control file, which
         // shows the new timeline only after the first checkpoint following a
         // promotion: without this it may decide "no rewind required" and
@@ -256,7 +282,7 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
         )));
         match dirs.run_tool(&argv, &env, COPY_TIMEOUT).await {
             Ok(_) => note = format!("rewound from {primary} with pg_rewind"),
-            Err(e) if op.facts.get("method_asked").map(String::as_str) == Some("rewind") => {
+            Err(e) if op.facts.method_asked.as_deref() == Some("rewind") => {
                 return fail(format!(
                     "pg_rewind was asked for and failed: {e}; ask for basebackup (or auto) instead"
                 ));
@@ -264,14 +290,13 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             Err(e) => {
                 // Not fatal: a fresh copy always works (and keeps the old directory).
                 tracing::warn!("pg_rewind failed, falling back to pg_basebackup: {e}");
-                op.facts.insert("method".into(), "basebackup".into());
-                op.facts
-                    .insert("method_reason".into(), format!("pg_rewind failed: {e}"));
+                op.facts.method = Some("basebackup".into());
+                op.facts.method_reason = Some(format!("pg_rewind failed: {e}"));
                 note = format!("pg_rewind failed ({e}); ");
             }
         }
     }
-    if op.facts.get("method").map(String::as_str) == Some("basebackup") {
+    if op.facts.method.as_deref() == Some("basebackup") {
         match basebackup(ctx, op, &dir, &primary, os_user.as_deref()).await {
             Ok(m) => note.push_str(&m),
             Err(e) => return fail(format!("{note}{e}")),
@@ -301,16 +326,15 @@ async fn basebackup(
     let new = dir.with_file_name(format!("{name}.pgwarden-new-{}", op.id));
     let old = dir.with_file_name(format!("{name}.pgwarden-old-{}", op.id));
     let dirs = ctx.effects.data_dirs();
-    if dirs.exists(&old) && dirs.exists(dir) && !dirs.exists(&new) {
+    if dirs.exists(&old)? && dirs.exists(dir)? && !dirs.exists(&new)? {
         // Resumed after the swap: the copy is in place.
-        op.facts
-            .insert("old_data_dir".into(), old.display().to_string());
+        op.facts.old_data_dir = Some(old.clone());
         return Ok(format!(
             "fresh copy already in place (old directory at {})",
             old.display()
         ));
     }
-    if dirs.exists(&new) {
+    if dirs.exists(&new)? {
         // An interrupted copy of ours: start it again.
         dirs.remove_all(&new)
             .map_err(|e| format!("cannot clear the unfinished copy {}: {e}", new.display()))?;
@@ -372,14 +396,16 @@ async fn basebackup(
         ));
     }
     // Swap: the old directory aside (kept), the copy in its place.
-    if dirs.swap(&new, dir, &old)? {
-        op.facts
-            .insert("old_data_dir".into(), old.display().to_string());
+    // An earlier attempt killed half-way through its swap left the old
+    // directory aside already: it is kept, and goes once the standby works.
+    let kept = dirs.swap(&new, dir, &old)? || dirs.exists(&old)?;
+    if kept {
+        op.facts.old_data_dir = Some(old.clone());
     }
     Ok(format!(
         "fresh copy from {primary} with pg_basebackup{}{}",
         figures.map(|f| format!(" ({f})")).unwrap_or_default(),
-        if dirs.exists(&old) {
+        if kept {
             format!(
                 "; the old data directory is kept at {} until the standby is synchronous",
                 old.display()
@@ -395,7 +421,7 @@ fn configure(ctx: &StepContext, op: &Operation) -> StepOutcome {
         Ok(d) => d,
         Err(o) => return o,
     };
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let Some(p) = ctx.config.node(&primary) else {
         return fail("the journal lacks the primary");
     };
@@ -446,7 +472,7 @@ async fn start(ctx: &StepContext) -> StepOutcome {
 async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
     let me = ctx.config.local_node.clone();
     let node = ctx.effects.node_quick(&me);
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let seen = std::sync::Mutex::new(String::from("no answer"));
     let ended = wait_for(
         Duration::from_secs(120),
@@ -496,7 +522,7 @@ async fn wait_streaming(ctx: &StepContext, op: &Operation) -> StepOutcome {
 }
 
 async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
-    let primary = op.facts.get("primary").cloned().unwrap_or_default();
+    let primary = op.facts.primary.clone().unwrap_or_default();
     let mut msg = if ctx.config.local().is_replica() {
         // Never in synchronous_standby_names: a replica's absence must not
         // block the primary's commits.
@@ -516,15 +542,27 @@ async fn enable_synchronous(ctx: &StepContext, op: &mut Operation) -> StepOutcom
         )
     };
     // Only now is the replacement proven: the old directory may go.
-    if let Some(old) = op.facts.get("old_data_dir").map(PathBuf::from) {
-        if op.facts.get("keep_old_data").map(String::as_str) == Some("true") {
+    if let Some(old) = op.facts.old_data_dir.clone() {
+        if op.facts.keep_old_data == Some(true) {
             msg.push_str(&format!(
                 "; the old data directory is kept at {}",
                 old.display()
             ));
-        } else if ctx.effects.data_dirs().exists(&old) {
-            match ctx.effects.data_dirs().remove_all(&old) {
-                Ok(()) => msg.push_str(&format!(
+        } else {
+            // The standby works: a leftover old directory is reported, not a
+            // reason to fail a rejoin that is done.
+            match ctx.effects.data_dirs().exists(&old).and_then(|there| {
+                there
+                    .then(|| {
+                        ctx.effects
+                            .data_dirs()
+                            .remove_all(&old)
+                            .map_err(|e| e.to_string())
+                    })
+                    .transpose()
+            }) {
+                Ok(None) => {}
+                Ok(Some(())) => msg.push_str(&format!(
                     "; removed the old data directory {}",
                     old.display()
                 )),

@@ -29,7 +29,7 @@ pub async fn repoint_replicas(ctx: &StepContext, op: &mut Operation) -> StepOutc
     let Some(primary) = ctx.config.node(&target) else {
         return StepOutcome::Failed(format!("unknown node {target}"));
     };
-    let timeline = match op.facts.get("new_timeline").and_then(|t| t.parse().ok()) {
+    let timeline = match op.facts.new_timeline {
         Some(t) => t,
         None => match ctx.effects.node(&target).timeline().await {
             Ok(t) => t,
@@ -56,7 +56,10 @@ pub async fn repoint_replicas(ctx: &StepContext, op: &mut Operation) -> StepOutc
             Ok(()) => {
                 let ms = started.elapsed().as_millis();
                 op.facts
-                    .insert(format!("replica_{}_repointed_ms", r.name), ms.to_string());
+                    .replicas
+                    .entry(r.name.clone())
+                    .or_default()
+                    .repointed_ms = Some(ms as u64);
                 lines.push(format!(
                     "{} streams from {target} on timeline {timeline} ({ms} ms from the re-point request)",
                     r.name
@@ -69,10 +72,9 @@ pub async fn repoint_replicas(ctx: &StepContext, op: &mut Operation) -> StepOutc
         }
     }
     if left.is_empty() {
-        op.facts.remove("replicas_not_repointed");
+        op.facts.replicas_not_repointed = None;
     } else {
-        op.facts
-            .insert("replicas_not_repointed".into(), left.join(","));
+        op.facts.replicas_not_repointed = Some(left.clone());
         lines.push(format!(
             "the {} of the pair is complete; {} still follow{} the old primary: fix the cause and resume, or rebuild with `pgwarden rejoin {}`",
             op.kind,

@@ -174,7 +174,7 @@ fn operation(s: Scenario, fenced_hosts: &[&str]) -> Operation {
     };
     let mut op = Operation::new("op-1".into(), s.kind(), request, "t0");
     // What preflight records (its checks are tabled in pgwarden-core).
-    op.facts.insert("old_primary".into(), "pg-a".into());
+    op.facts.old_primary = Some("pg-a".into());
     op
 }
 
@@ -325,7 +325,7 @@ async fn a_whole_failover_and_switchover_end_with_one_primary_and_one_instance()
                 assert_eq!(h.app_points_to, ("10.0.0.2".to_owned(), 5432), "{s:?}");
             }
         });
-        assert_eq!(op.facts.get("new_timeline").map(String::as_str), Some("2"));
+        assert_eq!(op.facts.new_timeline, Some(2));
     }
 }
 
