@@ -117,6 +117,8 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
         }
     }
 
+    out.extend(config_role_mismatch(config, view));
+
     // Every reachable node must be a copy of the same cluster; the primary's
     // identifier (or the first reachable node's) is the reference.
     let reference = primaries
@@ -391,6 +393,40 @@ fn replica_problems(
         }
     }
     out
+}
+
+/// `config_role_mismatch`: a `role: replica` node that answers as a primary,
+/// typically promoted by a forced failover (the last resort when the pair is
+/// lost). The view reports the role the node has (`primary`), not the one
+/// the config gives it; but the config no longer describes the cluster: the
+/// pair it names is not where the primary is, so a switchover, failover or
+/// rejoin planned from it would be wrong (the promoted node would be left
+/// out of the pair's rules and never get a synchronous standby). Critical,
+/// and every operation is refused (preflight `roles_match_config`) until
+/// the config is edited to say what the cluster is.
+pub fn config_role_mismatch(config: &Config, view: &ClusterView) -> Vec<Problem> {
+    view.nodes
+        .iter()
+        .filter(|n| config.is_replica(&n.name) && n.role == Role::Primary && n.reachable)
+        .map(|n| {
+            critical(
+                ProblemCode::ConfigRoleMismatch,
+                Some(&n.name),
+                config_role_mismatch_message(&n.name),
+            )
+        })
+        .collect()
+}
+
+/// What to do about a `role: replica` node running as the primary (shared by
+/// the problem and the preflight check).
+pub fn config_role_mismatch_message(name: &str) -> String {
+    format!(
+        "{name} is configured `role: replica` but runs as the primary (promoted with force): \
+         edit nodes[] in every daemon's config so that {name} is one of the pair (remove its `role: replica`, \
+         and give `role: replica` to, or remove, the pair node it replaces), restart the daemons, \
+         then rejoin the other pair node as its standby; until then operations are refused"
+    )
 }
 
 /// The problem an operation stopped half-way is: the cluster may be between
@@ -976,6 +1012,39 @@ mod tests {
                 .any(|(c, s, _)| *c == SplitBrain && *s == Severity::Critical),
             "{list:?}"
         );
+        assert!(
+            list.contains(&(ConfigRoleMismatch, Severity::Critical, Some("ro-1".into()))),
+            "{list:?}"
+        );
+    }
+
+    /// After the last resort (pg-a and pg-b lost, ro-1 promoted with force)
+    /// the view says what ro-1 is, the primary, and the problem says the
+    /// config does not.
+    #[test]
+    fn a_forcibly_promoted_replica_is_the_primary_and_its_config_is_wrong() {
+        let c = crate::view::tests::config_with_replica();
+        let obs = [failed(3), failed(3), ok(promoted(standby()))];
+        let v = ClusterView::build(&c, &obs);
+        assert_eq!(v.primary.as_deref(), Some("ro-1"));
+        assert_eq!(v.nodes[2].role, crate::view::Role::Primary);
+        let p = v
+            .problems
+            .iter()
+            .find(|p| p.code == ConfigRoleMismatch)
+            .unwrap_or_else(|| panic!("{:?}", v.problems));
+        assert_eq!(
+            (p.severity, p.node.as_deref()),
+            (Severity::Critical, Some("ro-1"))
+        );
+        assert!(
+            p.message.contains("operations are refused"),
+            "{}",
+            p.message
+        );
+        // A replica in recovery, as configured: no such problem.
+        let (_, list) = problems_of(&three(Some("streaming"), ok(standby())));
+        assert!(list.iter().all(|(c, _, _)| *c != ConfigRoleMismatch));
     }
 }
 
