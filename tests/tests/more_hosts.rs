@@ -12,7 +12,7 @@
 //!
 //! The figures (failover and switchover times, the re-point time) are
 //! printed: `cargo nextest run -p pgwarden-tests --test more_hosts
-//! --no-capture 2>&1 | grep 'three nodes:'`.
+//! --no-capture 2>&1 | grep 'nodes:'`.
 
 mod util;
 
