@@ -459,6 +459,50 @@ fn a_forced_failover_to_the_replica_is_the_last_resort() {
         },
     )
     .unwrap();
+
+    // The view reports what ro-1 is now, the primary; the config still
+    // calls it a replica, which is a critical problem, and every operation
+    // is refused until the config is edited.
+    let s = env.daemons[RO].get("/v1/status").json();
+    assert_eq!(s["primary"], "ro-1", "{s}");
+    assert_eq!(s["nodes"][RO]["role"], "primary", "{s}");
+    let h = env.wait_health(RO, "config_role_mismatch", env.within_polls(4), |_, h| {
+        has_problem(h, "config_role_mismatch", Some("ro-1"))
+    });
+    let p = h["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "config_role_mismatch")
+        .unwrap()
+        .clone();
+    assert_eq!(p["severity"], "critical", "{p}");
+    assert!(
+        p["message"].as_str().unwrap().contains("edit nodes[]"),
+        "{p}"
+    );
+    for (path, body) in [
+        (
+            "/v1/rejoin?wait=true",
+            r#"{"node": "pg-b", "reason": "rebuild the pair"}"#,
+        ),
+        (
+            "/v1/switchover?wait=true",
+            r#"{"target": "pg-b", "reason": "back to the pair", "force": true}"#,
+        ),
+    ] {
+        let r = env.daemons[RO].post(path, body, &env.token());
+        assert_eq!(r.status, 422, "{path}: {}", r.body);
+        let checks = r.json()["checks"].clone();
+        assert!(
+            checks
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "roles_match_config" && c["verdict"] == "fail"),
+            "{path}: {checks}"
+        );
+    }
 }
 
 #[test]

@@ -117,6 +117,8 @@ pub fn evaluate(config: &Config, view: &ClusterView) -> Vec<Problem> {
         }
     }
 
+    out.extend(config_role_mismatch(config, view));
+
     // Every reachable node must be a copy of the same cluster; the primary's
     // identifier (or the first reachable node's) is the reference.
     let reference = primaries
@@ -393,6 +395,40 @@ fn replica_problems(
     out
 }
 
+/// `config_role_mismatch`: a `role: replica` node that answers as a primary,
+/// typically promoted by a forced failover (the last resort when the pair is
+/// lost). The view reports the role the node has (`primary`), not the one
+/// the config gives it; but the config no longer describes the cluster: the
+/// pair it names is not where the primary is, so a switchover, failover or
+/// rejoin planned from it would be wrong (the promoted node would be left
+/// out of the pair's rules and never get a synchronous standby). Critical,
+/// and every operation is refused (preflight `roles_match_config`) until
+/// the config is edited to say what the cluster is.
+pub fn config_role_mismatch(config: &Config, view: &ClusterView) -> Vec<Problem> {
+    view.nodes
+        .iter()
+        .filter(|n| config.is_replica(&n.name) && n.role == Role::Primary && n.reachable)
+        .map(|n| {
+            critical(
+                ProblemCode::ConfigRoleMismatch,
+                Some(&n.name),
+                config_role_mismatch_message(&n.name),
+            )
+        })
+        .collect()
+}
+
+/// What to do about a `role: replica` node running as the primary (shared by
+/// the problem and the preflight check).
+pub fn config_role_mismatch_message(name: &str) -> String {
+    format!(
+        "{name} is configured `role: replica` but runs as the primary (promoted with force): \
+         edit nodes[] in every daemon's config so that {name} is one of the pair (remove its `role: replica`, \
+         and give `role: replica` to, or remove, the pair node it replaces), restart the daemons, \
+         then rejoin the other pair node as its standby; until then operations are refused"
+    )
+}
+
 /// The problem an operation stopped half-way is: the cluster may be between
 /// two states (application fenced, standby not yet promoted) until an
 /// operator resumes or aborts it.
@@ -406,12 +442,22 @@ pub fn stale_primary_not_stopped(node: &str, why: &str) -> Problem {
     )
 }
 
-/// `primary_isolated`: this daemon's own node is a reachable primary and
-/// every other node is down with its daemon down too, and the operator has
-/// not confirmed those hosts fenced (`confirmed`). A primary that cannot
-/// reach anyone else may be the losing side of a partition in which the
-/// other side failed over (Patroni's failsafe idea): it must not be
-/// offered to clients as the primary until it hears from a peer again.
+/// `primary_isolated`: this daemon's own node is a reachable primary, every
+/// node of the failover pair other than it is down with the daemon beside
+/// it down too, and the operator has not confirmed all of those hosts
+/// fenced (`confirmed`). A primary that cannot reach the other side of the
+/// pair may be the losing side of a partition in which that side failed
+/// over (Patroni's failsafe idea): it must not be offered to clients as the
+/// primary until it hears from that side again.
+///
+/// Isolation is about whether the side that can take over sees us, so
+/// `role: replica` nodes do not count: a replica is never promoted without
+/// `force` and arbitrates nothing, and a replica (or its daemon) still
+/// answering says nothing about whether the standby's side failed over. It
+/// is a witness of the network: the message names it, and its daemon's
+/// status tells the operator whether the standby's host is gone or only cut
+/// from the primary. A node configured as a replica but running as the
+/// primary (forcibly promoted) is isolated from the pair's two nodes alike.
 pub fn primary_isolated(
     config: &Config,
     view: &ClusterView,
@@ -421,20 +467,41 @@ pub fn primary_isolated(
     if me.role != Role::Primary || !me.reachable {
         return None;
     }
-    let others: Vec<_> = view.nodes.iter().filter(|n| n.name != me.name).collect();
-    let isolated = !others.is_empty()
-        && others
-            .iter()
-            .all(|n| n.down && n.daemon_down == Some(true) && !confirmed.contains(&n.name));
+    let (peers, witnesses): (Vec<_>, Vec<_>) = view
+        .nodes
+        .iter()
+        .filter(|n| n.name != me.name)
+        .partition(|n| !config.is_replica(&n.name));
+    // No peer in contact, and one the operator has not confirmed fenced
+    // could have taken over.
+    let isolated = !peers.is_empty()
+        && peers.iter().all(|n| n.down && n.daemon_down == Some(true))
+        && peers.iter().any(|n| !confirmed.contains(&n.name));
     isolated.then(|| {
-        let names: Vec<&str> = others.iter().map(|n| n.name.as_str()).collect();
+        let names: Vec<&str> = peers.iter().map(|n| n.name.as_str()).collect();
+        let seen: Vec<&str> = witnesses
+            .iter()
+            .filter(|n| n.reachable || n.daemon_answered == Some(true))
+            .map(|n| n.name.as_str())
+            .collect();
+        let witness = if seen.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The replica(s) {} still answer, but a replica is no peer here: it cannot take over without force and decides nothing; \
+                 its daemon's status shows whether {} is gone or only cut from {}.",
+                seen.join(", "),
+                names.join(", "),
+                me.name
+            )
+        };
         critical(
             ProblemCode::PrimaryIsolated,
             Some(&me.name),
             format!(
                 "{} is a primary that has lost {} and the daemon beside it for {} polls: the other side may have failed over. \
                  /primary answers 503 until a peer answers again, or the operator confirms the peer fenced \
-                 (PUT /v1/sync with fenced_hosts)",
+                 (PUT /v1/sync with fenced_hosts).{witness}",
                 me.name,
                 names.join(", "),
                 config.poll.failure_threshold
@@ -496,6 +563,11 @@ mod tests {
     use crate::snapshot::{Lsn, NodeSnapshot};
     use crate::view::tests::{config, failed, failed_after, ok};
     use crate::view::NodeObservation;
+
+    fn with_no_rows(mut s: NodeSnapshot) -> NodeSnapshot {
+        s.replication.clear();
+        s
+    }
 
     fn promoted(mut s: NodeSnapshot) -> NodeSnapshot {
         s.in_recovery = false;
@@ -838,6 +910,86 @@ mod tests {
         assert_eq!(list, vec![(NodeNotPolled, Severity::Warning, ro.clone())]);
     }
 
+    /// `daemon` failed checks of the daemon beside a node (0: it answers).
+    fn daemon(mut o: NodeObservation, failures: u32) -> NodeObservation {
+        o.daemon_failures = Some(failures);
+        o
+    }
+
+    fn isolation_of(c: &Config, obs: &[NodeObservation], confirmed: &[&str]) -> Option<Problem> {
+        let v = ClusterView::build(c, obs);
+        let confirmed = confirmed.iter().map(|s| s.to_string()).collect();
+        primary_isolated(c, &v, &confirmed)
+    }
+
+    #[test]
+    fn isolation_is_decided_by_the_pair_not_by_a_replica() {
+        let two = crate::view::tests::config();
+        let three = crate::view::tests::config_with_replica();
+        let lonely = || ok(with_no_rows(primary()));
+        // Two nodes: the standby and its daemon lost.
+        let p = isolation_of(&two, &[lonely(), daemon(failed(3), 3)], &[]);
+        assert_eq!(p.map(|p| p.code), Some(PrimaryIsolated));
+        // The standby's daemon still answers: the other side sees us.
+        assert!(isolation_of(&two, &[lonely(), daemon(failed(3), 0)], &[]).is_none());
+        // Below the threshold the daemon is not yet down: unknown is never down.
+        assert!(isolation_of(&two, &[lonely(), daemon(failed(3), 2)], &[]).is_none());
+        // Confirmed fenced by the operator.
+        assert!(isolation_of(&two, &[lonely(), daemon(failed(3), 3)], &["pg-b"]).is_none());
+
+        // Three nodes, a and b cut, ro-1 and its daemon still see a: still
+        // isolated, and the message names the witness.
+        let cut = [lonely(), daemon(failed(3), 3), daemon(ok(standby()), 0)];
+        let p = isolation_of(&three, &cut, &[]).expect("isolated despite the replica");
+        assert_eq!(p.node.as_deref(), Some("pg-a"));
+        assert!(
+            p.message.contains("lost pg-b") && p.message.contains("ro-1 still answer"),
+            "{}",
+            p.message
+        );
+        // The replica lost too: isolated, no witness named.
+        let p = isolation_of(
+            &three,
+            &[lonely(), daemon(failed(3), 3), daemon(failed(3), 3)],
+            &[],
+        )
+        .unwrap();
+        assert!(!p.message.contains("still answer"), "{}", p.message);
+        // The standby's daemon answers: not isolated, whatever the replica.
+        assert!(isolation_of(
+            &three,
+            &[lonely(), daemon(failed(3), 0), daemon(failed(3), 3)],
+            &[]
+        )
+        .is_none());
+        // The standby streams: not isolated.
+        assert!(isolation_of(
+            &three,
+            &[
+                ok(primary()),
+                daemon(ok(standby()), 3),
+                daemon(failed(3), 3)
+            ],
+            &[]
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn a_forcibly_promoted_replica_is_isolated_from_the_pair_alike() {
+        let mut c = crate::view::tests::config_with_replica();
+        c.local_node = "ro-1".into();
+        let obs = [
+            daemon(failed(3), 3),
+            daemon(failed(3), 3),
+            ok(with_no_rows(promoted(standby()))),
+        ];
+        let p = isolation_of(&c, &obs, &[]).expect("both pair nodes lost");
+        assert!(p.message.contains("lost pg-a, pg-b"), "{}", p.message);
+        assert!(isolation_of(&c, &obs, &["pg-a", "pg-b"]).is_none());
+        assert!(isolation_of(&c, &obs, &["pg-a"]).is_some());
+    }
+
     #[test]
     fn a_promoted_replica_is_a_split_brain() {
         let (healthy, list) = problems_of(&three(None, ok(promoted(standby()))));
@@ -847,6 +999,39 @@ mod tests {
                 .any(|(c, s, _)| *c == SplitBrain && *s == Severity::Critical),
             "{list:?}"
         );
+        assert!(
+            list.contains(&(ConfigRoleMismatch, Severity::Critical, Some("ro-1".into()))),
+            "{list:?}"
+        );
+    }
+
+    /// After the last resort (pg-a and pg-b lost, ro-1 promoted with force)
+    /// the view says what ro-1 is, the primary, and the problem says the
+    /// config does not.
+    #[test]
+    fn a_forcibly_promoted_replica_is_the_primary_and_its_config_is_wrong() {
+        let c = crate::view::tests::config_with_replica();
+        let obs = [failed(3), failed(3), ok(promoted(standby()))];
+        let v = ClusterView::build(&c, &obs);
+        assert_eq!(v.primary.as_deref(), Some("ro-1"));
+        assert_eq!(v.nodes[2].role, crate::view::Role::Primary);
+        let p = v
+            .problems
+            .iter()
+            .find(|p| p.code == ConfigRoleMismatch)
+            .unwrap_or_else(|| panic!("{:?}", v.problems));
+        assert_eq!(
+            (p.severity, p.node.as_deref()),
+            (Severity::Critical, Some("ro-1"))
+        );
+        assert!(
+            p.message.contains("operations are refused"),
+            "{}",
+            p.message
+        );
+        // A replica in recovery, as configured: no such problem.
+        let (_, list) = problems_of(&three(Some("streaming"), ok(standby())));
+        assert!(list.iter().all(|(c, _, _)| *c != ConfigRoleMismatch));
     }
 }
 

@@ -121,6 +121,26 @@ pub fn preflight(input: &PreflightInput) -> Vec<Check> {
         ),
     });
 
+    // Only with replicas: a pair-only cluster's config always names its roles.
+    if config.replicas().next().is_some() {
+        let promoted: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|n| config.is_replica(&n.name) && n.role == Role::Primary)
+            .map(|n| n.name.as_str())
+            .collect();
+        out.push(match promoted.first() {
+            None => pass(
+                "roles_match_config",
+                "no `role: replica` node runs as a primary",
+            ),
+            Some(name) => fail(
+                "roles_match_config",
+                crate::health::config_role_mismatch_message(name),
+            ),
+        });
+    }
+
     if kind == OperationKind::Rejoin {
         rejoin_checks(config, view, target, &mut out);
         return out;
@@ -1034,6 +1054,61 @@ application:
             false,
         );
         assert!(passed(&checks), "{checks:#?}");
+    }
+
+    #[test]
+    fn every_operation_is_refused_while_a_replica_runs_as_the_primary() {
+        let c = with_replica();
+        let mut promoted = standby();
+        promoted.in_recovery = false;
+        promoted.timeline += 1;
+        promoted.wal_receiver = None;
+        let after_last_resort = [failed(3), failed(3), ok(promoted)];
+        for (kind, target) in [
+            (OperationKind::Failover, "pg-b"),
+            (OperationKind::Switchover, "pg-b"),
+            (OperationKind::Rejoin, "pg-a"),
+        ] {
+            let checks = run_on(&c, kind, &after_last_resort, target, true);
+            let check = checks
+                .iter()
+                .find(|c| c.name == "roles_match_config")
+                .unwrap_or_else(|| panic!("{kind}: {checks:#?}"));
+            assert_eq!(check.verdict, Verdict::Fail, "{kind}: not forceable");
+            assert!(
+                check.message.contains("ro-1 is configured `role: replica`")
+                    && check.message.contains("edit nodes[]"),
+                "{check:?}"
+            );
+        }
+        // As configured: the check passes, and a pair-only config has none.
+        let checks = run_on(
+            &c,
+            OperationKind::Failover,
+            &[failed(3), ok(standby()), ok(standby())],
+            "pg-b",
+            false,
+        );
+        assert_eq!(verdict(&checks, "roles_match_config"), Verdict::Pass);
+        let pair = config();
+        let view = ClusterView::build(&pair, &[failed(3), ok(standby())]);
+        let request = Request {
+            target: "pg-b".into(),
+            reason: String::new(),
+            force: false,
+            fenced_hosts: Vec::new(),
+        };
+        let checks = preflight(&PreflightInput {
+            config: &pair,
+            view: &view,
+            kind: OperationKind::Failover,
+            request: &request,
+            open_operation: None,
+            shadows: &[],
+            config_file_blocker: None,
+            silent_hosts: &[],
+        });
+        assert!(checks.iter().all(|c| c.name != "roles_match_config"));
     }
 
     #[test]

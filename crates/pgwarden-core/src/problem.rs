@@ -60,6 +60,10 @@ pub enum ProblemCode {
     ReplicaNotStreaming,
     /// A `role: replica` node is further behind than `health.max_lag_*`.
     ReplicaLagHigh,
+    /// A `role: replica` node runs as a primary (promoted with force): the
+    /// config no longer says what the cluster is; operations are refused
+    /// until it does.
+    ConfigRoleMismatch,
 }
 
 impl ProblemCode {
@@ -87,6 +91,7 @@ impl ProblemCode {
             ProblemCode::NodeNotPolled => "node_not_polled",
             ProblemCode::ReplicaNotStreaming => "replica_not_streaming",
             ProblemCode::ReplicaLagHigh => "replica_lag_high",
+            ProblemCode::ConfigRoleMismatch => "config_role_mismatch",
         }
     }
 }

@@ -27,6 +27,7 @@ mod slots;
 pub mod standin;
 pub mod testbed;
 mod testbed_config;
+mod testbed_etcd;
 mod util;
 
 pub use bins::{find_pg_bin_dir, find_pg_bin_dir_in, DEBIAN_PG_ROOT};

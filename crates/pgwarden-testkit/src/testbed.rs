@@ -1,14 +1,21 @@
-//! A testbed of real hosts: three network namespaces (hosts `a`, `b` and the operator's
-//! host `c`) joined by a bridge that lives in a fourth namespace of its own. Hosts a and b
+//! A testbed of real hosts: network namespaces (hosts `a`, `b`, the operator's host `c`,
+//! and as asked up to two replica hosts `r1`, `r2` and an etcd host `e`) joined by a
+//! bridge that lives in a namespace of its own. Hosts a and b
 //! each run their own PostgreSQL on `192.0.2.X:5432`, their own pgwarden daemon on
 //! `192.0.2.X:8008` (as the `postgres` user, as the shipped unit does, or as root with
 //! `os_user`) and have their own instance of the stand-in application with its own
 //! `/etc/inmanta/inmanta.d/database.cfg`. "Here" and "there" are then different hosts on
 //! the network, which loopback cannot model: a cut between a and b leaves c seeing both.
 //!
+//! With [`TestbedOptions::replicas`], hosts r1 and r2 each run a `role: replica` node
+//! (`ro-1`, `ro-2`), cloned from pg-a over the bridge as the loopback kit clones its
+//! replicas (own application_name, no slot), and a daemon of their own. With
+//! [`TestbedOptions::etcd`], host e runs a one-member etcd on `192.0.2.6:2379` and every
+//! daemon's config has `lock.etcd` pointing at it (`testbed_etcd.rs`).
+//!
 //! Each testbed has its own bridge namespace, so every testbed reuses the same
-//! TEST-NET-1 addresses (192.0.2.1 a, .2 b, .3 c) without seeing any other; nothing is
-//! routed outside the namespaces. `ip netns exec` bind-mounts `/etc/netns/NS/*` over
+//! TEST-NET-1 addresses (192.0.2.1 a, .2 b, .3 c, .4 r1, .5 r2, .6 e) without seeing any
+//! other; nothing is routed outside the namespaces. `ip netns exec` bind-mounts `/etc/netns/NS/*` over
 //! `/etc`, so each host has its own `/etc/pgwarden` and `/etc/inmanta`.
 //!
 //! Dropping the testbed (also while a test panics) kills every process in its
@@ -79,10 +86,19 @@ pub enum Host {
     B,
     /// The operator's host: no database, no daemon.
     C,
+    /// Runs the first `role: replica` node, ro-1, and its daemon ([`TestbedOptions::replicas`]).
+    R1,
+    /// Runs the second replica, ro-2, and its daemon.
+    R2,
+    /// Runs the etcd member ([`TestbedOptions::etcd`]): no database, no daemon.
+    E,
 }
 
 impl Host {
+    /// The hosts every testbed has.
     pub const ALL: [Host; 3] = [Host::A, Host::B, Host::C];
+    /// Every host a testbed may have.
+    pub const EVERY: [Host; 6] = [Host::A, Host::B, Host::C, Host::R1, Host::R2, Host::E];
 
     /// The host's address on [`SUBNET`].
     pub fn addr(self) -> &'static str {
@@ -90,34 +106,44 @@ impl Host {
             Host::A => "192.0.2.1",
             Host::B => "192.0.2.2",
             Host::C => "192.0.2.3",
+            Host::R1 => "192.0.2.4",
+            Host::R2 => "192.0.2.5",
+            Host::E => "192.0.2.6",
         }
     }
 
-    fn letter(self) -> char {
+    /// The host's name in namespace and interface names (short: interface names are
+    /// limited to 15 bytes).
+    fn letter(self) -> &'static str {
         match self {
-            Host::A => 'a',
-            Host::B => 'b',
-            Host::C => 'c',
+            Host::A => "a",
+            Host::B => "b",
+            Host::C => "c",
+            Host::R1 => "r1",
+            Host::R2 => "r2",
+            Host::E => "e",
         }
     }
 
-    /// The index of the node on this host (a: 0, b: 1); None for c.
+    /// The index of the node on this host (a: 0, b: 1, r1: 2, r2: 3); None for c and e.
     pub fn node(self) -> Option<usize> {
         match self {
             Host::A => Some(0),
             Host::B => Some(1),
-            Host::C => None,
+            Host::R1 => Some(2),
+            Host::R2 => Some(3),
+            Host::C | Host::E => None,
         }
     }
 
-    /// The host of node `i` (0: a, 1: b).
+    /// The host of node `i` (0: a, 1: b, 2: r1, 3: r2).
     pub fn of_node(i: usize) -> Host {
-        [Host::A, Host::B][i]
+        [Host::A, Host::B, Host::R1, Host::R2][i]
     }
 
     fn node_index(self) -> usize {
         self.node()
-            .unwrap_or_else(|| panic!("host c runs no node, no daemon and no application"))
+            .unwrap_or_else(|| panic!("host {self:?} runs no node, no daemon and no application"))
     }
 }
 
@@ -141,15 +167,23 @@ pub struct TestbedOptions {
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
     pub failure_threshold: u32,
-    /// Extra environment of the daemon on a (index 0) and on b (index 1).
-    pub daemon_env: [Vec<(String, String)>; 2],
+    /// Extra environment of the daemon of node i (0: a, 1: b, 2: r1, 3: r2); missing
+    /// entries are empty.
+    pub daemon_env: Vec<Vec<(String, String)>>,
     /// YAML lines appended to each daemon's `application:` section.
     pub application_extra: String,
     /// The host whose application instance is started once the cluster is up (None:
     /// none). Only one instance ever runs.
     pub app_host: Option<Host>,
-    /// Start both daemons (and wait until they answer) as part of [`Testbed::start`].
+    /// Start every daemon (and wait until they answer) as part of [`Testbed::start`].
     pub start_daemons: bool,
+    /// Read-only replicas beside the pair (0, 1 or 2): ro-1 on host r1, ro-2 on r2, each
+    /// with its daemon, `role: replica` in every config. The application runs on a and
+    /// b only (`application.runs_on`).
+    pub replicas: usize,
+    /// Run etcd on host e and give every daemon `lock.etcd` with this TTL (None: no etcd,
+    /// the daemons' own lock).
+    pub etcd: Option<Duration>,
 }
 
 impl TestbedOptions {
@@ -162,17 +196,20 @@ impl TestbedOptions {
             poll_interval: Duration::from_millis(250),
             poll_timeout: Duration::from_millis(1000),
             failure_threshold: 3,
-            daemon_env: [Vec::new(), Vec::new()],
+            daemon_env: vec![Vec::new(), Vec::new()],
             application_extra: String::new(),
             app_host: Some(Host::B),
             start_daemons: true,
+            replicas: 0,
+            etcd: None,
         }
     }
 }
 
 /// A running testbed. See the module documentation.
 pub struct Testbed {
-    /// `pgw{pid}-{n}`; the namespaces are this plus `a`, `b`, `c` and `s` (the switch).
+    /// `pgw{pid}-{n}`; the namespaces are this plus `a`, `b`, `c`, `s` (the switch) and
+    /// those of the optional hosts (`r1`, `r2`, `e`).
     id: String,
     dir: PathBuf,
     bin_dir: PathBuf,
@@ -184,7 +221,10 @@ pub struct Testbed {
     runner: Runner,
     /// The namespaces created so far (a failed start cleans up exactly these).
     created: Mutex<Vec<String>>,
-    daemons: Mutex<[Option<Child>; 2]>,
+    /// The daemon of node i, if running.
+    daemons: Mutex<Vec<Option<Child>>>,
+    /// The etcd member on host e, if [`TestbedOptions::etcd`].
+    pub(crate) etcd: Mutex<Option<Child>>,
     // Dropped after `Drop::drop`: removes the temp dir, then frees the slot.
     _temp: TempDir,
     _slot: SlotGuard,
@@ -237,7 +277,14 @@ impl Testbed {
             .tempdir()
             .ctx(|| "creating a temp dir for the testbed".into())?;
         let dir = fs::canonicalize(temp.path()).ctx(|| "resolving the temp dir".into())?;
-        let nodes = ["pg-a", "pg-b"]
+        if opts.replicas > 2 {
+            return Err(KitError::Environment(format!(
+                "the testbed has hosts for two replicas (r1, r2), not {}",
+                opts.replicas
+            )));
+        }
+        let names = ["pg-a", "pg-b", "ro-1", "ro-2"];
+        let nodes: Vec<PgNode> = names[..2 + opts.replicas]
             .iter()
             .enumerate()
             .map(|(i, name)| PgNode {
@@ -249,6 +296,7 @@ impl Testbed {
                 socket_dir: dir.join("sockets").join(name),
             })
             .collect();
+        let daemon_count = nodes.len();
         let creds = Credentials {
             monitor_user: "pgwarden".into(),
             monitor_password: random_hex(12)?,
@@ -269,7 +317,8 @@ impl Testbed {
             writer_password: random_hex(12)?,
             runner,
             created: Mutex::new(Vec::new()),
-            daemons: Mutex::new([None, None]),
+            daemons: Mutex::new((0..daemon_count).map(|_| None).collect()),
+            etcd: Mutex::new(None),
             _temp: temp,
             _slot: slot,
         };
@@ -290,6 +339,16 @@ impl Testbed {
             t.set_synchronous(0, true)?;
             t.wait_for_standby(0, true, REPLICATION_TIMEOUT)
         })?;
+        for i in 2..tb.nodes.len() {
+            tb.step("cloning a replica (pg_basebackup)", |t| t.clone_replica(i))?;
+            tb.step("starting a replica", |t| t.start_node(i))?;
+            tb.step("waiting for the replica to stream", |t| {
+                t.wait_for_stream(0, &t.nodes[i].name, REPLICATION_TIMEOUT)
+            })?;
+        }
+        if tb.opts.etcd.is_some() {
+            tb.step("starting etcd on host e", |t| t.start_etcd())?;
+        }
         tb.step("writing the daemons' and the application's configs", |t| {
             t.write_configs()
         })?;
@@ -297,8 +356,8 @@ impl Testbed {
             tb.step("starting the application", |t| t.start_app(host))?;
         }
         if tb.opts.start_daemons {
-            for i in 0..2 {
-                let env = tb.opts.daemon_env[i].clone();
+            for i in 0..tb.nodes.len() {
+                let env = tb.opts.daemon_env.get(i).cloned().unwrap_or_default();
                 tb.step("starting the daemons", |t| {
                     t.start_daemon(Host::of_node(i), &env)
                 })?;
@@ -385,7 +444,7 @@ impl Testbed {
                 mkdir(Path::new(mount_point), Some(0o755))?;
             }
         }
-        for host in [Host::A, Host::B] {
+        for host in self.node_hosts() {
             let etc = self.etc_dir(host);
             mkdir(&etc.join("pgwarden"), Some(0o750))?;
             let (_, gid) = postgres_ids(pg);
@@ -405,7 +464,7 @@ impl Testbed {
         let switch = self.switch_ns();
         for ns in [switch.clone()]
             .into_iter()
-            .chain(Host::ALL.iter().map(|h| self.ns(*h)))
+            .chain(self.hosts().iter().map(|h| self.ns(*h)))
         {
             ip(&["netns", "add", &ns])?;
             self.created.lock().unwrap().push(ns.clone());
@@ -413,7 +472,7 @@ impl Testbed {
         }
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-        for host in Host::ALL {
+        for host in self.hosts() {
             let ns = self.ns(host);
             // Created inside the switch's namespace with the peer moved straight into the
             // host's: no interface ever appears in the machine's own namespace, so
@@ -501,6 +560,58 @@ impl Testbed {
         self.runner.chown_tree(&b.data_dir)
     }
 
+    /// Clones replica `i` from pg-a on its own host, as the loopback kit clones its
+    /// replicas: over a temporary slot, streaming under its own name (the node's) so
+    /// that it never becomes synchronous, and without the pair's slot.
+    fn clone_replica(&self, i: usize) -> Result<(), KitError> {
+        let n = &self.nodes[i];
+        self.server_cmd(Host::of_node(i), "pg_basebackup")
+            .args(["-h", Host::A.addr(), "-p", &PG_PORT.to_string()])
+            .args(["-U", &self.creds.replication_user])
+            .arg("-D")
+            .arg(&n.data_dir)
+            .args(["-c", "fast", "-X", "stream", "-R"])
+            .args(["--no-sync", "-w"])
+            .env("PGPASSWORD", &self.creds.replication_password)
+            .log(&self.nodes[0].log_file)
+            .run()?;
+        self.write_node_settings(i)?;
+        let conninfo = format!(
+            "host={} port={PG_PORT} user={} password={} application_name={}",
+            Host::A.addr(),
+            conninfo_value(&self.creds.replication_user),
+            conninfo_value(&self.creds.replication_password),
+            conninfo_value(&n.name),
+        );
+        write_standby_conf(&n.data_dir, &conninfo, "", &self.runner)?;
+        fs::set_permissions(&n.data_dir, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("chmod 0700 {}", n.data_dir.display()))?;
+        self.runner.chown_tree(&n.data_dir)
+    }
+
+    /// Waits until node `primary` shows the walreceiver named `app` streaming.
+    pub fn wait_for_stream(
+        &self,
+        primary: usize,
+        app: &str,
+        timeout: Duration,
+    ) -> Result<(), KitError> {
+        let sql = format!(
+            "SELECT state FROM pg_stat_replication WHERE application_name = {}",
+            sql_literal(app)
+        );
+        poll_until(
+            timeout,
+            &format!("{} to show {app} streaming", self.nodes[primary].name),
+            || {
+                self.psql(primary, &sql)
+                    .ok()
+                    .filter(|o| o.lines().any(|l| l == "streaming"))
+                    .map(|_| ())
+            },
+        )
+    }
+
     fn write_node_settings(&self, i: usize) -> Result<(), KitError> {
         let n = &self.nodes[i];
         let path = n.data_dir.join("postgresql.conf");
@@ -511,7 +622,7 @@ impl Testbed {
 
     fn write_configs(&self) -> Result<(), KitError> {
         let (_, gid) = postgres_ids(&self.runner);
-        for host in [Host::A, Host::B] {
+        for host in self.node_hosts() {
             let etc = self.etc_dir(host).join("pgwarden");
             let files = [
                 ("api.token", self.api_token.as_str()),
@@ -565,9 +676,29 @@ impl Testbed {
         format!("{}s", self.id)
     }
 
-    /// All four namespaces: a, b, c and the switch.
+    /// The hosts of this testbed: a, b, c, then r1, r2 and e as asked.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut v = Host::ALL.to_vec();
+        v.extend(self.replica_hosts());
+        if self.opts.etcd.is_some() {
+            v.push(Host::E);
+        }
+        v
+    }
+
+    /// The hosts that run a node and its daemon: a, b, then r1, r2 as asked.
+    pub fn node_hosts(&self) -> Vec<Host> {
+        (0..self.nodes.len()).map(Host::of_node).collect()
+    }
+
+    /// The hosts of the `role: replica` nodes (r1, r2), as asked.
+    pub fn replica_hosts(&self) -> Vec<Host> {
+        (2..self.nodes.len()).map(Host::of_node).collect()
+    }
+
+    /// Every namespace: one per host of [`Testbed::hosts`], and the switch.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut v: Vec<String> = Host::ALL.iter().map(|h| self.ns(*h)).collect();
+        let mut v: Vec<String> = self.hosts().iter().map(|h| self.ns(*h)).collect();
         v.push(self.switch_ns());
         v
     }
@@ -585,7 +716,7 @@ impl Testbed {
         &self.opts
     }
 
-    /// Node 0 is pg-a on host a, node 1 pg-b on host b.
+    /// Node 0 is pg-a on host a, node 1 pg-b on host b, 2 ro-1 on r1, 3 ro-2 on r2.
     pub fn node(&self, i: usize) -> &PgNode {
         &self.nodes[i]
     }
@@ -637,9 +768,9 @@ impl Testbed {
 
     /// The application instance's directory on `host` (pid file, log, acks).
     pub fn app_dir(&self, host: Host) -> PathBuf {
-        // Host c has no application instance: asking for one is a test bug (panics).
+        // Hosts c and e have no application instance: asking for one is a test bug (panics).
         host.node_index();
-        self.dir.join("app").join(host.letter().to_string())
+        self.dir.join("app").join(host.letter())
     }
 
     /// `host`'s `/etc/inmanta/inmanta.d/database.cfg`, as seen from here.
@@ -1050,7 +1181,7 @@ impl Testbed {
 
     /// Removes every cut in every host, also those of guards still alive.
     pub fn heal(&self) {
-        for host in Host::ALL {
+        for host in self.hosts() {
             for table in self.cut_tables(host) {
                 self.delete_table(host, &table);
             }
@@ -1176,11 +1307,20 @@ impl Drop for Testbed {
                 let _ = c.wait();
             }
         }
+        if let Some(mut c) = self
+            .etcd
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let created = std::mem::take(self.created.get_mut().unwrap_or_else(|p| p.into_inner()));
         for ns in &created {
             remove_namespace(ns);
         }
-        for host in Host::ALL {
+        for host in Host::EVERY {
             let _ = fs::remove_dir_all(self.etc_dir(host));
         }
     }
@@ -1559,7 +1699,11 @@ mod tests {
     #[test]
     fn namespace_names_fit_interface_limits() {
         // The longest pid Linux hands out (2^22) and a two-digit testbed number.
-        let name = format!("{NS_PREFIX}4194304-99s");
-        assert!(name.len() <= 15, "{name}");
+        for host in Host::EVERY {
+            let name = format!("{NS_PREFIX}4194304-99{}", host.letter());
+            assert!(name.len() <= 15, "{name}");
+            assert!(format!("v{}", host.letter()).len() <= 15);
+        }
+        assert!(format!("{NS_PREFIX}4194304-99s").len() <= 15);
     }
 }

@@ -6,9 +6,11 @@
 use crate::pgwarden_config::yaml_list;
 use crate::testbed::{DaemonUser, Host, Testbed, API_PORT, APP_CONFIG};
 
-/// The YAML of the daemon on `host` (a or b).
+/// The YAML of the daemon on `host` (a, b, r1 or r2).
 pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
-    let local = host.node().expect("only hosts a and b run a daemon");
+    let local = host
+        .node()
+        .expect("only the hosts of nodes (a, b, r1, r2) run a daemon");
     let opts = tb.options();
     let c = tb.credentials();
     let root = opts.daemon_user == DaemonUser::Root;
@@ -56,7 +58,7 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
             &pg_ctl, "-D", &data, "-o", &identity, "-w", "-t", "60", "-l", &log, "start",
         ]);
         y.push_str(&format!(
-            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n{}",
+            "  - name: {}\n    host: {}\n    port: {}\n    api: {}\n    data_dir: {}\n    bin_dir: {}\n    stop: {}\n    start: {}\n{}{}",
             n.name,
             n.host,
             n.port,
@@ -66,6 +68,7 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
             yaml_list(&stop),
             yaml_list(&start),
             if root { "    os_user: postgres\n" } else { "" },
+            if i >= 2 { "    role: replica\n" } else { "" },
         ));
     }
     // Each host's config names its own instance; each daemon runs the
@@ -78,6 +81,11 @@ pub(crate) fn daemon_config(tb: &Testbed, host: Host) -> String {
         std::path::Path::new(APP_CONFIG),
     ));
     y.push_str("  session_grace: 1s\n");
+    if tb.nodes().len() > 2 {
+        // The replicas' hosts have no instance of the application.
+        y.push_str("  runs_on: [pg-a, pg-b]\n");
+    }
     y.push_str(&opts.application_extra);
+    y.push_str(&tb.etcd_lock_yaml());
     y
 }

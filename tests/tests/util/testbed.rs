@@ -62,11 +62,12 @@ pub fn wait_health(
     })
 }
 
-/// Both daemons answer 200 on `/health`, having polled both nodes: /health
-/// can be 200 before a daemon's first poll of the standby (its problems are
-/// read on the primary), while an operation's preflight needs that poll.
+/// Every daemon (a, b and the replicas' hosts) answers 200 on `/health`,
+/// having polled every node: /health can be 200 before a daemon's first poll
+/// of the standby (its problems are read on the primary), while an
+/// operation's preflight needs that poll.
 pub fn wait_healthy(tb: &Testbed, what: &str) {
-    for host in [Host::A, Host::B] {
+    for host in tb.node_hosts() {
         wait_health(tb, host, what, within(tb, 8), |c, _| c == 200);
         poll_until(within(tb, 8), "both nodes polled", || {
             let s: serde_json::Value =
@@ -83,7 +84,8 @@ pub fn wait_healthy(tb: &Testbed, what: &str) {
 
 /// The invariants after an operation that left node `primary` the primary, with the
 /// application instance of `app_host` running:
-/// - `/primary` answers 200 on exactly one host, the primary's;
+/// - `/primary` answers 200 on exactly one host, the primary's (replicas'
+///   hosts included);
 /// - exactly one application instance runs, on `app_host`;
 /// - every id the writer and the application acknowledged is on the primary.
 pub fn assert_invariants(tb: &Testbed, primary: usize, app_host: Host, writer_acks: &[i64]) {
@@ -93,11 +95,13 @@ pub fn assert_invariants(tb: &Testbed, primary: usize, app_host: Host, writer_ac
         within(tb, 4),
         "/primary to answer 200 on the primary's host only",
         || {
-            let codes: Vec<u16> = [Host::A, Host::B]
+            let codes: Vec<u16> = tb
+                .node_hosts()
                 .iter()
                 .map(|h| get(tb, *h, "/primary").status)
                 .collect();
-            let ok = [Host::A, Host::B]
+            let ok = tb
+                .node_hosts()
                 .iter()
                 .zip(&codes)
                 .all(|(h, c)| (*c == 200) == (*h == primary_host));
@@ -105,13 +109,15 @@ pub fn assert_invariants(tb: &Testbed, primary: usize, app_host: Host, writer_ac
         },
     )
     .unwrap_or_else(|e| {
-        panic!(
-            "{e}: a {} b {}",
-            get(tb, Host::A, "/primary").status,
-            get(tb, Host::B, "/primary").status
-        )
+        let codes: Vec<String> = tb
+            .node_hosts()
+            .iter()
+            .map(|h| format!("{h:?} {}", get(tb, *h, "/primary").status))
+            .collect();
+        panic!("{e}: {}", codes.join(", "))
     });
-    let running: Vec<Host> = [Host::A, Host::B]
+    let running: Vec<Host> = tb
+        .node_hosts()
         .into_iter()
         .filter(|h| tb.app_ctl(*h, "is-running").0 == 0)
         .collect();

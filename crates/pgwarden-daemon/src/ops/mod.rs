@@ -371,7 +371,9 @@ impl Operations {
     ) -> Result<Operation, OpError> {
         if let Some(etcd) = self.etcd() {
             let lock_facts = etcd.take(&id).await?;
-            let mut op = Operation::new(id, kind, request, &now());
+            // The same plan as with the peers' lock: with replicas, their re-point.
+            let plan = kind.plan(self.config.replicas().next().is_some());
+            let mut op = Operation::planned(id, kind, request, &now(), &plan);
             op.facts = facts;
             lock_facts.record(&mut op.facts);
             if let Err(e) = self.journal.save(&op) {
