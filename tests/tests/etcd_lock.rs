@@ -111,6 +111,10 @@ fn a_switchover_with_the_etcd_lock_journals_its_token_and_releases_it() {
         note.contains(&format!("revision {token} (the fencing token)")),
         "{note}"
     );
+    // What the lock cost: taking it, and the checks before side effects.
+    let checks = op["facts"]["etcd_lock_checks"].as_str().unwrap_or_default();
+    assert!(checks.contains("checks before side effects"), "{op}");
+    println!("plain http: {note}\nplain http: {checks}");
     assert!(
         op["facts"].get("peer_lock").is_none(),
         "etcd replaces the peers' lock: {op}"

@@ -15,8 +15,11 @@
 //! `ops/etcd_lock.rs`). The few synchronous ones (a rejoin's file moves,
 //! this host's config-file rewrite) cannot wait for etcd; they go on only
 //! while the lease is known to live, from the last renewal etcd
-//! acknowledged (see [`LockCheck::held_until`]), and only within one
-//! renewal period of the last successful read of the key.
+//! acknowledged (see [`LockCheck::held_until`]). A renewal that finds the
+//! lease gone (expired, or revoked by an operator) ends that at once. What
+//! they do not see is the key deleted by hand while its lease lives: the
+//! next async effect or step sees it. Requiring a recent read of the key
+//! instead would refuse a rejoin's swap after a pg_basebackup of an hour.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -40,9 +43,6 @@ pub trait LockCheck: Send + Sync {
     /// Until when the lease is known to live without asking (the last
     /// acknowledged renewal plus its TTL, minus a margin), if known.
     fn held_until(&self) -> Option<Instant>;
-    /// How long a successful [`LockCheck::check`] vouches for synchronous
-    /// effects (an operator's revoke is seen by the next check only).
-    fn vouches_for(&self) -> Duration;
 }
 
 struct State {
@@ -160,10 +160,8 @@ fn guard_sync(
         return Err(why);
     }
     let now = Instant::now();
-    let verified = lock(state).verified;
-    let live = lock_.held_until().is_some_and(|t| now < t);
-    let recent = verified.is_some_and(|v| now.saturating_duration_since(v) < lock_.vouches_for());
-    if live && recent {
+    let checked = lock(state).verified.is_some();
+    if checked && lock_.held_until().is_some_and(|t| now < t) {
         return Ok(());
     }
     Err(refuse(
@@ -480,5 +478,69 @@ impl Effects for Guarded {
     }
     fn shadows(&self) -> Vec<Shadow> {
         self.inner.shadows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::fake::{FakeWorld, CONFIG};
+
+    /// A lock whose store always says "held", and whose lease is known to
+    /// live until the instant set.
+    struct Known(Mutex<Option<Instant>>);
+
+    #[async_trait]
+    impl LockCheck for Known {
+        async fn check(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn held_until(&self) -> Option<Instant> {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn guarded(until: Option<Instant>) -> (Arc<FakeWorld>, Guarded) {
+        let w = FakeWorld::new(pgwarden_core::Config::parse_str("fake.yaml", CONFIG).unwrap());
+        let g = Guarded::new(w.clone(), Arc::new(Known(Mutex::new(until))));
+        (w, g)
+    }
+
+    #[tokio::test]
+    async fn a_synchronous_effect_goes_on_only_while_the_lease_is_known_to_live() {
+        let now = Instant::now();
+        // Live, and checked by the run loop: the fake's own answer comes back.
+        let (_, g) = guarded(Some(now + Duration::from_secs(10)));
+        g.verified(now);
+        let e = g.data_dirs().remove_all(Path::new("/x")).unwrap_err();
+        assert!(e.to_string().contains("fake world"), "{e}");
+        assert_eq!(g.refused(), None);
+
+        // Never checked, or the lease past what its last renewal vouched
+        // for: refused, and every later effect with it, without asking.
+        for (until, checked) in [
+            (Some(now + Duration::from_secs(10)), false),
+            (Some(now), true),
+            (None, true),
+        ] {
+            let (w, g) = guarded(until);
+            if checked {
+                g.verified(now);
+            }
+            let e = g
+                .switch_application_config("op-1", "10.0.0.2", 5432)
+                .unwrap_err();
+            assert!(e.contains("not known to be held"), "{e}");
+            let before = w.call_count();
+            let e = g
+                .post("http://pg-b/v1/x", &serde_json::json!({}))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.unreachable, e.message.as_str()),
+                (false, g.refused().unwrap().as_str())
+            );
+            assert_eq!(w.call_count(), before, "the world was not touched");
+        }
     }
 }

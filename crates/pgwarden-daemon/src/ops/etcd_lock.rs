@@ -466,9 +466,6 @@ impl crate::effects::guarded::LockCheck for OperationLock {
     fn held_until(&self) -> Option<std::time::Instant> {
         self.ops.etcd().and_then(|e| e.held_until(&self.op.id))
     }
-    fn vouches_for(&self) -> Duration {
-        self.ops.etcd().map_or(Duration::ZERO, |e| e.renew_every())
-    }
 }
 
 /// etcd's v3 gRPC API through the `etcd-client` crate: one connection per

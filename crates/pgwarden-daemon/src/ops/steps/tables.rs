@@ -495,9 +495,6 @@ impl crate::effects::guarded::LockCheck for LostAfter {
     fn held_until(&self) -> Option<std::time::Instant> {
         None
     }
-    fn vouches_for(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
 }
 
 /// Runs the steps before `step` unguarded, then `step` with its effects
