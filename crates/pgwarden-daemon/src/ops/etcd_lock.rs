@@ -144,8 +144,10 @@ impl EtcdLock {
         self.ttl / 4
     }
 
-    fn held_since(&self, id: &str, sent: std::time::Instant) {
-        let until = sent + self.ttl - self.margin();
+    /// `ttl`: what etcd answered, or (at the grant) what we asked for,
+    /// which etcd never lowers.
+    fn held_since(&self, id: &str, sent: std::time::Instant, ttl: Duration) {
+        let until = sent + ttl.saturating_sub(self.margin());
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,7 +254,7 @@ impl EtcdLock {
         .expect("a lock value serializes");
         match self.api.create(&self.key, &value, lease).await {
             Ok(Created::At(token)) => {
-                self.held_since(operation_id, sent);
+                self.held_since(operation_id, sent, self.ttl);
                 Ok(vec![
                 (TOKEN_FACT.into(), token.to_string()),
                 (LEASE_FACT.into(), lease.to_string()),
@@ -364,7 +366,7 @@ impl EtcdLock {
         };
         let sent = std::time::Instant::now();
         match self.api.keep_alive(lease).await {
-            Ok(ttl) if ttl > 0 => self.held_since(&op.id, sent),
+            Ok(ttl) if ttl > 0 => self.held_since(&op.id, sent, Duration::from_secs(ttl as u64)),
             Ok(_) => {
                 self.held
                     .lock()
@@ -404,7 +406,7 @@ impl EtcdLock {
             .await
         {
             Ok(ttl) if ttl > 0 => {
-                self.held_since(&op.id, sent);
+                self.held_since(&op.id, sent, Duration::from_secs(ttl as u64));
                 Ok(())
             }
             Ok(_) => Err(refused(format!(
@@ -758,13 +760,22 @@ impl EtcdApi for EtcdGrpc {
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
-        let ttl = self.config.ttl.as_secs() as i64;
         self.call("renewing the lease", |mut c| async move {
-            match c.lease_keep_alive(lease).await {
-                // A renewal sets the lease back to its granted TTL.
-                Ok(_) => Ok(ttl),
-                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => Ok(0),
-                Err(e) => Err(grpc_err(e)),
+            // Opening the stream renews once but keeps etcd's answer to
+            // itself; a second renewal on it reads the TTL etcd set (the
+            // lease's own, which a resume after a change of `ttl` must not
+            // take from the config).
+            let (mut keeper, mut answers) = match c.lease_keep_alive(lease).await {
+                Ok(k) => k,
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                    return Ok(0)
+                }
+                Err(e) => return Err(grpc_err(e)),
+            };
+            keeper.keep_alive().await.map_err(grpc_err)?;
+            match answers.message().await.map_err(grpc_err)? {
+                Some(r) => Ok(r.ttl().max(0)),
+                None => Err(odd("the lease renewal (the stream ended)")),
             }
         })
         .await
@@ -981,10 +992,21 @@ mod tests {
         let etcd = Arc::new(FakeEtcd::default());
         let a = lock(&etcd, "pg-a");
         let op = taken(&a, "op-1").await;
+        let now = std::time::Instant::now();
+        // Known to live for the TTL less a quarter: 6s at the grant.
+        let until = a.held_until("op-1").unwrap();
+        assert!(until > now && until <= now + Duration::from_millis(4500));
         a.renew(&op).await;
+        // The fake answers a TTL of 10 s: the lease's own, not the config's.
+        assert!(a.held_until("op-1").unwrap() > now + Duration::from_secs(7));
         assert!(a.check(&op).await.is_ok());
         etcd.state.lock().unwrap().leases.clear();
         a.renew(&op).await;
+        assert_eq!(
+            a.held_until("op-1"),
+            None,
+            "a lease found gone vouches for nothing"
+        );
         let e = a.check(&op).await.unwrap_err();
         assert!(
             e.contains("was lost") && e.contains("expired or was revoked"),
