@@ -523,11 +523,14 @@ fn describe_error(e: &etcd_client::Error) -> (String, bool) {
     }
     let lower = text.to_ascii_lowercase();
     // Only a connection that was never made (refused, no route, a failed
-    // handshake) is "unreachable": nothing was sent, the next endpoint may
-    // be tried.
+    // handshake) or a member that refused for want of a leader is
+    // "unreachable": nothing was applied, the next endpoint may be tried.
+    // "no leader" is refused before anything is applied, so it counts too.
     let unreachable = unreachable
         || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable)
-            && (lower.contains("connect error") || lower.contains("connection refused"));
+            && (lower.contains("connect error")
+                || lower.contains("connection refused")
+                || lower.contains("no leader"));
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         text.push_str(" (a TLS failure: check lock.etcd.ca_file, cert_file and key_file against the members' certificates)");
     } else if lower.contains("authentication")
@@ -561,7 +564,11 @@ impl EtcdGrpc {
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             // A token that etcd expired is fetched anew, not an error.
-            .with_auto_token_refresh(true);
+            .with_auto_token_refresh(true)
+            // A member without a leader (cut off from its quorum) refuses
+            // at once with "no leader" instead of letting the call hang,
+            // so the next endpoint is tried within the budget.
+            .with_require_leader(true);
         if let Some(ca) = &c.ca_file {
             let mut tls = etcd_client::TlsOptions::new().ca_certificate(
                 etcd_client::Certificate::from_pem(read_file("ca_file", ca)?),
