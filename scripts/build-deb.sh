@@ -14,6 +14,11 @@ command -v cargo-deb >/dev/null || {
     echo "build-deb.sh: cargo-deb is missing: cargo install cargo-deb --locked" >&2
     exit 2
 }
+# etcd-client's build compiles etcd's .proto files with protoc.
+command -v protoc >/dev/null || {
+    echo "build-deb.sh: protoc is missing: apt-get install protobuf-compiler (scripts/install-test-deps.sh does)" >&2
+    exit 2
+}
 target="$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 

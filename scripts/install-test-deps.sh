@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a Debian 12 machine that has Rust: the
+# Installs what the build and the tests need on a Debian 12 machine that has Rust: the
 # Debian packages below (only those missing), the `postgres` user the test
 # clusters run as, cargo-nextest and cargo-deb. Non-interactive; as root, or
 # through `sudo -n` when not root. Safe to run again: it installs nothing
@@ -44,6 +44,9 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # The etcd operation lock (tests/tests/etcd_lock.rs) runs against a real
 # etcd member; etcd-server's own service is kept from starting (policy-rc.d).
 [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# The etcd lock's client (etcd-client) compiles etcd's .proto files when it
+# builds: protoc (3.21 in Debian 12 builds it).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 # The status page is checked in a real headless browser.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # The Debian package test (tests/tests/package.rs) builds, installs and

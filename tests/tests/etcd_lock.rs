@@ -111,6 +111,10 @@ fn a_switchover_with_the_etcd_lock_journals_its_token_and_releases_it() {
         note.contains(&format!("revision {token} (the fencing token)")),
         "{note}"
     );
+    // What the lock cost: taking it, and the checks before side effects.
+    let checks = op["facts"]["etcd_lock_checks"].as_str().unwrap_or_default();
+    assert!(checks.contains("checks before side effects"), "{op}");
+    println!("plain http: {note}\nplain http: {checks}");
     assert!(
         op["facts"].get("peer_lock").is_none(),
         "etcd replaces the peers' lock: {op}"
@@ -415,4 +419,206 @@ fn a_switchover_then_a_rejoin_back_to_back_each_take_the_etcd_lock() {
     let h = env.daemons[0].get("/health");
     assert_eq!(h.status, 200, "{}", h.body);
     assert_eq!(h.json()["primary"], "pg-b");
+}
+
+/// Certificates for a TLS etcd, made with openssl: a CA, the member's
+/// certificate for 127.0.0.1, a client certificate, and another CA that
+/// signed none of them.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-etcd-certs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display().to_string();
+        let script = format!(
+            r#"set -e; cd {d}
+key() {{ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }}
+key ca.key; openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=pgwarden-test-ca
+key wrong-ca.key; openssl req -x509 -new -key wrong-ca.key -out wrong-ca.pem -days 2 -subj /CN=another-ca
+key server.key; openssl req -new -key server.key -out server.csr -subj /CN=etcd
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+key client.key; openssl req -new -key client.key -out client.csr -subj /CN=pgwarden
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+printf 'lock-password-1\n' > password; printf 'wrong\n' > wrong-password
+"#
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl: {out:?}");
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Turns on etcd's authentication as an operator would: a root user, and
+/// `pgwarden` with read-write on the test prefix only.
+fn enable_auth(etcd: &Etcd, certs: &Certs) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(certs.path("ca.pem")).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(certs.path("client.pem")).unwrap(),
+                std::fs::read(certs.path("client.key")).unwrap(),
+            ));
+        let mut c = etcd_client::Client::connect(
+            [etcd.endpoint()],
+            Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+        )
+        .await
+        .unwrap();
+        c.user_add("root", "root-password", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("pgwarden").await.unwrap();
+        c.role_grant_permission(
+            "pgwarden",
+            etcd_client::Permission::read_write("/pgwarden-test").with_prefix(),
+        )
+        .await
+        .unwrap();
+        c.user_add("pgwarden", "lock-password-1", None)
+            .await
+            .unwrap();
+        c.user_grant_role("pgwarden", "pgwarden").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+}
+
+/// Daemon `i` polled its own node since it started (its log if not):
+/// the old primary of the switchover is stopped, so not every node answers.
+fn wait_polled(env: &Env, i: usize) {
+    poll_until(Duration::from_secs(30), "its own node polled", || {
+        let s = env.daemons[i].get("/v1/status").json();
+        s["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "pg-b" && n["snapshot"].is_object())
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.daemons[i].log_text()));
+}
+
+fn tls_lock_yaml(etcd: &Etcd, certs: &Certs, ca: &str, password: &str) -> String {
+    format!(
+        "lock:\n  etcd:\n    endpoints: [{}]\n    prefix: /pgwarden-test\n    ttl: {}s\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n    username: pgwarden\n    password_file: {}\n",
+        etcd.endpoint(),
+        TTL.as_secs(),
+        certs.path(ca).display(),
+        certs.path("client.pem").display(),
+        certs.path("client.key").display(),
+        certs.path(password).display(),
+    )
+}
+
+#[test]
+fn the_lock_over_tls_with_a_client_certificate_and_a_user_and_a_wrong_ca_refuses() {
+    let certs = Certs::make();
+    let etcd = Etcd::start_with(Some(pgwarden_testkit::etcd::EtcdTls {
+        cert: certs.path("server.pem"),
+        key: certs.path("server.key"),
+        client_ca: Some(certs.path("ca.pem")),
+    }))
+    .unwrap();
+    assert!(etcd.endpoint().starts_with("https://"));
+    enable_auth(&etcd, &certs);
+    let (mut env, app) = Env::start_with_app(Options {
+        config_extra: tls_lock_yaml(&etcd, &certs, "ca.pem", "password"),
+        ..Default::default()
+    });
+    env.wait_health(0, "healthy first", env.within_polls(3), |c, _| c == 200);
+    app.wait_acks(3);
+    let r = env.daemons[0].post(
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-b", "reason": "etcd over TLS"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
+    let op = r.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let note = op["facts"]["etcd_lock"].as_str().unwrap();
+    assert!(note.contains("(the fencing token)"), "{note}");
+    println!("over TLS with a user: {note}");
+    println!(
+        "over TLS with a user: {}",
+        op["facts"]["etcd_lock_checks"]
+            .as_str()
+            .unwrap_or("no checks")
+    );
+    env.assert_invariants(&app, 1);
+    let secret = "lock-password-1";
+    assert!(!env.daemons[0].log_text().contains(secret));
+
+    // pg-b's daemon with a CA that did not sign etcd's certificate: its
+    // operations are refused with the reason; it goes on monitoring.
+    let cfg = std::fs::read_to_string(&env.daemons[1].config).unwrap();
+    let wrong = cfg.replace(
+        &certs.path("ca.pem").display().to_string(),
+        &certs.path("wrong-ca.pem").display().to_string(),
+    );
+    assert_ne!(cfg, wrong);
+    std::fs::write(&env.daemons[1].config, wrong).unwrap();
+    env.restart_daemon(1, &[]);
+    wait_polled(&env, 1);
+    let r = env.daemons[1].post(
+        "/v1/switchover",
+        r#"{"target": "pg-a", "reason": "wrong CA"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("operations are refused") && msg.contains("TLS failure"),
+        "{msg}"
+    );
+    println!("wrong CA: {msg}");
+    // Monitoring goes on: the status is served, from fresh polls.
+    let s = env.daemons[1].get("/v1/status");
+    assert_eq!(s.status, 200, "monitoring goes on: {}", s.body);
+
+    // The same daemon with the right CA and a wrong password.
+    let cfg = std::fs::read_to_string(&env.daemons[1].config).unwrap();
+    let wrong = cfg
+        .replace(
+            &certs.path("wrong-ca.pem").display().to_string(),
+            &certs.path("ca.pem").display().to_string(),
+        )
+        .replace(
+            &certs.path("password").display().to_string(),
+            &certs.path("wrong-password").display().to_string(),
+        );
+    std::fs::write(&env.daemons[1].config, wrong).unwrap();
+    env.restart_daemon(1, &[]);
+    wait_polled(&env, 1);
+    let r = env.daemons[1].post(
+        "/v1/switchover",
+        r#"{"target": "pg-a", "reason": "wrong password"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("username and password_file"), "{msg}");
+    assert!(!msg.contains("wrong\n") && !msg.contains(secret), "{msg}");
+    println!("wrong password: {msg}");
+    for d in &env.daemons {
+        assert!(!d.log_text().contains(secret), "the password in a log");
+    }
+    assert_eq!(env.daemons[1].get("/v1/status").status, 200);
 }

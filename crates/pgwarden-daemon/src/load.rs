@@ -96,6 +96,31 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
                 "proxy.pgbouncer.admin.password_file",
             )
         });
+    // lock.etcd's files: read again at each connection to etcd (a rotated
+    // certificate is picked up), checked here so a typo fails at start.
+    if let Some(etcd) = config.etcd_lock() {
+        if let Some(f) = &etcd.password_file {
+            let _ = read_secret(
+                f,
+                vec![key("lock"), key("etcd"), key("password_file")],
+                "lock.etcd.password_file",
+            );
+        }
+        for (name, file) in [
+            ("ca_file", &etcd.ca_file),
+            ("cert_file", &etcd.cert_file),
+            ("key_file", &etcd.key_file),
+        ] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::read(f) {
+                    invalid.push(Invalid {
+                        path: vec![key("lock"), key("etcd"), key(name)],
+                        message: format!("cannot read lock.etcd.{name} {}: {e}", f.display()),
+                    });
+                }
+            }
+        }
+    }
     if let Some(app) = &config.application {
         if let Err(e) = std::fs::metadata(&app.config_file) {
             invalid.push(Invalid {

@@ -24,17 +24,36 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
+/// TLS for the member's client URL: its certificate and key (PEM), and
+/// with `client_ca`, `--client-cert-auth` against that CA.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 /// A running etcd member.
 pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain http, for the readiness poll when the client URL is TLS.
+    metrics_port: u16,
+    tls: Option<EtcdTls>,
     child: Option<Child>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it serves requests.
     pub fn start() -> Result<Etcd, KitError> {
+        Etcd::start_with(None)
+    }
+
+    /// Starts etcd, its client URL over TLS when `tls` is given. Then
+    /// [`Etcd::call`] and the helpers on it do not work (they speak plain
+    /// http): use a TLS client.
+    pub fn start_with(tls: Option<EtcdTls>) -> Result<Etcd, KitError> {
         let bin = etcd_bin();
         if !bin.exists() {
             return Err(KitError::Environment(format!(
@@ -50,6 +69,8 @@ impl Etcd {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
+            tls,
             child: None,
         };
         etcd.start_again()?;
@@ -58,7 +79,8 @@ impl Etcd {
 
     /// The client URL, for `lock.etcd.endpoints`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -81,8 +103,21 @@ impl Etcd {
             .ctx(|| "opening etcd's log".into())?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.dir.path().join("data");
-        let child = Command::new(etcd_bin())
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(tls) = &self.tls {
+            cmd.arg(arg_path("--cert-file=", &tls.cert))
+                .arg(arg_path("--key-file=", &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg(arg_path("--trusted-ca-file=", ca))
+                    .arg("--client-cert-auth");
+            }
+        }
+        let child = cmd
             .arg("--name=pgwarden-test")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
             .arg(arg_path("--data-dir=", &data))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
             .arg(format!("--advertise-client-urls={}", self.endpoint()))
@@ -96,13 +131,34 @@ impl Etcd {
             .ctx(|| format!("starting {}", etcd_bin().display()))?;
         self.child = Some(child);
         poll_until(Duration::from_secs(30), "etcd to serve requests", || {
-            self.call("/v3/kv/range", &serde_json::json!({"key": "AA=="}))
-                .ok()
+            if self.tls.is_some() {
+                self.healthy().then_some(())
+            } else {
+                self.call("/v3/kv/range", &serde_json::json!({"key": "AA=="}))
+                    .ok()
+                    .map(|_| ())
+            }
         })
         .map_err(|e| {
             KitError::Environment(format!("{e}\n--- etcd log ---\n{}", self.log_text()))
         })?;
         Ok(())
+    }
+
+    /// `GET /health` on the plain metrics URL says the member serves.
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        raw.starts_with("HTTP/1.1 200") && raw.contains("\"health\":\"true\"")
     }
 
     /// Kills the member (SIGKILL: as if its host went away) and waits for it.

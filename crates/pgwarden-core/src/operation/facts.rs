@@ -65,6 +65,8 @@ pub struct Facts {
     pub etcd_lease: Option<i64>,
     /// What the etcd lock said when taken.
     pub etcd_lock: Option<String>,
+    /// The checks of the etcd lock before each side effect: count, mean, longest.
+    pub etcd_lock_checks: Option<String>,
     // Rejoin.
     /// The primary the node follows.
     pub primary: Option<String>,
@@ -180,6 +182,7 @@ macro_rules! each_field {
             lock_token,
             etcd_lease,
             etcd_lock,
+            etcd_lock_checks,
             primary,
             method,
             method_asked,

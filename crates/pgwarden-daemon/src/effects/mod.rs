@@ -28,6 +28,7 @@ pub mod datadir;
 #[cfg(test)]
 pub mod fake;
 pub mod fsutil;
+pub mod guarded;
 pub mod node;
 pub mod pgbouncer;
 mod real;

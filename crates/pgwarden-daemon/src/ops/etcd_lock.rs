@@ -15,17 +15,17 @@
 //! it, with a larger token: the dead holder's resume then finds a token
 //! that no longer matches and is refused.
 //!
-//! etcd is reached through its v3 JSON gateway (`/v3/kv/txn`,
-//! `/v3/lease/grant`, ...) over reqwest, behind the small [`EtcdApi`]
-//! trait so the rules here run against a fake in unit tests. Plain
-//! http:// only: TLS and authentication to etcd are not supported yet.
+//! etcd is reached over its gRPC API with the `etcd-client` crate
+//! ([`EtcdGrpc`]: TLS with a CA, a client certificate, etcd users), every
+//! call bounded by [`call_timeout`], behind the small [`EtcdApi`] trait so
+//! the rules here run against a fake in unit tests. An error, a timeout or
+//! an answer we do not understand is "unknown": it refuses an operation or
+//! stops it, never reads as "the lock is free".
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use pgwarden_core::config::lock::EtcdLockConfig;
 use pgwarden_core::operation::Operation;
 use pgwarden_core::preflight::{Check, Verdict};
@@ -117,16 +117,19 @@ pub struct EtcdLock {
     /// Why the lease of an operation is lost for good (a renewal found it
     /// gone), by operation id. A std Mutex: never held across an await.
     lost: std::sync::Mutex<HashMap<String, String>>,
+    /// Until when each operation's lease is known to live: the instant the
+    /// last acknowledged grant or renewal was SENT, plus the TTL, minus
+    /// [`EtcdLock::margin`]. etcd starts the TTL when it handles the
+    /// request, which is after we sent it, and never shortens a lease (a
+    /// new leader extends them), so the lease lives at least that long
+    /// unless someone revokes it. Monotonic clock: a wall-clock step does
+    /// not move it.
+    held: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl EtcdLock {
     pub fn new(config: &EtcdLockConfig, cluster: &str, holder: &str) -> EtcdLock {
-        EtcdLock::with_api(
-            Arc::new(EtcdGateway::new(config.endpoints.clone())),
-            config,
-            cluster,
-            holder,
-        )
+        EtcdLock::with_api(Arc::new(EtcdGrpc::new(config)), config, cluster, holder)
     }
 
     pub fn with_api(
@@ -142,7 +145,33 @@ impl EtcdLock {
             endpoints: config.endpoints.join(", "),
             holder: holder.to_owned(),
             lost: Default::default(),
+            held: Default::default(),
         }
+    }
+
+    /// What [`EtcdLock::held_until`] keeps off the TTL: a quarter of it,
+    /// for a slow clock rate on either side and the time to act after.
+    fn margin(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// `ttl`: what etcd answered, or (at the grant) what we asked for,
+    /// which etcd never lowers.
+    fn held_since(&self, id: &str, sent: std::time::Instant, ttl: Duration) {
+        let until = sent + ttl.saturating_sub(self.margin());
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), until);
+    }
+
+    /// Until when `id`'s lease is known to live without asking etcd.
+    pub fn held_until(&self, id: &str) -> Option<std::time::Instant> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
     }
 
     /// How often an open operation's lease is renewed.
@@ -161,7 +190,7 @@ impl EtcdLock {
             if e.unreachable {
                 "does not answer"
             } else {
-                "answered with an error"
+                "gave no usable answer"
             },
             e.message
         )
@@ -223,6 +252,7 @@ impl EtcdLock {
     /// Takes the lock for `operation_id`: the facts to journal with it.
     pub async fn take(&self, operation_id: &str) -> Result<LockFacts, OpError> {
         let ttl_s = self.ttl.as_secs().max(1) as i64;
+        let sent = std::time::Instant::now();
         let lease = self
             .api
             .grant(ttl_s)
@@ -234,14 +264,17 @@ impl EtcdLock {
         })
         .expect("a lock value serializes");
         match self.api.create(&self.key, &value, lease).await {
-            Ok(Created::At(token)) => Ok(LockFacts {
-                token,
-                lease,
-                note: format!(
-                    "{} created at revision {token} (the fencing token) with lease {lease:x} of {ttl_s}s, in etcd {}",
-                    self.key, self.endpoints
-                ),
-            }),
+            Ok(Created::At(token)) => {
+                self.held_since(operation_id, sent, self.ttl);
+                Ok(LockFacts {
+                    token,
+                    lease,
+                    note: format!(
+                        "{} created at revision {token} (the fencing token) with lease {lease:x} of {ttl_s}s, in etcd {}, taken in {:.1} ms",
+                        self.key, self.endpoints, sent.elapsed().as_secs_f64() * 1000.0
+                    ),
+                })
+            }
             Ok(Created::Held(kv)) => {
                 self.revoke_quietly(lease).await;
                 Err(OpError::Conflict(format!(
@@ -338,9 +371,14 @@ impl EtcdLock {
         let Some(lease) = op.facts.etcd_lease else {
             return;
         };
+        let sent = std::time::Instant::now();
         match self.api.keep_alive(lease).await {
-            Ok(ttl) if ttl > 0 => {}
+            Ok(ttl) if ttl > 0 => self.held_since(&op.id, sent, Duration::from_secs(ttl as u64)),
             Ok(_) => {
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&op.id);
                 let why = format!("its lease {lease:x} expired or was revoked in etcd");
                 tracing::error!(operation = %op.id, "the etcd lock was lost: {why}");
                 self.lost
@@ -368,8 +406,12 @@ impl EtcdLock {
             Err(Lost::Unknown(m)) => return Err(OpError::Unavailable(m)),
             Err(Lost::Gone(m)) => return Err(refused(m)),
         }
+        let sent = std::time::Instant::now();
         match self.api.keep_alive(op.facts.etcd_lease.unwrap_or(0)).await {
-            Ok(ttl) if ttl > 0 => Ok(()),
+            Ok(ttl) if ttl > 0 => {
+                self.held_since(&op.id, sent, Duration::from_secs(ttl as u64));
+                Ok(())
+            }
             Ok(_) => Err(refused(format!(
                 "the etcd lease of this operation's lock (token {}) expired",
                 op.facts
@@ -384,6 +426,10 @@ impl EtcdLock {
     /// and revokes the lease. Best effort: the TTL ends it anyway.
     pub async fn release(&self, op: &Operation) {
         self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&op.id);
+        self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&op.id);
@@ -412,188 +458,374 @@ impl Operations {
     }
 }
 
-/// etcd's v3 JSON gateway over HTTP, trying each endpoint in turn.
-pub struct EtcdGateway {
-    endpoints: Vec<String>,
-    http: reqwest::Client,
-    /// The endpoint that answered last, tried first: a dead member in
-    /// front of the list then costs one connect timeout once, not at
-    /// every renewal.
-    last_good: std::sync::atomic::AtomicUsize,
+/// The etcd lock of one running operation, as the effects guard asks it
+/// (`effects/guarded.rs`).
+pub struct OperationLock {
+    pub ops: Arc<Operations>,
+    pub op: Operation,
 }
 
-/// One etcd call's budget: well under the TTL, so a renewal that hangs
-/// still leaves time for the next one.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn num(v: &serde_json::Value) -> i64 {
-    // int64 fields come as JSON strings; absent means 0.
-    match v {
-        serde_json::Value::String(s) => s.parse().unwrap_or(0),
-        v => v.as_i64().unwrap_or(0),
+#[async_trait::async_trait]
+impl crate::effects::guarded::LockCheck for OperationLock {
+    async fn check(&self) -> Result<(), String> {
+        self.ops.check_lock(&self.op).await
+    }
+    fn held_until(&self) -> Option<std::time::Instant> {
+        self.ops.etcd().and_then(|e| e.held_until(&self.op.id))
     }
 }
 
-fn key_value(kv: &serde_json::Value) -> Result<KeyValue, EtcdError> {
-    let value = B64
-        .decode(kv["value"].as_str().unwrap_or(""))
-        .map_err(|e| EtcdError {
-            message: format!("etcd sent a value that is not base64: {e}"),
-            unreachable: false,
-        })?;
-    Ok(KeyValue {
-        value,
-        create_revision: num(&kv["create_revision"]),
-        lease: num(&kv["lease"]),
+/// etcd's v3 gRPC API through the `etcd-client` crate: one connection per
+/// endpoint (with TLS and authentication as configured), made at its first
+/// use and kept; a call that fails drops it, so the next one reconnects and
+/// reads the certificate and password files again (a rotated file is
+/// picked up). The endpoints are tried in turn from the one that answered
+/// last, moving on only when the connection could not be made: a request
+/// that was sent may have been applied.
+pub struct EtcdGrpc {
+    config: EtcdLockConfig,
+    timeout: Duration,
+    clients: Vec<tokio::sync::Mutex<Option<etcd_client::Client>>>,
+    last_good: std::sync::atomic::AtomicUsize,
+}
+
+/// One etcd call's budget: under a third of the TTL (the renewal period),
+/// at most 2 s, so a renewal that hangs leaves time for the next one and a
+/// check before an effect never waits long.
+pub fn call_timeout(ttl: Duration) -> Duration {
+    (ttl / 3).min(Duration::from_secs(2))
+}
+
+fn read_file(name: &str, path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|e| EtcdError {
+        message: format!("cannot read lock.etcd.{name} {}: {e}", path.display()),
+        unreachable: false,
     })
 }
 
-impl EtcdGateway {
-    pub fn new(endpoints: Vec<String>) -> EtcdGateway {
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("the HTTP client builds");
-        EtcdGateway {
-            endpoints,
-            http,
+/// What went wrong, with the causes tonic chains below it and a hint at
+/// the setting to look at. The password is never in it: etcd and tonic do
+/// not echo it, and we never format it.
+fn describe_error(e: &etcd_client::Error) -> (String, bool) {
+    use std::error::Error as _;
+    let (mut text, unreachable) = match e {
+        etcd_client::Error::GRpcStatus(s) => (format!("{:?}: {}", s.code(), s.message()), false),
+        etcd_client::Error::TransportError(t) => (t.to_string(), false),
+        other => (other.to_string(), false),
+    };
+    let mut cause = match e {
+        etcd_client::Error::GRpcStatus(s) => s.source(),
+        etcd_client::Error::TransportError(t) => t.source(),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    // Only a connection that was never made (refused, no route, a failed
+    // handshake) or a member that refused for want of a leader is
+    // "unreachable": nothing was applied, the next endpoint may be tried.
+    // "no leader" is refused before anything is applied, so it counts too.
+    let unreachable = unreachable
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable)
+            && (lower.contains("connect error")
+                || lower.contains("connection refused")
+                || lower.contains("no leader"));
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        text.push_str(" (a TLS failure: check lock.etcd.ca_file, cert_file and key_file against the members' certificates)");
+    } else if lower.contains("authentication")
+        || lower.contains("permission denied")
+        || lower.contains("user name")
+    {
+        text.push_str(
+            " (check lock.etcd.username and password_file, and that user's role on the lock key)",
+        );
+    }
+    (text, unreachable)
+}
+
+impl EtcdGrpc {
+    pub fn new(config: &EtcdLockConfig) -> EtcdGrpc {
+        EtcdGrpc {
+            config: config.clone(),
+            timeout: call_timeout(config.ttl),
+            clients: config
+                .endpoints
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
             last_good: Default::default(),
         }
     }
 
-    /// POSTs `body` to `path` at the first endpoint that takes the
-    /// connection. Only a refused or timed-out connection moves on to the
-    /// next endpoint: a request that was sent may have been applied.
-    async fn call(
-        &self,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, EtcdError> {
-        let mut failures = Vec::new();
-        let first = self.last_good.load(std::sync::atomic::Ordering::Relaxed);
-        let n = self.endpoints.len();
-        for (i, ep) in (0..n).map(|k| ((first + k) % n, &self.endpoints[(first + k) % n])) {
-            let url = format!("{}{path}", ep.trim_end_matches('/'));
-            let r = match self.http.post(&url).json(&body).send().await {
-                Ok(r) => r,
-                Err(e) if e.is_connect() => {
-                    failures.push(format!("{ep}: {e}"));
-                    continue;
-                }
-                Err(e) => {
-                    return Err(EtcdError {
-                        message: format!("{url}: {e}"),
-                        unreachable: false,
-                    })
-                }
-            };
-            self.last_good
-                .store(i, std::sync::atomic::Ordering::Relaxed);
-            let status = r.status();
-            let v: serde_json::Value = r.json().await.map_err(|e| EtcdError {
-                message: format!("{url}: answered {status} with an unreadable body: {e}"),
-                unreachable: false,
-            })?;
-            if !status.is_success() || v.get("error").is_some() {
-                return Err(EtcdError {
+    fn options(&self) -> Result<etcd_client::ConnectOptions, EtcdError> {
+        let c = &self.config;
+        let mut o = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            // A token that etcd expired is fetched anew, not an error.
+            .with_auto_token_refresh(true)
+            // A member without a leader (cut off from its quorum) refuses
+            // at once with "no leader" instead of letting the call hang,
+            // so the next endpoint is tried within the budget.
+            .with_require_leader(true);
+        if let Some(ca) = &c.ca_file {
+            let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+                etcd_client::Certificate::from_pem(read_file("ca_file", ca)?),
+            );
+            if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read_file("cert_file", cert)?,
+                    read_file("key_file", key)?,
+                ));
+            }
+            o = o.with_tls(tls);
+        }
+        if let (Some(user), Some(file)) = (&c.username, &c.password_file) {
+            let raw = read_file("password_file", file)?;
+            let password = String::from_utf8(raw)
+                .map_err(|_| EtcdError {
                     message: format!(
-                        "{url}: {status} {}",
-                        v["message"].as_str().unwrap_or("(no message)")
+                        "lock.etcd.password_file {} is not UTF-8 text",
+                        file.display()
                     ),
                     unreachable: false,
-                });
-            }
-            return Ok(v);
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned();
+            o = o.with_user(user.clone(), password);
         }
-        Err(EtcdError {
-            message: format!(
-                "no endpoint accepted a connection ({})",
-                failures.join("; ")
-            ),
-            unreachable: true,
+        Ok(o)
+    }
+
+    async fn connected(&self, i: usize) -> Result<etcd_client::Client, EtcdError> {
+        let mut slot = self.clients[i].lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = self.options()?;
+        let c = etcd_client::Client::connect([&self.config.endpoints[i]], Some(options))
+            .await
+            .map_err(|e| {
+                let (message, unreachable) = describe_error(&e);
+                EtcdError {
+                    message: format!("connecting: {message}"),
+                    unreachable,
+                }
+            })?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on a connection, the whole of it (connecting and moving to
+    /// the next endpoint included) bounded by the call timeout. No answer
+    /// in time is an error like any other: the caller reads it as
+    /// "unknown", never as "free".
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, EtcdError>
+    where
+        F: Fn(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EtcdError>>,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.clients.len();
+        let first = self.last_good.load(Relaxed);
+        let attempt = async {
+            let mut failures = Vec::new();
+            for i in (0..n).map(|k| (first + k) % n) {
+                let r = match self.connected(i).await {
+                    Ok(c) => f(c).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(v) => {
+                        self.last_good.store(i, Relaxed);
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        // Reconnect next time: the connection (or its
+                        // files) may be what is wrong.
+                        *self.clients[i].lock().await = None;
+                        if !e.unreachable {
+                            return Err(EtcdError {
+                                message: format!("{}: {}", self.config.endpoints[i], e.message),
+                                unreachable: false,
+                            });
+                        }
+                        failures.push(format!("{}: {}", self.config.endpoints[i], e.message));
+                    }
+                }
+            }
+            Err(EtcdError {
+                message: format!(
+                    "no endpoint accepted a connection ({})",
+                    failures.join("; ")
+                ),
+                unreachable: true,
+            })
+        };
+        let r = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(EtcdError {
+                message: format!("no answer within {} ms", self.timeout.as_millis()),
+                unreachable: false,
+            }),
+        };
+        r.map_err(|e| EtcdError {
+            message: format!("{what}: {}", e.message),
+            unreachable: e.unreachable,
         })
     }
 }
 
+fn grpc_err(e: etcd_client::Error) -> EtcdError {
+    let (message, unreachable) = describe_error(&e);
+    EtcdError {
+        message,
+        unreachable,
+    }
+}
+
+fn odd(what: &str) -> EtcdError {
+    EtcdError {
+        message: format!("etcd answered {what} oddly"),
+        unreachable: false,
+    }
+}
+
+fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    }
+}
+
 #[async_trait::async_trait]
-impl EtcdApi for EtcdGateway {
+impl EtcdApi for EtcdGrpc {
     async fn grant(&self, ttl_s: i64) -> Result<i64, EtcdError> {
-        let v = self
-            .call("/v3/lease/grant", serde_json::json!({"TTL": ttl_s}))
-            .await?;
-        match num(&v["ID"]) {
-            0 => Err(EtcdError {
-                message: format!("etcd granted no lease: {v}"),
-                unreachable: false,
-            }),
-            id => Ok(id),
-        }
+        self.call("granting a lease", |mut c| async move {
+            let r = c.lease_grant(ttl_s, None).await.map_err(grpc_err)?;
+            match (r.id(), r.error()) {
+                (id, "") if id != 0 => Ok(id),
+                (_, why) => Err(EtcdError {
+                    message: format!("etcd granted no lease: {why}"),
+                    unreachable: false,
+                }),
+            }
+        })
+        .await
     }
 
     async fn create(&self, key: &str, value: &[u8], lease: i64) -> Result<Created, EtcdError> {
-        let k = B64.encode(key);
-        let v = self
-            .call(
-                "/v3/kv/txn",
-                serde_json::json!({
-                    "compare": [{"target": "CREATE", "key": k, "create_revision": "0"}],
-                    "success": [{"request_put": {"key": k, "value": B64.encode(value), "lease": lease.to_string()}}],
-                    "failure": [{"request_range": {"key": k}}],
-                }),
-            )
-            .await?;
-        if v["succeeded"].as_bool() == Some(true) {
-            return Ok(Created::At(num(&v["header"]["revision"])));
-        }
-        match v["responses"][0]["response_range"]["kvs"].get(0) {
-            Some(kv) => Ok(Created::Held(key_value(kv)?)),
-            // Gone between the compare and the range: impossible in one
-            // transaction, so an answer we do not understand.
-            None => Err(EtcdError {
-                message: format!("etcd answered the lock transaction oddly: {v}"),
-                unreachable: false,
-            }),
-        }
+        use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.call("creating the lock key", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key, None)]);
+                let r = c.txn(txn).await.map_err(grpc_err)?;
+                if r.succeeded() {
+                    // The key's create revision is the revision of this write.
+                    return match r.header().map(|h| h.revision()) {
+                        Some(rev) if rev > 0 => Ok(Created::At(rev)),
+                        _ => Err(odd("the lock transaction without a revision")),
+                    };
+                }
+                match r.op_responses().first() {
+                    Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
+                        Some(kv) => Ok(Created::Held(key_value(kv))),
+                        // Gone between the compare and the range: impossible in
+                        // one transaction, so an answer we do not understand.
+                        None => Err(odd("the lock transaction (the key both exists and not)")),
+                    },
+                    _ => Err(odd("the lock transaction")),
+                }
+            }
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
-        let v = self
-            .call("/v3/kv/range", serde_json::json!({"key": B64.encode(key)}))
-            .await?;
-        v["kvs"].get(0).map(key_value).transpose()
+        let key = key.to_owned();
+        // Linearizable (the default): a member cut off from its quorum errs
+        // instead of answering from its own, possibly stale, copy.
+        self.call("reading the lock key", |mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await.map_err(grpc_err)?;
+                Ok(r.kvs().first().map(key_value))
+            }
+        })
+        .await
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
-        let v = self
-            .call(
-                "/v3/lease/keepalive",
-                serde_json::json!({"ID": lease.to_string()}),
-            )
-            .await?;
-        Ok(num(&v["result"]["TTL"]))
+        self.call("renewing the lease", |mut c| async move {
+            // Opening the stream renews once but keeps etcd's answer to
+            // itself; a second renewal on it reads the TTL etcd set (the
+            // lease's own, which a resume after a change of `ttl` must not
+            // take from the config).
+            let (mut keeper, mut answers) = match c.lease_keep_alive(lease).await {
+                Ok(k) => k,
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                    return Ok(0)
+                }
+                Err(e) => return Err(grpc_err(e)),
+            };
+            keeper.keep_alive().await.map_err(grpc_err)?;
+            match answers.message().await.map_err(grpc_err)? {
+                Some(r) => Ok(r.ttl().max(0)),
+                None => Err(odd("the lease renewal (the stream ended)")),
+            }
+        })
+        .await
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        self.call(
-            "/v3/lease/revoke",
-            serde_json::json!({"ID": lease.to_string()}),
-        )
+        self.call("revoking the lease", |mut c| async move {
+            match c.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                // Already gone: what revoking wanted.
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("lease not found") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(grpc_err(e)),
+            }
+        })
         .await
-        .map(|_| ())
     }
 
     async fn delete_if(&self, key: &str, token: i64) -> Result<(), EtcdError> {
-        let k = B64.encode(key);
-        self.call(
-            "/v3/kv/txn",
-            serde_json::json!({
-                "compare": [{"target": "CREATE", "key": k, "create_revision": token.to_string()}],
-                "success": [{"request_delete_range": {"key": k}}],
-            }),
-        )
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let key = key.to_owned();
+        self.call("deleting the lock key", |mut c| {
+            let key = key.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        token,
+                    )])
+                    .and_then([TxnOp::delete(key, None)]);
+                c.txn(txn).await.map_err(grpc_err).map(|_| ())
+            }
+        })
         .await
-        .map(|_| ())
     }
 }
 
@@ -689,6 +921,11 @@ mod tests {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/pgwarden".into(),
             ttl: Duration::from_secs(6),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
         }
     }
 
@@ -770,10 +1007,21 @@ mod tests {
         let etcd = Arc::new(FakeEtcd::default());
         let a = lock(&etcd, "pg-a");
         let op = taken(&a, "op-1").await;
+        let now = std::time::Instant::now();
+        // Known to live for the TTL less a quarter: 6s at the grant.
+        let until = a.held_until("op-1").unwrap();
+        assert!(until > now && until <= now + Duration::from_millis(4500));
         a.renew(&op).await;
+        // The fake answers a TTL of 10 s: the lease's own, not the config's.
+        assert!(a.held_until("op-1").unwrap() > now + Duration::from_secs(7));
         assert!(a.check(&op).await.is_ok());
         etcd.state.lock().unwrap().leases.clear();
         a.renew(&op).await;
+        assert_eq!(
+            a.held_until("op-1"),
+            None,
+            "a lease found gone vouches for nothing"
+        );
         let e = a.check(&op).await.unwrap_err();
         assert!(
             e.contains("was lost") && e.contains("expired or was revoked"),
@@ -809,53 +1057,6 @@ mod tests {
         assert!(
             a.check(&op).await.is_ok(),
             "a failed renewal alone loses nothing"
-        );
-    }
-
-    /// A port nothing listens on (bound, then closed).
-    fn dead_endpoint() -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    }
-
-    #[tokio::test]
-    async fn the_gateway_skips_a_dead_endpoint_and_says_when_none_answers() {
-        // A one-answer stand-in for etcd's gateway: enough to see which
-        // endpoint was used and how the answer is read.
-        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", live.local_addr().unwrap());
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            loop {
-                let (mut c, _) = live.accept().await.unwrap();
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf).await;
-                let body = r#"{"header":{"revision":"9"},"kvs":[{"key":"eA==","create_revision":"7","value":"e30=","lease":"42"}],"count":"1"}"#;
-                let _ = c
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            }
-        });
-        let g = EtcdGateway::new(vec![dead_endpoint(), url]);
-        let kv = g.get("x").await.unwrap().unwrap();
-        assert_eq!(
-            (kv.create_revision, kv.lease, kv.value),
-            (7, 42, b"{}".to_vec())
-        );
-        assert_eq!(g.last_good.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(g.get("x").await.is_ok(), "the live one first now");
-
-        let dead = EtcdGateway::new(vec![dead_endpoint(), dead_endpoint()]);
-        let e = dead.get("x").await.unwrap_err();
-        assert!(
-            e.unreachable && e.message.contains("no endpoint accepted"),
-            "{e:?}"
         );
     }
 

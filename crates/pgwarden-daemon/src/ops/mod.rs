@@ -512,6 +512,17 @@ impl Operations {
     async fn run(self: Arc<Self>, mut op: Operation) {
         let started = Instant::now();
         let mut kicked = started;
+        // With the etcd lock, every mutating effect of a step checks it too
+        // (effects/guarded.rs), not only the check before the step.
+        let guarded = self.etcd().map(|_| {
+            Arc::new(crate::effects::guarded::Guarded::new(
+                self.effects.clone(),
+                Arc::new(etcd_lock::OperationLock {
+                    ops: self.clone(),
+                    op: op.clone(),
+                }),
+            ))
+        });
         while op.next_step().is_some() {
             let step = op.start_step(&now()).expect("a next step exists");
             if let Err(e) = self.journal.save(&op) {
@@ -525,22 +536,39 @@ impl Operations {
             self.current.send_replace(Some(op.clone()));
             self.publish_metrics(Some(&op));
             // The lock is checked before every step's side effects.
+            let checked = Instant::now();
             if let Err(why) = self.check_lock(&op).await {
                 let _ = op.finish_step(StepOutcome::Failed(why), &now());
                 let _ = self.journal.save(&op);
                 self.current.send_replace(Some(op.clone()));
                 break;
             }
+            if let Some(g) = &guarded {
+                g.verified(checked);
+            }
             fault_pause(step, "before").await;
             let ctx = StepContext {
                 config: self.config.clone(),
-                effects: self.effects.clone(),
+                effects: match &guarded {
+                    Some(g) => g.clone(),
+                    None => self.effects.clone(),
+                },
                 view: self.view(),
                 fenced_hosts: op.request.fenced_hosts.clone(),
                 progress: self.progress_reporter(&op, step),
             };
             let step_started = Instant::now();
-            let outcome = steps::run_step(&ctx, &mut op, step).await;
+            let mut outcome = steps::run_step(&ctx, &mut op, step).await;
+            if let Some(cost) = guarded.as_ref().and_then(|g| g.cost()) {
+                op.facts.etcd_lock_checks = Some(cost);
+            }
+            // A refused effect fails the step even if the step went on
+            // past the error: nothing after it may act.
+            if let Some(why) = guarded.as_ref().and_then(|g| g.refused()) {
+                if !matches!(outcome, StepOutcome::Failed(_)) {
+                    outcome = StepOutcome::Failed(why);
+                }
+            }
             drop(ctx);
             self.metrics.set_progress(op.kind.as_str(), step, None);
             match &outcome {

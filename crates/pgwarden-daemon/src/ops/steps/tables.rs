@@ -450,3 +450,157 @@ async fn resume_re_verifies_the_fence_the_stop_and_the_target() {
         }
     }
 }
+
+/// The effects a step may call that change the world, as the fake names
+/// them: the ones `effects/guarded.rs` checks the lock before.
+const MUTATING: &[&str] = &[
+    "alter_system",
+    "app_config",
+    "checkpoint",
+    "ensure_slot",
+    "reload",
+    "request_promotion",
+    "stop_local_node",
+    "terminate_sessions_of",
+    "follow",
+    "forward",
+    "post",
+    "pgbouncer",
+    "stop_within",
+    "node_stop",
+    "node_start",
+    "app_stop",
+    "app_start",
+    "app_disable",
+    "app_enable",
+];
+
+/// A lock that holds for its first `holds` checks, then is lost.
+struct LostAfter {
+    holds: usize,
+    checks: std::sync::Mutex<Vec<usize>>,
+    world: Arc<FakeWorld>,
+}
+
+#[async_trait::async_trait]
+impl crate::effects::guarded::LockCheck for LostAfter {
+    async fn check(&self) -> Result<(), String> {
+        let mut c = self.checks.lock().unwrap();
+        c.push(self.world.call_count());
+        if c.len() > self.holds {
+            Err("the etcd lock (token 7) is gone: its lease expired".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn held_until(&self) -> Option<std::time::Instant> {
+        None
+    }
+}
+
+/// Runs the steps before `step` unguarded, then `step` with its effects
+/// behind the guard of a lock that holds for `holds` checks. The outcome,
+/// the world's call count at each check, and the calls after the step began.
+async fn run_guarded(
+    s: Scenario,
+    step: StepName,
+    holds: usize,
+) -> (StepOutcome, Vec<usize>, Vec<(String, String)>) {
+    let w = world(s);
+    let plain = context(&w, &[]);
+    let mut op = operation(s, &[]);
+    op.start_step("t").unwrap();
+    op.finish_step(StepOutcome::Succeeded("tabled elsewhere".into()), "t")
+        .unwrap();
+    loop {
+        let next = op.start_step("t").unwrap();
+        if next == step {
+            break;
+        }
+        let outcome = run_step(&plain, &mut op, next).await;
+        op.finish_step(outcome, "t").unwrap();
+    }
+    let lock = Arc::new(LostAfter {
+        holds,
+        checks: Default::default(),
+        world: w.clone(),
+    });
+    let guarded = Arc::new(crate::effects::guarded::Guarded::new(
+        w.clone(),
+        lock.clone(),
+    ));
+    let ctx = StepContext {
+        effects: guarded.clone(),
+        ..context(&w, &[])
+    };
+    let before = w.call_count();
+    let mut outcome = run_step(&ctx, &mut op, step).await;
+    // What the run loop does (ops/mod.rs): a refused effect fails the step.
+    if let Some(why) = guarded.refused() {
+        if !matches!(outcome, StepOutcome::Failed(_)) {
+            outcome = StepOutcome::Failed(why);
+        }
+    }
+    let calls = w.with(|w| w.calls[before..].to_vec());
+    let checks = lock
+        .checks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c - before)
+        .collect();
+    assert_invariants(&w, &format!("{s:?} {step:?} lock lost after {holds}"));
+    (outcome, checks, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lock_lost_between_two_effects_of_a_step_stops_before_the_second() {
+    let mut stopped = 0;
+    for s in [Switchover, FailoverPrimaryDied] {
+        for step in STEPS {
+            // Held throughout: the guard checks before each mutating effect
+            // and changes nothing else.
+            let (outcome, checks, calls) = run_guarded(s, step, usize::MAX).await;
+            assert!(
+                !matches!(outcome, StepOutcome::Failed(_)),
+                "{s:?} {step:?} fails behind a held lock: {outcome:?}"
+            );
+            let mutating = calls
+                .iter()
+                .filter(|(e, _)| MUTATING.contains(&e.as_str()))
+                .count();
+            assert_eq!(
+                checks.len(),
+                mutating,
+                "{s:?} {step:?}: one check per mutating effect: {calls:?}"
+            );
+            // Lost after each check in turn: nothing mutating reaches the
+            // world after the refused check, and the step fails saying why.
+            for holds in 0..checks.len() {
+                let (outcome, checks, calls) = run_guarded(s, step, holds).await;
+                let what = format!("{s:?} {step:?} lock lost after {holds} effects");
+                let StepOutcome::Failed(m) = outcome else {
+                    panic!("{what}: went on: {outcome:?}")
+                };
+                assert!(
+                    m.contains("was not done") && m.contains("token 7"),
+                    "{what}: {m}"
+                );
+                let refused_at = *checks.last().unwrap();
+                let after: Vec<_> = calls[refused_at..]
+                    .iter()
+                    .filter(|(e, _)| MUTATING.contains(&e.as_str()))
+                    .collect();
+                assert!(after.is_empty(), "{what}: acted after the loss: {after:?}");
+                assert_eq!(
+                    checks.len(),
+                    holds + 1,
+                    "{what}: asked again after a refusal"
+                );
+                stopped += 1;
+            }
+        }
+    }
+    assert!(stopped > 10, "only {stopped} runs lost the lock mid-step");
+    eprintln!("{stopped} runs lost the lock before a side effect; each stopped there");
+}
