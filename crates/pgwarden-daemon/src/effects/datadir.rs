@@ -46,12 +46,29 @@ pub fn primary_conninfo(
         r.user,
         me.walreceiver_name(r)
     );
+    conninfo.push_str(&ssl_conninfo(primary));
     if let Some(pw) = replication_password {
         // In postgresql.auto.conf (0600, the data directory owner's), as
         // pg_basebackup -R writes it; pgwarden never reports it.
         conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
     }
     conninfo
+}
+
+/// ` sslmode=... sslrootcert=...` for a libpq conninfo to `node`, as
+/// configured (nothing when unset: libpq's defaults).
+pub fn ssl_conninfo(node: &pgwarden_core::config::NodeConfig) -> String {
+    let mut out = String::new();
+    if let Some(mode) = node.sslmode {
+        out.push_str(&format!(" sslmode={}", mode.as_str()));
+    }
+    if let Some(root) = &node.sslrootcert {
+        out.push_str(&format!(
+            " sslrootcert={}",
+            quote_literal(&root.display().to_string())
+        ));
+    }
+    out
 }
 
 /// Sets `settings` in this node's postgresql.auto.conf (other lines kept),
