@@ -1,9 +1,9 @@
 //! TLS to PostgreSQL on a real cluster whose pg_hba.conf takes TCP
 //! connections over TLS only (`hostnossl ... reject`, then `hostssl` lines):
 //! with `sslmode: verify-full` and the CA in `sslrootcert` on every node,
-//! both daemons monitor, a switchover and a rejoin (pg_rewind from the new
-//! primary) work, and the rejoined standby streams with the sslmode in its
-//! primary_conninfo. A daemon given the wrong CA calls the nodes down and
+//! both daemons monitor, switchovers and rejoins (by pg_rewind and by
+//! pg_basebackup from the new primary) work, and the rejoined standby
+//! streams with the sslmode in its primary_conninfo. A daemon given the wrong CA calls the nodes down and
 //! says why: the certificate. Certificates are made by `openssl`.
 
 mod util;
@@ -80,7 +80,7 @@ fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// A stand-in application that is one psql session of the application's
-/// role on pg-b over TLS (what is tested here are pgwarden's connections;
+/// role, over TLS, to the node its database.cfg names (what is tested here are pgwarden's connections;
 /// the testkit's stand-in speaks plain text, which this pg_hba refuses).
 /// Its health is that its host's daemon answers.
 fn psql_application(cluster: &TestCluster, dir: &Path, health_url: &str) -> String {
@@ -96,10 +96,10 @@ fn psql_application(cluster: &TestCluster, dir: &Path, health_url: &str) -> Stri
     .unwrap();
     let c = cluster.credentials();
     let start = format!(
-        "PGPASSWORD={pw} setsid {psql} 'host=127.0.0.1 port={port} user={user} dbname={db} sslmode=require' -c 'SELECT pg_sleep(3600)' >/dev/null 2>&1 </dev/null & echo $! > {pid}",
+        "port=$(sed -n 's/^port *= *//p' '{cfg}'); PGPASSWORD={pw} setsid {psql} \"host=127.0.0.1 port=$port user={user} dbname={db} sslmode=require\" -c 'SELECT pg_sleep(3600)' >/dev/null 2>&1 </dev/null & echo $! > {pid}",
         pw = c.app_password,
         psql = cluster.bin_dir().join("psql").display(),
-        port = cluster.node(1).port,
+        cfg = cfg.display(),
         user = c.app_user,
         db = c.app_db,
     );
@@ -247,6 +247,50 @@ fn a_hostssl_only_cluster_is_monitored_switched_over_and_rejoined_over_verified_
     );
     assert_eq!(env.daemons[1].get("/primary").status, 200);
     assert_eq!(env.daemons[0].get("/primary").status, 503);
+
+    // Back to pg-a, and pg-b rejoins by a fresh copy: pg_basebackup with
+    // the TLS settings in its --dbname.
+    let r = env.daemons[1].post(
+        "/v1/switchover?wait=true",
+        r#"{"target": "pg-a"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    let r = env.daemons[0].post(
+        "/v1/rejoin?wait=true",
+        r#"{"node": "pg-b", "method": "basebackup"}"#,
+        &env.token(),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[1].log_text());
+    assert_eq!(r.json()["facts"]["method"], "basebackup", "{}", r.body);
+    let conninfo = env.cluster.psql(1, "SHOW primary_conninfo").unwrap();
+    assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
+    poll_until(
+        env.within_polls(8),
+        "pg-b to stream synchronously from pg-a over TLS",
+        || {
+            let row = env
+                .cluster
+                .psql(
+                    0,
+                    "SELECT r.sync_state || ',' || s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name = 'inmanta'",
+                )
+                .ok()?;
+            (row == "sync,true").then_some(())
+        },
+    )
+    .unwrap();
+    for i in 0..2 {
+        env.wait_health(i, "healthy after the copy", env.within_polls(8), |c, _| {
+            c == 200
+        });
+    }
+    assert_eq!(
+        env.cluster.psql(1, "SELECT pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    assert_eq!(env.daemons[0].get("/primary").status, 200);
+    assert_eq!(env.daemons[1].get("/primary").status, 503);
 
     // A daemon trusting the wrong CA: the nodes are down, and the reason
     // is the certificate.
