@@ -293,38 +293,60 @@ fn a_hostssl_only_cluster_is_monitored_switched_over_and_rejoined_over_verified_
     assert_eq!(env.daemons[1].get("/primary").status, 503);
 
     // A daemon trusting the wrong CA: the nodes are down, and the reason
-    // is the certificate.
-    let mut wrong = env.layout.clone();
-    wrong.api_ports = vec![pgwarden_testkit::free_port(), pgwarden_testkit::free_port()];
-    wrong.node_extra = format!(
-        "    sslmode: verify-full\n    sslrootcert: {}\n",
-        wrong_ca.display()
-    );
-    let text = pgwarden_testkit::pgwarden_config(&env.cluster, 0, &wrong)
-        .replace("pgwarden/pg-a\n", "pgwarden/pg-a-wrong-ca\n");
-    let cfg = env
-        .cluster
-        .dir()
-        .join("pgwarden")
-        .join("pg-a-wrong-ca.yaml");
-    std::fs::create_dir_all(env.cluster.dir().join("pgwarden").join("pg-a-wrong-ca")).unwrap();
-    std::fs::write(&cfg, text).unwrap();
-    let d = Daemon::start(&cfg, wrong.api_url(0));
-    let health = poll_until(
-        Duration::from_secs(30),
-        "the wrong-CA daemon to call pg-b down",
-        || {
-            let r = d.get("/health");
-            let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-            (r.status == 503 && has_problem(&v, "node_down", Some("pg-b"))).then_some(v)
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
-    let text = health.to_string();
-    assert!(
-        text.contains("certificate was refused")
-            && text.contains("not signed by a CA of sslrootcert")
-            && text.contains(&wrong_ca.display().to_string()),
-        "{text}"
-    );
+    // is the certificate. One that reaches pg-b by a name its certificate
+    // does not hold (localhost; the certificate names 127.0.0.1) likewise.
+    let pg_b_port = env.cluster.node(1).port;
+    let cases = [
+        (
+            "wrong-ca",
+            wrong_ca.clone(),
+            false,
+            "not signed by a CA of sslrootcert".to_owned(),
+        ),
+        (
+            "wrong-name",
+            ca.clone(),
+            true,
+            "does not name localhost".to_owned(),
+        ),
+    ];
+    for (name, root, by_name, phrase) in cases {
+        let mut layout = env.layout.clone();
+        layout.api_ports = vec![pgwarden_testkit::free_port(), pgwarden_testkit::free_port()];
+        layout.node_extra = format!(
+            "    sslmode: verify-full\n    sslrootcert: {}\n",
+            root.display()
+        );
+        let mut text = pgwarden_testkit::pgwarden_config(&env.cluster, 0, &layout)
+            .replace("pgwarden/pg-a\n", &format!("pgwarden/pg-a-{name}\n"));
+        if by_name {
+            text = text.replace(
+                &format!("host: 127.0.0.1\n    port: {pg_b_port}\n"),
+                &format!("host: localhost\n    port: {pg_b_port}\n"),
+            );
+        }
+        let dir = env.cluster.dir().join("pgwarden");
+        std::fs::create_dir_all(dir.join(format!("pg-a-{name}"))).unwrap();
+        let cfg = dir.join(format!("pg-a-{name}.yaml"));
+        std::fs::write(&cfg, text).unwrap();
+        let d = Daemon::start(&cfg, layout.api_url(0));
+        let health = poll_until(
+            Duration::from_secs(30),
+            &format!("the {name} daemon to call pg-b down"),
+            || {
+                let r = d.get("/health");
+                let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+                (r.status == 503 && has_problem(&v, "node_down", Some("pg-b"))).then_some(v)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+        let text = health.to_string();
+        assert!(
+            text.contains("certificate was refused") && text.contains(&phrase),
+            "{name}: {text}"
+        );
+        if !by_name {
+            assert!(text.contains(&root.display().to_string()), "{text}");
+        }
+    }
 }
