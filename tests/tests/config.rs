@@ -156,6 +156,27 @@ fn every_kind_of_bad_config_exits_2_and_says_where_and_what() {
             ":12:3: ",
             "cannot read monitor.password_file /nonexistent/pw",
         ),
+        (
+            "unknown sslmode",
+            GOOD.replace("port: 5433", "port: 5433\n    sslmode: verify_full"),
+            ":24:",
+            "expected one of `disable`, `prefer`, `require`, `verify-ca`, `verify-full`",
+        ),
+        (
+            "verify-full without sslrootcert",
+            GOOD.replace("port: 5433", "port: 5433\n    sslmode: verify-full"),
+            ":24:5: ",
+            "give nodes[1].sslrootcert",
+        ),
+        (
+            "missing sslrootcert file",
+            GOOD.replace(
+                "port: 5433",
+                "port: 5433\n    sslmode: verify-full\n    sslrootcert: /nonexistent/ca.crt",
+            ),
+            ":25:5: ",
+            "nodes[1].sslrootcert: cannot read sslrootcert /nonexistent/ca.crt",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (what, text, at, phrase) in &cases {

@@ -321,6 +321,53 @@ pub struct NodeConfig {
     /// standby connects as `replication.application_name`.
     #[serde(default)]
     pub application_name: Option<String>,
+    /// TLS to this node, as libpq's sslmode, for every connection pgwarden
+    /// makes to it (the poll, operations) and every conninfo it writes or
+    /// passes (primary_conninfo of a node streaming from it, pg_rewind's and
+    /// pg_basebackup's source). Unset: libpq's default, `prefer`, and no
+    /// `sslmode` written into a conninfo.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// PEM CA certificates that sign this node's server certificate; needed
+    /// by `verify-ca` and `verify-full`. Must be readable by pgwarden and, for
+    /// the conninfos it writes, by the OS user of the nodes streaming from it.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+}
+
+/// `nodes[].sslmode`: libpq's values, with libpq's meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, else plain text; the certificate is
+    /// checked only against `sslrootcert`, when one is given.
+    Prefer,
+    /// TLS or nothing; the certificate is checked as for `prefer`.
+    Require,
+    /// TLS, the certificate signed by a CA of `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate names `host`.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value in a libpq conninfo.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate must be signed by a known CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
 }
 
 /// `nodes[].role`: whether a node belongs to the failover pair.
@@ -733,6 +780,21 @@ impl Config {
                         format!("nodes[{i}].application_name `{app}` must be letters, digits, `-`, `_` or `.`"),
                     );
                 }
+            }
+            if n.sslmode.is_some_and(SslMode::verifies) && n.sslrootcert.is_none() {
+                bad(
+                    at("sslmode"),
+                    format!(
+                        "nodes[{i}].sslmode `{}` checks the server's certificate against a CA: give nodes[{i}].sslrootcert (the PEM file of the CA that signed it)",
+                        n.sslmode.map(SslMode::as_str).unwrap_or_default()
+                    ),
+                );
+            }
+            if n.sslmode == Some(SslMode::Disable) && n.sslrootcert.is_some() {
+                bad(
+                    at("sslrootcert"),
+                    format!("nodes[{i}].sslrootcert is given but sslmode is `disable`: remove one of them"),
+                );
             }
             if n.is_replica() {
                 let own = n.walreceiver_name(&self.replication);
@@ -1349,6 +1411,46 @@ application:
             c.node("ro-1").unwrap().walreceiver_name(&c.replication),
             "reports"
         );
+    }
+
+    #[test]
+    fn sslmode_takes_libpq_values_and_an_unknown_one_points_at_its_line() {
+        let tls = "    api: http://10.0.0.2:8008\n    sslmode: verify-full\n    sslrootcert: /etc/pgwarden/pg-ca.crt\n";
+        let c = Config::parse_str(
+            "x",
+            &EXAMPLE.replace("    api: http://10.0.0.2:8008\n", tls),
+        )
+        .unwrap();
+        let b = c.node("pg-b").unwrap();
+        assert_eq!(b.sslmode, Some(SslMode::VerifyFull));
+        assert_eq!(b.sslmode.unwrap().as_str(), "verify-full");
+        assert_eq!(c.node("pg-a").unwrap().sslmode, None);
+        let e = err(&EXAMPLE.replace(
+            "    api: http://10.0.0.2:8008\n",
+            "    api: http://10.0.0.2:8008\n    sslmode: verify_full\n",
+        ));
+        let p = &e.problems[0];
+        assert_eq!(p.line, 29, "{e}");
+        assert!(
+            p.message.contains("verify_full") && p.message.contains("verify-full"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_verifying_sslmode_needs_sslrootcert() {
+        let e = err(&EXAMPLE.replace(
+            "    api: http://10.0.0.2:8008\n",
+            "    api: http://10.0.0.2:8008\n    sslmode: verify-ca\n",
+        ));
+        let p = &e.problems[0];
+        assert_eq!(p.line, 29, "{e}");
+        assert!(p.message.contains("nodes[1].sslrootcert"), "{e}");
+        let e = err(&EXAMPLE.replace(
+            "    api: http://10.0.0.2:8008\n",
+            "    api: http://10.0.0.2:8008\n    sslmode: disable\n    sslrootcert: /x.crt\n",
+        ));
+        assert!(e.to_string().contains("sslmode is `disable`"), "{e}");
     }
 
     #[test]

@@ -132,6 +132,19 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             });
         }
     }
+    // Each node's sslrootcert must hold certificates now, not at the first
+    // connection.
+    for (i, n) in config.nodes.iter().enumerate() {
+        if n.sslrootcert.is_none() {
+            continue;
+        }
+        if let Some(problem) = pgwarden_pg::PgTls::for_node(n).problem() {
+            invalid.push(Invalid {
+                path: vec![key("nodes"), PathSeg::Index(i), key("sslrootcert")],
+                message: format!("nodes[{i}].sslrootcert: {problem}"),
+            });
+        }
+    }
     let tls = config
         .tls
         .as_ref()

@@ -96,6 +96,7 @@ pub(crate) fn spawn(span: tracing::Span, wiring: Wiring) -> JoinHandle<()> {
             user: config.monitor.user.clone(),
             password: secrets.monitor_password.clone(),
             dbname: config.monitor.dbname.clone(),
+            tls: pgwarden_pg::PgTls::for_node(node),
         };
         let prober = Prober::new(target, config.poll.timeout);
         pollers.push(tokio::spawn(poll_node(

@@ -1,19 +1,34 @@
 //! SQL actions of an operation: promote, checkpoint, ALTER SYSTEM, slots,
-//! sessions of a role. A [`Node`] keeps one connection, shared by its clones
-//! and rebuilt after any error (a new SCRAM login per statement would cost
-//! more than the statements); it is separate from the probe's connection,
-//! which stays dedicated to polling. Every call is bounded by a timeout.
+//! sessions of a role. A [`Node`] draws its connections from a small
+//! deadpool-postgres pool of its own, shared by its clones (a new SCRAM login
+//! per statement would cost more than the statements); it is separate from
+//! the probe's connection, which stays dedicated to polling.
+//!
+//! A pooled connection may have sat idle for weeks, and the path to the
+//! node may have dropped it silently since: before a statement uses one it
+//! is checked (an empty query, deadpool's `Verified`) within a SHORT budget,
+//! and one that fails or does not answer is thrown away and replaced by a
+//! new one. A failed check says nothing about the node (the node may be
+//! fine and only that connection dead): only the statement's own outcome
+//! counts. Acquiring and running together are bounded by the handle's
+//! timeout.
 //!
 //! Values are always passed as quoted literals built here; setting names and
 //! role names come from the validated config.
 
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Timeouts};
 use pgwarden_core::progress::BasebackupRow;
 use pgwarden_core::snapshot::{Lsn, WalReceiver};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::probe::Target;
+
+/// Connections per node: one statement stuck on a busy node (a long
+/// CHECKPOINT) must not keep a quick check of the same node waiting, and
+/// more is never needed, as an operation runs one step at a time.
+const POOL_SIZE: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -40,15 +55,27 @@ pub enum AdminError {
     },
 }
 
-/// One node to act on: its name (for messages) and how to connect.
-#[derive(Clone, Debug)]
+/// One node to act on: its name (for messages) and its pool.
+#[derive(Clone)]
 pub struct Node {
     pub name: String,
-    pub target: Target,
     pub timeout: Duration,
-    /// The cached connection, shared by clones; `None` until first use and
-    /// after an error. A tokio Mutex: it is held across the query's await.
-    pub(crate) conn: std::sync::Arc<tokio::sync::Mutex<Option<Client>>>,
+    /// How long a pooled connection may take to answer its check before it
+    /// is replaced.
+    pub check_timeout: Duration,
+    /// Shared by clones (a deadpool `Pool` is a handle).
+    pub(crate) pool: Pool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("check_timeout", &self.check_timeout)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
 }
 
 /// `'it''s'`: a SQL string literal.
@@ -75,17 +102,45 @@ fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Takes a connection out of the pool for good unless disarmed: one whose
+/// statement failed or was cut off by the timeout may be stuck
+/// mid-protocol, and must not go back for the next caller.
+struct Discard(Option<deadpool_postgres::Object>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            drop(deadpool_postgres::Object::take(obj));
+        }
+    }
+}
+
 impl Node {
-    pub fn new(name: String, target: Target, timeout: Duration) -> Node {
+    /// `timeout` bounds each call (acquire + statement); `check_timeout`
+    /// the check of a pooled connection.
+    pub fn new(name: String, target: Target, timeout: Duration, check_timeout: Duration) -> Node {
+        let tls = target.tls.clone();
+        let manager = Manager::from_config(
+            target.config(timeout),
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .expect("a pool with a runtime builds");
         Node {
             name,
-            target,
             timeout,
-            conn: Default::default(),
+            check_timeout,
+            pool,
         }
     }
 
-    /// The same node (and connection) with another timeout.
+    /// The same node (and pool) with another timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Node {
         Node {
             timeout,
@@ -93,76 +148,71 @@ impl Node {
         }
     }
 
-    async fn connect(&self) -> Result<Client, AdminError> {
-        let cfg = self.target.config(self.timeout);
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
-            if refused(&e) {
-                AdminError::Refused {
-                    node: self.name.clone(),
-                }
-            } else {
-                AdminError::Connect {
-                    node: self.name.clone(),
-                    detail: crate::probe::chain(&e),
-                }
-            }
-        })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+    fn pool_error(&self, e: PoolError) -> AdminError {
+        match e {
+            PoolError::Backend(e) if refused(&e) => AdminError::Refused {
+                node: self.name.clone(),
+            },
+            PoolError::Backend(e) => AdminError::Connect {
+                node: self.name.clone(),
+                detail: crate::probe::chain(&e),
+            },
+            PoolError::Timeout(_) => AdminError::Timeout {
+                node: self.name.clone(),
+                after: self.timeout,
+            },
+            other => AdminError::Connect {
+                node: self.name.clone(),
+                detail: other.to_string(),
+            },
+        }
     }
 
     /// Runs one statement (simple protocol: ALTER SYSTEM cannot run in a
     /// transaction block) and returns its rows as text.
     pub async fn query(&self, statement: &str) -> Result<Vec<Vec<Option<String>>>, AdminError> {
-        // The lock is taken inside the timeout: a statement of another step
-        // stuck on this connection must not hold this one past its budget.
+        let timeouts = Timeouts {
+            wait: Some(self.timeout),
+            create: Some(self.timeout),
+            recycle: Some(self.check_timeout.min(self.timeout)),
+        };
         let work = async {
-            let mut guard = self.conn.lock().await;
-            let result =
-                async {
-                    if guard.as_ref().is_none_or(|c| c.is_closed()) {
-                        *guard = Some(self.connect().await?);
-                    }
-                    let client = guard.as_ref().expect("connected above");
-                    let messages = client.simple_query(statement).await.map_err(|e| {
-                        AdminError::Statement {
-                            node: self.name.clone(),
-                            statement: statement.to_owned(),
-                            detail: crate::probe::chain(&e),
-                        }
+            let obj = self
+                .pool
+                .timeout_get(&timeouts)
+                .await
+                .map_err(|e| self.pool_error(e))?;
+            // Armed until the statement succeeded: a failure or the timeout
+            // dropping this future throws the connection away.
+            let mut conn = Discard(Some(obj));
+            let client = conn.0.as_ref().expect("just set");
+            let messages =
+                client
+                    .simple_query(statement)
+                    .await
+                    .map_err(|e| AdminError::Statement {
+                        node: self.name.clone(),
+                        statement: statement.to_owned(),
+                        detail: crate::probe::chain(&e),
                     })?;
-                    Ok(messages
-                        .into_iter()
-                        .filter_map(|m| match m {
-                            SimpleQueryMessage::Row(r) => {
-                                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-                            }
-                            _ => None,
-                        })
-                        .collect())
-                }
-                .await;
-            if result.is_err() {
-                // The connection may be stuck mid-protocol or gone: rebuild it.
-                *guard = None;
-            }
-            result
+            // Succeeded: back to the pool (dropping the Object returns it).
+            drop(conn.0.take());
+            Ok(messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => {
-                // Cut off mid-statement: the connection cannot be trusted.
-                // If another caller holds it, that caller resets it itself.
-                if let Ok(mut guard) = self.conn.try_lock() {
-                    *guard = None;
-                }
-                Err(AdminError::Timeout {
-                    node: self.name.clone(),
-                    after: self.timeout,
-                })
-            }
+            Err(_) => Err(AdminError::Timeout {
+                node: self.name.clone(),
+                after: self.timeout,
+            }),
         }
     }
 
@@ -424,8 +474,9 @@ mod tests {
             user: "pgwarden".into(),
             password: None,
             dbname: "postgres".into(),
+            tls: crate::PgTls::disabled(),
         };
-        Node::new("pg-x".into(), target, timeout)
+        Node::new("pg-x".into(), target, timeout, Duration::from_millis(100))
     }
 
     #[tokio::test]
@@ -439,24 +490,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_connection_lock_is_taken_inside_the_timeout() {
+    async fn a_stuck_statement_does_not_hold_another_caller_past_its_budget() {
         let (port, _server) = silent_server().await;
         let slow = node(port, Duration::from_secs(600));
         let holder = {
             let slow = slow.clone();
             tokio::spawn(async move { slow.is_in_recovery().await })
         };
-        // The slow caller holds the connection; a quick caller of the same
-        // node must get its own timeout, not wait behind it.
-        while slow.conn.try_lock().is_ok() {
+        // The slow caller holds a connection of the pool; a quick caller of
+        // the same node must get its own timeout, not wait behind it.
+        while slow.pool.status().waiting == 0 {
             tokio::task::yield_now().await;
         }
         let started = std::time::Instant::now();
         let quick = slow.with_timeout(Duration::from_millis(200));
-        assert!(matches!(
-            quick.is_in_recovery().await,
-            Err(AdminError::Timeout { .. })
-        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                quick.is_in_recovery().await,
+                Err(AdminError::Timeout { .. })
+            ));
+        }
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "{:?}",

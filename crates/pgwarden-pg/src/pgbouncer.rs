@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::probe::Target;
 
@@ -80,17 +80,18 @@ impl Console {
         let first = commands.first().map_or("", |c| c.0);
         let mut cfg = self.target.config(self.timeout);
         cfg.dbname("pgbouncer");
-        let (client, connection) = tokio::time::timeout(self.timeout, cfg.connect(NoTls))
-            .await
-            .map_err(|_| ConsoleError::Timeout {
-                at: self.at(),
-                command: first.to_owned(),
-                after: self.timeout,
-            })?
-            .map_err(|e| ConsoleError::Connect {
-                at: self.at(),
-                detail: crate::probe::chain(&e),
-            })?;
+        let (client, connection) =
+            tokio::time::timeout(self.timeout, cfg.connect(self.target.tls.clone()))
+                .await
+                .map_err(|_| ConsoleError::Timeout {
+                    at: self.at(),
+                    command: first.to_owned(),
+                    after: self.timeout,
+                })?
+                .map_err(|e| ConsoleError::Connect {
+                    at: self.at(),
+                    detail: crate::probe::chain(&e),
+                })?;
         // The connection ends when the client is dropped (also on a timeout).
         tokio::spawn(async move {
             let _ = connection.await;

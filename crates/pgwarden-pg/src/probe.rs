@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use pgwarden_core::{NodeSnapshot, Secret};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::tls::PgTls;
 
 const PROBE_SQL: &str = include_str!("probe.sql");
 
@@ -24,6 +26,8 @@ pub struct Target {
     pub user: String,
     pub password: Option<Secret>,
     pub dbname: String,
+    /// `nodes[].sslmode` and `sslrootcert`.
+    pub tls: PgTls,
 }
 
 impl Target {
@@ -44,7 +48,12 @@ impl Target {
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE)
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            // The same bound for a statement sent into a silent path:
+            // unacknowledged data ends the connection instead of the
+            // kernel retransmitting for ~15 minutes.
+            .tcp_user_timeout(KEEPALIVE_IDLE + Duration::from_secs(15))
+            .ssl_mode(self.tls.ssl_mode());
         if let Some(p) = &self.password {
             cfg.password(p.expose());
         }
@@ -126,7 +135,7 @@ impl Prober {
             self.timeout.as_millis().max(1)
         ));
         let (client, connection) = cfg
-            .connect(NoTls)
+            .connect(self.target.tls.clone())
             .await
             .map_err(|e| ProbeError::Connect(chain(&e)))?;
         // The connection future drives the socket; it ends when the client drops.
@@ -167,10 +176,12 @@ mod tests {
             user: "pgwarden".into(),
             password: None,
             dbname: "postgres".into(),
+            tls: PgTls::new(None, None),
         };
         let cfg = t.config(Duration::from_secs(3));
         assert!(cfg.get_keepalives());
         assert_eq!(cfg.get_keepalives_idle(), KEEPALIVE_IDLE);
         assert_eq!(cfg.get_keepalives_retries(), Some(3));
+        assert!(cfg.get_tcp_user_timeout().is_some());
     }
 }

@@ -63,6 +63,12 @@ pub struct ClusterOptions {
     /// standby but without a slot, streaming under its own name as
     /// application_name, never in synchronous_standby_names.
     pub replicas: Vec<String>,
+    /// Serve TLS (`ssl = on`) with this PEM certificate and key, copied into the
+    /// primary's data directory (and so into every clone) as server.crt and server.key.
+    pub server_tls: Option<(PathBuf, PathBuf)>,
+    /// The TCP lines of pg_hba.conf (`hostssl ...`, `hostnossl ... reject`) in place
+    /// of the default `host` ones; the unix socket lines stay.
+    pub hba_tcp: Option<Vec<String>>,
 }
 
 impl Default for ClusterOptions {
@@ -75,6 +81,8 @@ impl Default for ClusterOptions {
             application_name: "inmanta".to_string(),
             synchronous: true,
             replicas: Vec::new(),
+            server_tls: None,
+            hba_tcp: None,
         }
     }
 }
@@ -388,9 +396,28 @@ impl TestCluster {
             .run()?;
         self.nodes[0].port = free_port();
         self.write_node_settings(0)?;
-        let hba = node_hba();
+        let hba = match &self.opts.hba_tcp {
+            None => node_hba(),
+            Some(lines) => hba(&[]) + &lines.join("\n") + "\n",
+        };
         let hba_path = self.nodes[0].data_dir.join("pg_hba.conf");
         fs::write(&hba_path, hba).ctx(|| format!("writing {}", hba_path.display()))?;
+        if let Some((cert, key)) = &self.opts.server_tls {
+            let dir = &self.nodes[0].data_dir;
+            fs::copy(cert, dir.join("server.crt")).ctx(|| format!("copying {}", cert.display()))?;
+            fs::copy(key, dir.join("server.key")).ctx(|| format!("copying {}", key.display()))?;
+            // PostgreSQL refuses a key others can read.
+            fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+                .ctx(|| "chmod 0600 server.key".into())?;
+            // Above the testkit's block, so clones (which copy postgresql.conf) keep it.
+            let conf = dir.join("postgresql.conf");
+            let text = fs::read_to_string(&conf).ctx(|| format!("reading {}", conf.display()))?;
+            let text = match text.find(CONF_MARKER) {
+                Some(pos) => format!("{}ssl = on\n\n{}", &text[..pos], &text[pos..]),
+                None => format!("{text}\nssl = on\n"),
+            };
+            fs::write(&conf, text).ctx(|| format!("writing {}", conf.display()))?;
+        }
         self.runner.chown_tree(&self.nodes[0].data_dir)
     }
 

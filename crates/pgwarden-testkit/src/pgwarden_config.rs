@@ -17,6 +17,8 @@ pub struct DaemonLayout {
     pub failure_threshold: u32,
     /// Extra YAML appended at the end (e.g. an `application:` section).
     pub extra: String,
+    /// YAML lines appended to every entry of `nodes:` (`    sslmode: verify-full`).
+    pub node_extra: String,
 }
 
 impl DaemonLayout {
@@ -28,6 +30,7 @@ impl DaemonLayout {
             poll_timeout: Duration::from_millis(1000),
             failure_threshold: 3,
             extra: String::new(),
+            node_extra: String::new(),
         }
     }
 
@@ -98,6 +101,7 @@ pub fn pgwarden_config(cluster: &TestCluster, local: usize, layout: &DaemonLayou
         if cluster.is_replica(i) {
             y.push_str("    role: replica\n");
         }
+        y.push_str(&layout.node_extra);
     }
     y.push_str(&layout.extra);
     y

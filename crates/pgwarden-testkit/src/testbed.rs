@@ -1168,6 +1168,19 @@ impl Testbed {
         ])
     }
 
+    /// Drops the TCP packets of `host`'s connections that use its local port `port`
+    /// (one connection, by its client port), both directions: a firewall or NAT that
+    /// forgot that one connection. Every other connection, new ones included, passes.
+    pub fn drop_flow(&self, host: Host, port: u16) -> Partition<'_> {
+        self.partition(&[(
+            host,
+            (
+                format!("tcp dport {port} drop"),
+                format!("tcp sport {port} drop"),
+            ),
+        )])
+    }
+
     /// Drops every packet between `x` and the network (its own loopback still works).
     pub fn isolate(&self, x: Host) -> Partition<'_> {
         self.partition(&[(

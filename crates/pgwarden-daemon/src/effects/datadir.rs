@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use pgwarden_core::Config;
-use pgwarden_pg::quote_literal;
 
 use super::fsutil;
 
@@ -46,12 +45,35 @@ pub fn primary_conninfo(
         r.user,
         me.walreceiver_name(r)
     );
+    conninfo.push_str(&ssl_conninfo(primary));
     if let Some(pw) = replication_password {
         // In postgresql.auto.conf (0600, the data directory owner's), as
         // pg_basebackup -R writes it; pgwarden never reports it.
-        conninfo.push_str(&format!(" password={}", quote_literal(&pw)));
+        conninfo.push_str(&format!(" password={}", conninfo_quote(&pw)));
     }
     conninfo
+}
+
+/// ` sslmode=... sslrootcert=...` for a libpq conninfo to `node`, as
+/// configured (nothing when unset: libpq's defaults).
+pub fn ssl_conninfo(node: &pgwarden_core::config::NodeConfig) -> String {
+    let mut out = String::new();
+    if let Some(mode) = node.sslmode {
+        out.push_str(&format!(" sslmode={}", mode.as_str()));
+    }
+    if let Some(root) = &node.sslrootcert {
+        out.push_str(&format!(
+            " sslrootcert={}",
+            conninfo_quote(&root.display().to_string())
+        ));
+    }
+    out
+}
+
+/// A libpq conninfo value in single quotes: libpq escapes `'` and `\` with a
+/// backslash (not SQL's doubled quote).
+fn conninfo_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Sets `settings` in this node's postgresql.auto.conf (other lines kept),
@@ -246,6 +268,12 @@ impl DataDirs for RealDataDirs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conninfo_values_are_quoted_the_libpq_way() {
+        assert_eq!(conninfo_quote("pw"), "'pw'");
+        assert_eq!(conninfo_quote(r"it's a\b"), r"'it\'s a\\b'");
+    }
 
     #[test]
     fn auto_conf_lines_are_replaced_and_others_kept() {

@@ -91,6 +91,8 @@ impl RealEffects {
                 user: pb.admin.user.clone(),
                 password: self.secrets.pgbouncer_password.clone(),
                 dbname: "pgbouncer".into(),
+                // On this host (pgbouncer's own admin listener), as before.
+                tls: pgwarden_pg::PgTls::disabled(),
             },
             timeout: CONSOLE_TIMEOUT,
         }

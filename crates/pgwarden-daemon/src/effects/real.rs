@@ -1,4 +1,4 @@
-//! The real world: SQL over each node's cached connection, this host's
+//! The real world: SQL over each node's pool of checked connections, this host's
 //! PostgreSQL and application through their commands, the other hosts
 //! through their daemons' APIs, files on this host.
 
@@ -21,8 +21,8 @@ pub struct RealEffects {
     pub(super) config: Arc<Config>,
     pub(super) secrets: Secrets,
     pub(super) http: reqwest::Client,
-    /// One SQL connection per node, reused across steps. A std Mutex: only
-    /// held to look up or insert, never across an await.
+    /// One SQL pool per node (see pgwarden_pg::Node), reused across steps.
+    /// A std Mutex: only held to look up or insert, never across an await.
     nodes: std::sync::Mutex<std::collections::HashMap<String, Node>>,
 }
 
@@ -51,8 +51,15 @@ impl RealEffects {
         }
     }
 
+    /// How long a pooled connection may take to answer its check before a
+    /// new one replaces it: half the poll timeout, so that even a quick
+    /// call ([`Effects::node_quick`]) has time left to connect again.
+    fn check_timeout(&self) -> Duration {
+        (self.config.poll.timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
     /// SQL access to a configured node, as the monitor role, over the
-    /// node's cached connection.
+    /// node's pool.
     fn sql_node(&self, name: &str) -> Node {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes
@@ -68,8 +75,9 @@ impl RealEffects {
                     user: self.config.monitor.user.clone(),
                     password: self.secrets.monitor_password.clone(),
                     dbname: self.config.monitor.dbname.clone(),
+                    tls: pgwarden_pg::PgTls::for_node(n),
                 };
-                Node::new(n.name.clone(), target, SQL_TIMEOUT)
+                Node::new(n.name.clone(), target, SQL_TIMEOUT, self.check_timeout())
             })
             .clone()
     }

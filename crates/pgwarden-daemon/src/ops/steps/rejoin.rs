@@ -261,8 +261,12 @@ async fn rebuild(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
             ));
         }
         let source = format!(
-            "host={} port={} user={} dbname={}",
-            p.host, p.port, ctx.config.monitor.user, ctx.config.monitor.dbname
+            "host={} port={} user={} dbname={}{}",
+            p.host,
+            p.port,
+            ctx.config.monitor.user,
+            ctx.config.monitor.dbname,
+            crate::effects::datadir::ssl_conninfo(p)
         );
         let argv = as_user(
             os_user.as_deref(),
@@ -379,6 +383,11 @@ async fn basebackup(
                 .into_iter()
                 .flatten(),
         )
+        // The source's sslmode/sslrootcert, as a conninfo (-d) beside -h/-p.
+        .chain({
+            let ssl = crate::effects::datadir::ssl_conninfo(p);
+            (!ssl.is_empty()).then(|| format!("--dbname={}", ssl.trim_start()))
+        })
         .collect(),
     );
     let pw = ctx.effects.replication_password();
