@@ -363,10 +363,15 @@ async fn basebackup(
             "-c".into(),
             "fast".into(),
             "-w".into(),
-            // Names its walsender, so that its row of the source's
-            // pg_stat_progress_basebackup can be found (progress.rs).
+            // One conninfo (pg_basebackup keeps only the last -d): it names
+            // the walsender, so that its row of the source's
+            // pg_stat_progress_basebackup can be found (progress.rs), and
+            // carries the source's sslmode/sslrootcert.
             "-d".into(),
-            format!("application_name={app}"),
+            format!(
+                "application_name={app}{}",
+                crate::effects::datadir::ssl_conninfo(p)
+            ),
         ]
         .into_iter()
         .chain(
@@ -383,11 +388,6 @@ async fn basebackup(
                 .into_iter()
                 .flatten(),
         )
-        // The source's sslmode/sslrootcert, as a conninfo (-d) beside -h/-p.
-        .chain({
-            let ssl = crate::effects::datadir::ssl_conninfo(p);
-            (!ssl.is_empty()).then(|| format!("--dbname={}", ssl.trim_start()))
-        })
         .collect(),
     );
     let pw = ctx.effects.replication_password();
