@@ -534,30 +534,6 @@ pub(super) async fn sessions(ctx: &StepContext, op: &Operation, role: &str) -> S
     out
 }
 
-/// [`wait_for`], but re-checking after 2, 4, 8 and 16 ms before every
-/// [`POLL`]: the application is down while the fence waits, and a backend
-/// whose client just exited, or a process that exits right after its stop
-/// command returned, is gone within a few ms. Only the cadence differs:
-/// the same check, the same deadline.
-async fn wait_soon<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    let mut every = Duration::from_millis(2);
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-        every = (every * 2).min(POLL);
-    }
-}
-
 /// Fences the application on every host of `runs_on`, each through that
 /// host's daemon: stopped (and disabled, when `disable` is configured),
 /// verified by `is_running` there. A host whose daemon does not answer is
@@ -607,7 +583,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
                         app.name, e.message
                     ));
                 }
-                let stopped = wait_soon(app.stop_timeout, || async {
+                let stopped = wait_for(app.stop_timeout, POLL, || async {
                     matches!(running_on(ctx, app, &h).await, Ok(false)).then_some(())
                 })
                 .await;
@@ -646,7 +622,7 @@ async fn fence_application(ctx: &StepContext, op: &mut Operation) -> StepOutcome
     // a long query does not notice its client died, so after a grace period
     // the remaining ones are terminated, then the count is verified.
     let role = &app.db_user;
-    let clean = wait_soon(app.session_grace, || async {
+    let clean = wait_for(app.session_grace, POLL, || async {
         sessions(ctx, op, role).await.none_left().then_some(())
     })
     .await;
