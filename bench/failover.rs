@@ -66,6 +66,12 @@ struct Run {
     promote_wait: f64,
     lost: usize,
     acked: usize,
+    /// Request sent -> the first step started (HTTP, preflight at the
+    /// request, the peer lock, the journal's first write).
+    to_first_step: f64,
+    /// Summed gaps between one step's end and the next one's start, up to
+    /// the promotion (the run loop: journal writes, the lock check).
+    gaps_before_promote: f64,
 }
 
 impl Run {
@@ -177,6 +183,7 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         .context("the watcher did not connect")?;
 
     let sent = Instant::now();
+    let sent_wall = std::time::SystemTime::now();
     let (status, answer) = post(
         &api(runner),
         &format!("/v1/{}?wait=true", kind.name()),
@@ -216,7 +223,10 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let lost = acks.iter().filter(|a| !ids.contains(a)).count();
+    let (to_first_step, gaps_before_promote) = run_loop_ms(&op, sent_wall)?;
     let run = Run {
+        to_first_step,
+        gaps_before_promote,
         writable: writable.duration_since(sent).as_secs_f64() * 1e3,
         done: done.as_secs_f64() * 1e3,
         steps,
@@ -228,6 +238,34 @@ fn run_once(kind: Kind, exe: &Path) -> anyhow::Result<Run> {
     };
     drop(rig);
     Ok(run)
+}
+
+/// From the journal's timestamps (ms precision): request -> first step
+/// started, and the summed gaps between steps up to the promotion's start.
+fn run_loop_ms(op: &serde_json::Value, sent: std::time::SystemTime) -> anyhow::Result<(f64, f64)> {
+    let steps = op["steps"]
+        .as_array()
+        .context("the operation has no steps")?;
+    let ts = |step: &serde_json::Value, field: &str| {
+        step[field]
+            .as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            .with_context(|| format!("step {} has no {field}", step["name"]))
+    };
+    let ms = |a: std::time::SystemTime, b: std::time::SystemTime| match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    };
+    let first = steps.first().context("the operation has no steps")?;
+    let to_first = ms(sent, ts(first, "started_at")?);
+    let mut gaps = 0.0;
+    for pair in steps.windows(2) {
+        gaps += ms(ts(&pair[0], "finished_at")?, ts(&pair[1], "started_at")?);
+        if pair[1]["name"] == "promote" {
+            break;
+        }
+    }
+    Ok((to_first, gaps))
 }
 
 /// Step `name`'s duration in ms from the journal's timestamps; an error
@@ -260,6 +298,14 @@ fn report(results: &[(Kind, Vec<Run>)]) {
             m(&|r| r.writable)
         );
         println!("  request -> operation done         {:8.1}", m(&|r| r.done));
+        println!(
+            "    request -> first step started  {:8.1}",
+            m(&|r| r.to_first_step)
+        );
+        println!(
+            "    between steps, to promote      {:8.1}   (journal writes, lock check)",
+            m(&|r| r.gaps_before_promote)
+        );
         for (i, name) in STEPS.iter().enumerate() {
             println!("    {name:<26} {:8.1}", m(&|r| r.steps[i]));
         }
@@ -293,6 +339,8 @@ fn report(results: &[(Kind, Vec<Run>)]) {
                 "app_start_ms": m(&|r| r.app_start),
                 "promote_ms": m(&|r| r.promote_wait),
                 "overhead_ms": m(&|r| r.overhead()),
+                "to_first_step_ms": m(&|r| r.to_first_step),
+                "gaps_before_promote_ms": m(&|r| r.gaps_before_promote),
                 "lost": runs.iter().map(|r| r.lost).sum::<usize>(),
                 "acked": runs.iter().map(|r| r.acked).sum::<usize>(),
             }),

@@ -59,6 +59,15 @@ pub struct Facts {
     // Locks.
     /// What the peer lock said when taken (no etcd).
     pub peer_lock: Option<String>,
+    /// A failover's probe of the old primary while the fence ran:
+    /// `stopped`, `standby`, `alive` or `unknown`.
+    pub old_primary_probe: Option<String>,
+    /// What the probe saw.
+    pub old_primary_probe_detail: Option<String>,
+    /// When the probe answered (RFC 3339): its "stopped" is trusted briefly.
+    pub old_primary_probe_at: Option<String>,
+    /// When the fence was verified (RFC 3339); absent when it did not hold.
+    pub fence_verified_at: Option<String>,
     /// The etcd lock key's create revision: the fencing token.
     pub lock_token: Option<i64>,
     /// The etcd lease holding the lock.
@@ -178,6 +187,10 @@ macro_rules! each_field {
             pgbouncer_pause_ms,
             pgbouncer_resume_ms,
             replicas_not_repointed,
+            old_primary_probe,
+            old_primary_probe_detail,
+            old_primary_probe_at,
+            fence_verified_at,
             peer_lock,
             lock_token,
             etcd_lease,

@@ -643,6 +643,19 @@ impl Effects for FakeWorld {
         Ok(self.stop(node))
     }
 
+    async fn node_stopped_on(&self, node: &str) -> Result<Answer, PeerError> {
+        let fault = self.enter("node_stopped", node);
+        Self::hang(fault).await;
+        match fault {
+            Some(Fault::Unknown) => Ok(Answer::Unknown("pg_ctl status exited 4".into())),
+            Some(f) => Err(Self::peer_error(node, f)),
+            None if node != self.config.local_node && !self.with(|w| w.hosts[node].daemon_up) => {
+                Err(Self::peer_error(node, Fault::Unreachable))
+            }
+            None => Ok(Answer::from_bool(!self.with(|w| w.nodes[node].running))),
+        }
+    }
+
     async fn local_node_stopped(&self) -> Answer {
         let me = self.config.local_node.clone();
         match self.enter("local_node_stopped", &me) {

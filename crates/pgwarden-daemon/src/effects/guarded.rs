@@ -382,6 +382,10 @@ impl Effects for Guarded {
             .map_err(peer_refused)?;
         self.inner.stop_within(node, budget).await
     }
+    /// Looks only: not guarded.
+    async fn node_stopped_on(&self, node: &str) -> Result<Answer, PeerError> {
+        self.inner.node_stopped_on(node).await
+    }
     async fn local_node_stopped(&self) -> Answer {
         self.inner.local_node_stopped().await
     }

@@ -129,6 +129,12 @@ pub trait Effects: Send + Sync {
     /// status means that daemon answered and could not stop it.
     async fn stop_within(&self, node: &str, budget: Duration) -> Result<NodeState, PeerError>;
 
+    /// Whether `node`'s PostgreSQL is verified stopped, asked of its own
+    /// daemon (locally: [`Effects::local_node_stopped`]); stops nothing. A
+    /// failover asks it while the fence runs, so a dead old primary costs
+    /// no time after the fence; a live one is stopped only after the fence.
+    async fn node_stopped_on(&self, node: &str) -> Result<Answer, PeerError>;
+
     /// Whether this daemon's own node is verified stopped: `pg_ctl status`
     /// says "not running" AND the postmaster is gone.
     async fn local_node_stopped(&self) -> Answer;

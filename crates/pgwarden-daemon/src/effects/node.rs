@@ -198,6 +198,12 @@ pub async fn postmaster_gone(me: &NodeConfig) -> Answer {
 /// resumed step must succeed. Every other case runs the stop command, so an
 /// unknown status never skips a stop.
 pub async fn stop_local(config: &Config) -> Result<NodeState, String> {
+    stop_local_within(config, NODE_ACTION_TIMEOUT).await
+}
+
+/// [`stop_local`] with the budget of its verification as a parameter (the
+/// unit tests verify the give-up without waiting 120 s).
+async fn stop_local_within(config: &Config, budget: Duration) -> Result<NodeState, String> {
     let me = config.local();
     let argv = me.stop.as_ref().ok_or_else(|| {
         format!(
@@ -236,16 +242,15 @@ pub async fn stop_local(config: &Config) -> Result<NodeState, String> {
     }
     // Verified, not assumed: a stop command may return before the server is
     // down (`pg_ctl -W`, a unit that does not wait).
-    let until = Instant::now() + NODE_ACTION_TIMEOUT;
+    let until = Instant::now() + budget;
     loop {
         match postmaster_gone(me).await {
             Answer::Yes => break,
             _ if Instant::now() < until => tokio::time::sleep(Duration::from_millis(10)).await,
             Answer::No => {
                 return Err(format!(
-                    "{} was told to stop but its postmaster still runs after {}s",
+                    "{} was told to stop but its postmaster still runs after {budget:?}",
                     me.name,
-                    NODE_ACTION_TIMEOUT.as_secs()
                 ))
             }
             Answer::Unknown(why) => {
@@ -376,6 +381,43 @@ mod tests {
             dir.display()
         ))
         .unwrap()
+    }
+
+    /// A stop command that "succeeds" while the server goes on listening:
+    /// the stop gives up at its budget (120 s in the daemon) with an error,
+    /// never answers "stopped". Also when `pg_ctl status` cannot tell.
+    #[tokio::test]
+    async fn a_stop_not_verified_within_its_budget_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for (status_exit, what) in [(0, "running"), (4, "unknown")] {
+            let pg_ctl = bin.join("pg_ctl");
+            std::fs::write(&pg_ctl, format!("#!/bin/sh\nexit {status_exit}\n")).unwrap();
+            std::fs::set_permissions(&pg_ctl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let yaml = format!(
+                "cluster: c\nlocal_node: pg-a\nlisten: 127.0.0.1:8008\nstate_dir: /tmp/x\napi_token_file: /tmp/x/token\nmonitor: {{user: pgwarden}}\nreplication: {{slot: replication, application_name: inmanta, user: replication}}\nnodes:\n  - {{name: pg-a, host: 127.0.0.1, port: {port}, data_dir: {dir}, bin_dir: {bin}, stop: [\"true\"]}}\n  - {{name: pg-b, host: 127.0.0.1, port: 1}}\n",
+                dir = d.path().display(),
+                bin = bin.display(),
+            );
+            let config = Config::parse_str("t.yaml", &yaml).unwrap();
+            let budget = Duration::from_millis(300);
+            let started = Instant::now();
+            let e = stop_local_within(&config, budget).await.unwrap_err();
+            assert!(
+                e.contains("still runs after 300ms"),
+                "pg_ctl status {what}: {e}"
+            );
+            assert!(
+                started.elapsed() >= budget,
+                "gave up early: {:?}",
+                started.elapsed()
+            );
+        }
+        drop(listener);
     }
 
     #[tokio::test]

@@ -203,6 +203,32 @@ impl Effects for RealEffects {
         Arc::new(self.sql_node(name).with_timeout(quick))
     }
 
+    async fn node_stopped_on(&self, node: &str) -> Result<Answer, PeerError> {
+        if node == self.config.local_node {
+            return Ok(self.local_node_stopped().await);
+        }
+        let api = self
+            .config
+            .node(node)
+            .and_then(|n| n.api.as_deref())
+            .ok_or_else(|| PeerError {
+                status: None,
+                unreachable: true,
+                code: None,
+                message: format!("nodes[{node}].api is not configured"),
+            })?;
+        let url = format!("{}/v1/node/status", api.trim_end_matches('/'));
+        let v = self.post(&url, &serde_json::json!({})).await?;
+        let wire: app::WireAnswer =
+            serde_json::from_value(v["stopped"].clone()).map_err(|e| PeerError {
+                status: None,
+                unreachable: false,
+                code: None,
+                message: format!("{url} answered unexpectedly: {e}"),
+            })?;
+        Ok(wire.to_answer())
+    }
+
     async fn local_node_stopped(&self) -> Answer {
         let me = self.config.local();
         match node::pg_status(me).await {

@@ -457,11 +457,17 @@ async fn audit_tail(State(s): Shared, Query(l): Query<Limit>) -> Response {
 
 /// Internal: another daemon asks this one to stop or start its PostgreSQL.
 async fn node_action(State(s): Shared, Path(action): Path<String>) -> Response {
+    // `status` stops nothing: a failover asks it while the fence runs.
+    if action == "status" {
+        let a = s.ops.effects().local_node_stopped().await;
+        return Json(json!({"node": s.config.local_node, "stopped": crate::effects::app::WireAnswer::from(&a)}))
+            .into_response();
+    }
     if action != "stop" && action != "start" {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "node actions are stop and start",
+            "node actions are stop, start and status",
         );
     }
     match crate::effects::local_node_action(&s.config, &action).await {

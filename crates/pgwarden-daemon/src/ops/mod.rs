@@ -525,7 +525,10 @@ impl Operations {
         });
         while op.next_step().is_some() {
             let step = op.start_step(&now()).expect("a next step exists");
-            if let Err(e) = self.journal.save(&op) {
+            let saving = Instant::now();
+            let saved = self.journal.save(&op);
+            let journal_ms = saving.elapsed().as_secs_f64() * 1e3;
+            if let Err(e) = saved {
                 // Intent not on disk: do not act.
                 let msg = format!("cannot journal the start of this step, so it was not run: {e}");
                 let _ = op.finish_step(StepOutcome::Failed(msg), &now());
@@ -576,7 +579,7 @@ impl Operations {
                     tracing::error!(operation = %op.id, ?step, "step failed: {m}")
                 }
                 StepOutcome::Succeeded(m) | StepOutcome::Skipped(m) => {
-                    tracing::info!(operation = %op.id, ?step, ms = step_started.elapsed().as_millis() as u64, "{m}")
+                    tracing::info!(operation = %op.id, ?step, ms = step_started.elapsed().as_millis() as u64, journal_ms, "{m}")
                 }
             }
             fault_pause(step, "after").await;
@@ -591,10 +594,19 @@ impl Operations {
             self.poll_now.notify_waiters();
             op.finish_step(outcome, &now())
                 .expect("the step is running");
-            if let Err(e) = self.journal.save(&op) {
-                // The effect happened; memory holds the truth and the next
-                // save retries. Resume would re-check the real state anyway.
-                tracing::error!(operation = %op.id, "cannot journal the end of a step: {e}");
+            // A step that ended well and has a next one is journaled with
+            // that step's intent, one durable write instead of two back to
+            // back: the outcome is on disk before the next side effect. A
+            // crash in between leaves this step "running", and a resume
+            // repeats it, which every step is written to survive (the same
+            // as a crash between its effect and its outcome).
+            let written_with_next = op.state == OperationState::Running && op.next_step().is_some();
+            if !written_with_next {
+                if let Err(e) = self.journal.save(&op) {
+                    // The effect happened; memory holds the truth and the next
+                    // save retries. Resume would re-check the real state anyway.
+                    tracing::error!(operation = %op.id, "cannot journal the end of a step: {e}");
+                }
             }
             // The etcd lock is free before anyone sees "succeeded" (a
             // waiting request answers at the publication below): a caller

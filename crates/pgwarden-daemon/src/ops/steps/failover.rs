@@ -28,10 +28,10 @@ pub(super) async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepNa
         StepName::Preflight => preflight_step(ctx, op).await,
         // With a proxy, the application keeps running: pgbouncer is paused
         // and re-pointed instead (ops/steps/proxy.rs).
-        StepName::FenceApplication => match ctx.config.pgbouncer() {
-            Some(pb) => proxy::fence(ctx, op, pb).await,
-            None => fence_application(ctx, op).await,
-        },
+        StepName::FenceApplication if op.kind == OperationKind::Failover => {
+            fence_and_probe(ctx, op).await
+        }
+        StepName::FenceApplication => fence(ctx, op).await,
         StepName::StopOldPrimary => stop_old_primary(ctx, op).await,
         StepName::Promote => promote(ctx, op).await,
         StepName::ReconfigureNewPrimary => reconfigure_new_primary(ctx, op).await,
@@ -49,6 +49,162 @@ pub(super) async fn run_step(ctx: &StepContext, op: &mut Operation, step: StepNa
             "step {other:?} belongs to another kind of operation"
         )),
     }
+}
+
+/// The fence, by the proxy when there is one, else by stopping the
+/// application.
+async fn fence(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    match ctx.config.pgbouncer() {
+        Some(pb) => proxy::fence(ctx, op, pb).await,
+        None => fence_application(ctx, op).await,
+    }
+}
+
+/// How long a probe of the old primary taken while the fence ran counts
+/// for `stop_old_primary`. Older (a fence that took long, a resume), the
+/// step asks the daemon beside it again: a stop verified long ago is not
+/// trusted.
+const PROBE_TRUSTED_FOR: Duration = Duration::from_secs(2);
+
+/// How long the fence step waits for a probe still running after the fence.
+const PROBE_GRACE: Duration = Duration::from_millis(100);
+
+/// What the probe of a failover's old primary found; journaled as the
+/// fact `old_primary_probe`.
+#[derive(Debug, PartialEq)]
+enum Probe {
+    /// Its own daemon verified it stopped (pg_ctl status and the postmaster).
+    Stopped,
+    /// It answers and is in recovery: not writable.
+    Standby,
+    /// It answers as a primary, or its daemon says it runs: it is stopped
+    /// only by `stop_old_primary`, after the fence.
+    Alive,
+    /// Neither could be told: `stop_old_primary` decides as without a probe.
+    Unknown,
+}
+
+impl Probe {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Probe::Stopped => "stopped",
+            Probe::Standby => "standby",
+            Probe::Alive => "alive",
+            Probe::Unknown => "unknown",
+        }
+    }
+}
+
+/// Looks at a failover's old primary without touching it: over SQL, and
+/// when that fails, by asking the daemon beside it whether it is stopped.
+/// Nothing is stopped here, so it may run while the fence is not verified.
+async fn probe_old_primary(ctx: &StepContext, old: &str) -> (Probe, String) {
+    let sql = match ctx.effects.node_quick(old).is_in_recovery().await {
+        Ok(true) => return (Probe::Standby, format!("{old} answers and is in recovery")),
+        Ok(false) => {
+            return (
+                Probe::Alive,
+                format!("{old} answers as a primary: it is stopped after the fence"),
+            )
+        }
+        Err(e) => e.to_string(),
+    };
+    match ctx.effects.node_stopped_on(old).await {
+        Ok(Answer::Yes) => (
+            Probe::Stopped,
+            format!("{old} does not answer over SQL ({sql}); the daemon beside it verified it stopped"),
+        ),
+        Ok(Answer::No) => (
+            Probe::Alive,
+            format!("{old} does not answer over SQL ({sql}) but the daemon beside it says it runs: it is stopped after the fence"),
+        ),
+        Ok(Answer::Unknown(why)) => (
+            Probe::Unknown,
+            format!("{old} does not answer over SQL ({sql}) and the daemon beside it cannot tell whether it runs: {why}"),
+        ),
+        Err(e) => (
+            Probe::Unknown,
+            format!("{old} does not answer over SQL ({sql}) and the daemon beside it was not asked: {}", e.message),
+        ),
+    }
+}
+
+/// A failover's fence, with the old primary probed at the same time: the
+/// two are independent, and both must be verified before the promotion.
+/// The probe stops nothing; an old primary found alive is stopped by
+/// `stop_old_primary`, which runs only after this step succeeded, so a
+/// fence that fails never leaves a live primary stopped. The probe's
+/// verdict and when it and the fence were verified are journaled with
+/// this step's outcome (`old_primary_probe`, `old_primary_probe_at`,
+/// `fence_verified_at`), so a resume knows which came first and how old
+/// the probe is.
+async fn fence_and_probe(ctx: &StepContext, op: &mut Operation) -> StepOutcome {
+    let Some(old) = op.facts.old_primary.clone() else {
+        return fence(ctx, op).await;
+    };
+    // A probe that outlasts the fence by more than PROBE_GRACE (a hung
+    // host, a daemon that does not answer) is dropped as unknown: the
+    // failover then costs no more than it did without a probe.
+    let (fenced_tx, fenced_rx) = tokio::sync::oneshot::channel::<()>();
+    let probe = async {
+        let cut_off = async {
+            let _ = fenced_rx.await;
+            tokio::time::sleep(PROBE_GRACE).await;
+        };
+        let found = tokio::select! {
+            found = probe_old_primary(ctx, &old) => found,
+            _ = cut_off => (
+                Probe::Unknown,
+                format!("the probe of {old} had not finished {} ms after the fence", PROBE_GRACE.as_millis()),
+            ),
+        };
+        (found, crate::ops::now())
+    };
+    let fenced = async {
+        let outcome = fence(ctx, op).await;
+        let at = crate::ops::now();
+        let _ = fenced_tx.send(());
+        (outcome, at)
+    };
+    let (((verdict, detail), probed_at), (outcome, fenced_at)) = tokio::join!(probe, fenced);
+    op.facts.old_primary_probe = Some(verdict.as_str().into());
+    op.facts.old_primary_probe_detail = Some(detail.clone());
+    op.facts.old_primary_probe_at = Some(probed_at);
+    match outcome {
+        StepOutcome::Succeeded(m) => {
+            op.facts.fence_verified_at = Some(fenced_at);
+            ok(format!("{m}; meanwhile: {detail}"))
+        }
+        StepOutcome::Skipped(m) => {
+            op.facts.fence_verified_at = Some(fenced_at);
+            StepOutcome::Skipped(format!("{m}; meanwhile: {detail}"))
+        }
+        StepOutcome::Failed(m) => {
+            op.facts.fence_verified_at = None;
+            fail(format!(
+                "{m}; {old} was only looked at, not stopped ({detail})"
+            ))
+        }
+    }
+}
+
+/// The probe's "stopped", if it was taken within [`PROBE_TRUSTED_FOR`].
+fn trusted_stop(op: &Operation) -> Option<(Duration, &str)> {
+    if op.facts.old_primary_probe.as_deref() != Some(Probe::Stopped.as_str()) {
+        return None;
+    }
+    let at = op
+        .facts
+        .old_primary_probe_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())?;
+    let age = std::time::SystemTime::now().duration_since(at).ok()?;
+    (age <= PROBE_TRUSTED_FOR).then(|| {
+        (
+            age,
+            op.facts.old_primary_probe_detail.as_deref().unwrap_or(""),
+        )
+    })
 }
 
 /// What a resumed failover or switchover re-checks before it acts again:
@@ -562,7 +718,15 @@ async fn stop_old_primary(ctx: &StepContext, op: &mut Operation) -> StepOutcome 
                 )),
             },
             Ok(true) => ok(format!("{old} answers but is in recovery: not writable, left alone")),
-            Err(e) => stop_unreachable_old_primary(ctx, &old, &e.to_string()).await,
+            // Verified stopped by its own daemon while the fence ran, and
+            // still silent over SQL now: no need to ask that daemon again.
+            Err(e) => match trusted_stop(op) {
+                Some((age, detail)) => ok(format!(
+                    "{old} does not answer over SQL ({e}); verified stopped {} ms ago, while the fence ran ({detail})",
+                    age.as_millis()
+                )),
+                None => stop_unreachable_old_primary(ctx, &old, &e.to_string()).await,
+            },
         },
     }
 }

@@ -106,6 +106,22 @@ const PROCEEDS: &[Proceeds] = &[
         why: "an old primary that does not answer over SQL is stopped through the daemon beside it, which verifies the stop",
     },
     Proceeds {
+        scenario: FailoverPrimaryDied,
+        step: StepName::FenceApplication,
+        effect: "is_in_recovery",
+        at: "pg-a",
+        faults: ALL,
+        why: "the old primary is only probed while the fence runs; a probe that verified nothing leaves stop_old_primary to decide as without one",
+    },
+    Proceeds {
+        scenario: FailoverPrimaryDied,
+        step: StepName::FenceApplication,
+        effect: "node_stopped",
+        at: "pg-a",
+        faults: ALL,
+        why: "the old primary is only probed while the fence runs; a probe that verified nothing leaves stop_old_primary to decide as without one",
+    },
+    Proceeds {
         scenario: Switchover,
         step: StepName::StartApplication,
         effect: "daemon_answers",
@@ -603,4 +619,196 @@ async fn the_lock_lost_between_two_effects_of_a_step_stops_before_the_second() {
     }
     assert!(stopped > 10, "only {stopped} runs lost the lock mid-step");
     eprintln!("{stopped} runs lost the lock before a side effect; each stopped there");
+}
+
+/// Runs `steps` of `op` in order until one fails; their outcomes.
+async fn run_steps(ctx: &StepContext, op: &mut Operation, steps: &[StepName]) -> Vec<StepOutcome> {
+    let mut out = Vec::new();
+    for &step in steps {
+        assert_eq!(op.start_step("t").unwrap(), step);
+        let outcome = if step == StepName::Preflight {
+            StepOutcome::Succeeded("tabled elsewhere".into())
+        } else {
+            run_step(ctx, op, step).await
+        };
+        let failed = matches!(outcome, StepOutcome::Failed(_));
+        op.finish_step(outcome.clone(), "t").unwrap();
+        out.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    out
+}
+
+/// A failover's fence and its probe of the old primary run at the same
+/// time. Each row: the old primary dead or alive, what goes wrong, and
+/// what must follow. In every row: nothing is promoted unless both the
+/// fence and the old primary were verified, and an old primary that was
+/// alive is never stopped unless the fence was verified first.
+#[tokio::test(start_paused = true)]
+async fn the_fence_and_the_old_primary_probe_of_a_failover_interleave_safely() {
+    struct Row {
+        what: &'static str,
+        old_alive: bool,
+        faults: &'static [(&'static str, &'static str, Fault)],
+        probe: &'static str,
+        /// The first step that fails, or None: the promotion happens.
+        fails_at: Option<StepName>,
+        /// stop_old_primary must ask the daemon beside pg-a to stop it.
+        asks_stop: bool,
+    }
+    const FENCE_FAILS: (&str, &str, Fault) = ("app_stop", "pg-a", Fault::Error);
+    let rows = [
+        Row {
+            what: "both verified: dead old primary, fence ok",
+            old_alive: false,
+            faults: &[],
+            probe: "stopped",
+            fails_at: None,
+            asks_stop: false,
+        },
+        Row {
+            what: "fence fails while the probe verified the old primary stopped",
+            old_alive: false,
+            faults: &[FENCE_FAILS],
+            probe: "stopped",
+            fails_at: Some(StepName::FenceApplication),
+            asks_stop: false,
+        },
+        Row {
+            what: "fence fails while the old primary is alive (forced failover)",
+            old_alive: true,
+            faults: &[FENCE_FAILS],
+            probe: "alive",
+            fails_at: Some(StepName::FenceApplication),
+            asks_stop: false,
+        },
+        Row {
+            what: "fence ok, old primary alive: stopped after the fence",
+            old_alive: true,
+            faults: &[],
+            probe: "alive",
+            fails_at: None,
+            asks_stop: false,
+        },
+        Row {
+            what: "fence ok, probe unknown: stop_old_primary asks the daemon to stop it",
+            old_alive: false,
+            faults: &[("node_stopped", "pg-a", Fault::Unknown)],
+            probe: "unknown",
+            fails_at: None,
+            asks_stop: true,
+        },
+        Row {
+            what: "fence ok, probe unknown, the stop not confirmed either",
+            old_alive: false,
+            faults: &[
+                ("node_stopped", "pg-a", Fault::Timeout),
+                ("stop_within", "pg-a", Fault::Timeout),
+            ],
+            probe: "unknown",
+            fails_at: Some(StepName::StopOldPrimary),
+            asks_stop: true,
+        },
+        Row {
+            what: "both fail",
+            old_alive: false,
+            faults: &[FENCE_FAILS, ("node_stopped", "pg-a", Fault::Error)],
+            probe: "unknown",
+            fails_at: Some(StepName::FenceApplication),
+            asks_stop: false,
+        },
+        Row {
+            what: "both fail while the old primary is alive (the probe hangs: cut off after the fence)",
+            old_alive: true,
+            faults: &[FENCE_FAILS, ("is_in_recovery", "pg-a", Fault::Timeout)],
+            probe: "unknown",
+            fails_at: Some(StepName::FenceApplication),
+            asks_stop: false,
+        },
+    ];
+    let steps = [
+        StepName::Preflight,
+        StepName::FenceApplication,
+        StepName::StopOldPrimary,
+        StepName::Promote,
+    ];
+    for row in rows {
+        let w = world(if row.old_alive {
+            Switchover
+        } else {
+            FailoverPrimaryDied
+        });
+        for (effect, at, fault) in row.faults {
+            w.fault(effect, at, *fault);
+        }
+        let ctx = context(&w, &[]);
+        let mut op = operation(FailoverPrimaryDied, &[]);
+        let before = w.call_count();
+        let outcomes = run_steps(&ctx, &mut op, &steps).await;
+        let what = row.what;
+        assert_invariants(&w, what);
+        let failed_at = outcomes
+            .iter()
+            .position(|o| matches!(o, StepOutcome::Failed(_)))
+            .map(|i| steps[i]);
+        assert_eq!(failed_at, row.fails_at, "{what}: {outcomes:?}");
+        let probe = op.facts.old_primary_probe.as_deref();
+        assert_eq!(probe, Some(row.probe), "{what}: {:?}", op.facts);
+        assert!(op.facts.old_primary_probe_at.is_some(), "{what}");
+        assert_eq!(
+            op.facts.fence_verified_at.is_some(),
+            row.fails_at != Some(StepName::FenceApplication),
+            "{what}: the fence's verification is journaled only when it held"
+        );
+        let calls = w.called_since(before);
+        let asked_stop = calls.contains(&("stop_within".into(), "pg-a".into()));
+        assert_eq!(asked_stop, row.asks_stop, "{what}: {calls:?}");
+        w.with(|w| {
+            let (a, b) = (&w.nodes["pg-a"], &w.nodes["pg-b"]);
+            if row.fails_at.is_some() {
+                assert!(b.in_recovery, "{what}: pg-b promoted");
+            } else {
+                assert!(!b.in_recovery, "{what}: pg-b not promoted");
+                assert!(!a.running, "{what}: pg-a runs beside the new primary");
+            }
+            if row.old_alive && row.fails_at == Some(StepName::FenceApplication) {
+                assert!(
+                    a.running,
+                    "{what}: a live old primary was stopped before the fence was verified"
+                );
+            }
+        });
+    }
+}
+
+/// The probe's "stopped" is trusted for a short while only: a stale one
+/// (a fence that took long, a resume) makes stop_old_primary ask again.
+#[tokio::test(start_paused = true)]
+async fn a_stale_probe_is_asked_again() {
+    let w = world(FailoverPrimaryDied);
+    let ctx = context(&w, &[]);
+    let mut op = operation(FailoverPrimaryDied, &[]);
+    let done = run_steps(
+        &ctx,
+        &mut op,
+        &[StepName::Preflight, StepName::FenceApplication],
+    )
+    .await;
+    assert!(
+        matches!(done.last(), Some(StepOutcome::Succeeded(_))),
+        "{done:?}"
+    );
+    assert_eq!(op.facts.old_primary_probe.as_deref(), Some("stopped"));
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    op.facts.old_primary_probe_at = Some(humantime::format_rfc3339_millis(long_ago).to_string());
+    let before = w.call_count();
+    let stop = run_steps(&ctx, &mut op, &[StepName::StopOldPrimary]).await;
+    assert!(matches!(stop[0], StepOutcome::Succeeded(_)), "{stop:?}");
+    assert!(
+        w.called_since(before)
+            .contains(&("stop_within".into(), "pg-a".into())),
+        "a probe a minute old was trusted"
+    );
 }
