@@ -170,6 +170,23 @@ fn world(s: Scenario) -> Arc<FakeWorld> {
     w
 }
 
+/// Runs the steps of `op` before `step` without a fault, each of which must
+/// not fail, and leaves `step` started: where a table row injects its fault.
+pub(super) async fn run_up_to(ctx: &StepContext, op: &mut Operation, step: StepName, what: &str) {
+    loop {
+        let next = op.start_step("t").unwrap();
+        if next == step {
+            return;
+        }
+        let outcome = run_step(ctx, op, next).await;
+        assert!(
+            !matches!(outcome, StepOutcome::Failed(_)),
+            "{what}: {next:?} before {step:?} failed without a fault: {outcome:?}"
+        );
+        op.finish_step(outcome, "t").unwrap();
+    }
+}
+
 fn context(w: &Arc<FakeWorld>, fenced_hosts: &[&str]) -> StepContext {
     let config = w.config();
     StepContext {
@@ -209,18 +226,7 @@ async fn run_until(
     op.start_step("t").unwrap();
     op.finish_step(StepOutcome::Succeeded("tabled elsewhere".into()), "t")
         .unwrap();
-    loop {
-        let next = op.start_step("t").unwrap();
-        if next == step {
-            break;
-        }
-        let outcome = run_step(&ctx, &mut op, next).await;
-        assert!(
-            !matches!(outcome, StepOutcome::Failed(_)),
-            "{s:?}: {next:?} before {step:?} failed without a fault: {outcome:?}"
-        );
-        op.finish_step(outcome, "t").unwrap();
-    }
+    run_up_to(&ctx, &mut op, step, &format!("{s:?}")).await;
     let before = w.call_count();
     if let Some(((effect, at), f)) = fault {
         w.fault(effect, at, f);
@@ -528,14 +534,7 @@ async fn run_guarded(
     op.start_step("t").unwrap();
     op.finish_step(StepOutcome::Succeeded("tabled elsewhere".into()), "t")
         .unwrap();
-    loop {
-        let next = op.start_step("t").unwrap();
-        if next == step {
-            break;
-        }
-        let outcome = run_step(&plain, &mut op, next).await;
-        op.finish_step(outcome, "t").unwrap();
-    }
+    run_up_to(&plain, &mut op, step, &format!("{s:?}")).await;
     let lock = Arc::new(LostAfter {
         holds,
         checks: Default::default(),

@@ -239,18 +239,7 @@ async fn run_until(
 ) -> (StepOutcome, BTreeSet<(String, String)>, Operation) {
     let ctx = context(w);
     let mut op = operation(s);
-    loop {
-        let next = op.start_step("t").unwrap();
-        if next == step {
-            break;
-        }
-        let outcome = run_step(&ctx, &mut op, next).await;
-        assert!(
-            !matches!(outcome, StepOutcome::Failed(_)),
-            "{s:?}: {next:?} before {step:?} failed without a fault: {outcome:?}"
-        );
-        op.finish_step(outcome, "t").unwrap();
-    }
+    super::tables::run_up_to(&ctx, &mut op, step, &format!("{s:?}")).await;
     let before = w.call_count();
     if let Some(((effect, at), f)) = fault {
         w.fault(effect, at, f);
