@@ -207,17 +207,7 @@ impl Effects for RealEffects {
         if node == self.config.local_node {
             return Ok(self.local_node_stopped().await);
         }
-        let api = self
-            .config
-            .node(node)
-            .and_then(|n| n.api.as_deref())
-            .ok_or_else(|| PeerError {
-                status: None,
-                unreachable: true,
-                code: None,
-                message: format!("nodes[{node}].api is not configured"),
-            })?;
-        let url = format!("{}/v1/node/status", api.trim_end_matches('/'));
+        let url = format!("{}/v1/node/status", self.api_of(node)?);
         let v = self.post(&url, &serde_json::json!({})).await?;
         let wire: app::WireAnswer =
             serde_json::from_value(v["stopped"].clone()).map_err(|e| PeerError {
@@ -288,17 +278,7 @@ impl Effects for RealEffects {
                 Err(_) => Err(timed_out()),
             };
         }
-        let api = self
-            .config
-            .node(node)
-            .and_then(|n| n.api.as_deref())
-            .ok_or_else(|| PeerError {
-                status: None,
-                unreachable: true,
-                code: None,
-                message: format!("nodes[{node}].api is not configured"),
-            })?;
-        let url = format!("{}/v1/node/stop", api.trim_end_matches('/'));
+        let url = format!("{}/v1/node/stop", self.api_of(node)?);
         let request = self.http.post(&url).json(&serde_json::json!({}));
         let v = tokio::time::timeout(budget, self.send(request, &url))
             .await
