@@ -12,73 +12,14 @@ use std::time::Duration;
 use pgwarden_testkit::poll_until;
 use util::{pgwarden_bin, Env, Options};
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl: {e} (apt-get install openssl)"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA, and a certificate for 127.0.0.1 it signed, in `dir`: returns the
 /// CA certificate, the chain file (leaf, then CA) and the leaf's key.
 fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |f: &str| dir.join(format!("{name}-{f}")).to_str().unwrap().to_owned();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=pgwarden test CA",
-    ];
-    ca.extend(ec);
-    let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
-    ca.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-    openssl(&ca);
-    let (key, csr, leaf) = (p("leaf.key"), p("leaf.csr"), p("leaf.crt"));
-    let mut req = vec!["req", "-subj", "/CN=127.0.0.1"];
-    req.extend(ec);
-    req.extend(["-keyout", &key, "-out", &csr]);
-    openssl(&req);
-    let ext = p("ext.cnf");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_crt,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-        "-out",
-        &leaf,
-    ]);
-    let chain = p("chain.crt");
+    let (ca_crt, leaf, key) = util::certs::ca_and_leaf(dir, name);
+    let chain = dir.join(format!("{name}-chain.crt"));
     let both = std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca_crt).unwrap();
     std::fs::write(&chain, both).unwrap();
-    (ca_crt.into(), chain.into(), key.into())
+    (ca_crt, chain, key)
 }
 
 fn curl(args: &[&str]) -> Output {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pgwarden_testkit::{poll_until, ClusterOptions, DaemonLayout, TestCluster};
 
+pub mod certs;
 pub mod testbed;
 
 /// The `pgwarden` binary of this build (target/<profile>/pgwarden, next to
