@@ -183,19 +183,7 @@ impl Etcd {
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut raw = String::new();
         s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-        let (head, rest) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-        let payload = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("{}: {payload}", head.lines().next().unwrap_or("")));
-        }
-        serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))
+        gateway_answer(&raw)
     }
 
     /// The value (JSON) of `key` with its create revision and lease, if any.
@@ -234,6 +222,24 @@ impl Drop for Etcd {
 
 fn arg_path(flag: &str, p: &Path) -> String {
     format!("{flag}{}", p.display())
+}
+
+/// The JSON body of the v3 gateway's HTTP answer `raw`, or its status line
+/// and body when it is not a 200.
+pub(crate) fn gateway_answer(raw: &str) -> Result<serde_json::Value, String> {
+    let (head, rest) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{}: {payload}", head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -147,19 +147,7 @@ impl Testbed {
             s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
             Ok(raw)
         })?;
-        let (head, rest) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-        let payload = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("{}: {payload}", head.lines().next().unwrap_or("")));
-        }
-        serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))
+        crate::etcd::gateway_answer(&raw)
     }
 
     /// The value (JSON) of `key` with its create revision (the fencing token) and
@@ -190,19 +178,4 @@ impl Testbed {
         )
         .map(|_| ())
     }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
