@@ -369,38 +369,32 @@ impl Operations {
         id: String,
         facts: Facts,
     ) -> Result<Operation, OpError> {
-        if let Some(etcd) = self.etcd() {
-            let lock_facts = etcd.take(&id).await?;
-            // The same plan as with the peers' lock: with replicas, their re-point.
-            let plan = kind.plan(self.config.replicas().next().is_some());
-            let mut op = Operation::planned(id, kind, request, &now(), &plan);
-            op.facts = facts;
-            lock_facts.record(&mut op.facts);
-            if let Err(e) = self.journal.save(&op) {
-                etcd.release(&op).await;
-                return Err(OpError::Internal(format!("nothing was done: {e}")));
-            }
-            tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = ?op.facts.lock_token, "operation started");
-            self.current.send_replace(Some(op.clone()));
-            return Ok(op);
-        }
-        self.lease().begin(&id);
-        let lock_note = match self.lock_peers(&id, true).await {
-            Ok(note) => note,
-            Err(e) => {
-                self.lease().end();
-                return Err(e);
-            }
-        };
+        // One plan whichever lock is used: with replicas, their re-point.
         let plan = kind.plan(self.config.replicas().next().is_some());
         let mut op = Operation::planned(id, kind, request, &now(), &plan);
         op.facts = facts;
-        op.facts.peer_lock = Some(lock_note);
+        // The lock is taken before anything is journaled, so a refused lock
+        // leaves nothing behind.
+        if let Some(etcd) = self.etcd() {
+            etcd.take(&op.id).await?.record(&mut op.facts);
+        } else {
+            self.lease().begin(&op.id);
+            match self.lock_peers(&op.id, true).await {
+                Ok(note) => op.facts.peer_lock = Some(note),
+                Err(e) => {
+                    self.lease().end();
+                    return Err(e);
+                }
+            }
+        }
         if let Err(e) = self.journal.save(&op) {
-            self.unlock_peers(&op.id).await;
+            match self.etcd() {
+                Some(etcd) => etcd.release(&op).await,
+                None => self.unlock_peers(&op.id).await,
+            }
             return Err(OpError::Internal(format!("nothing was done: {e}")));
         }
-        tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, "operation started");
+        tracing::info!(operation = %op.id, kind = %kind, target = %op.request.target, token = ?op.facts.lock_token, "operation started");
         self.current.send_replace(Some(op.clone()));
         Ok(op)
     }
