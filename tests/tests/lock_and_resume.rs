@@ -183,8 +183,30 @@ fn switchover_then_rejoin_back_to_back() {
         &env.token(),
     );
     assert_eq!(r.status, 200, "{}\n{}", r.body, env.daemons[0].log_text());
-    let h = env.daemons[0].get("/health");
-    assert_eq!(h.status, 200, "{}", h.body);
-    let h = h.json();
+    // The moment the rejoin answers, the view holds what it verified: pg-b
+    // the primary, pg-a a reachable standby, no node down.
+    let h = env.daemons[0].get("/health").json();
     assert_eq!(h["primary"], "pg-b", "{h}");
+    let roles: Vec<_> = h["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].clone(), n["role"].clone(), n["down"].clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("pg-a".into(), "standby".into(), false.into()),
+            ("pg-b".into(), "primary".into(), false.into()),
+        ],
+        "{h}"
+    );
+    // A commit the writer made while pg-a caught up may still wait for it
+    // at that instant (writes_blocked, from one poll): healthy within a poll.
+    env.wait_health(
+        0,
+        "healthy after the rejoin",
+        env.within_polls(3),
+        |c, _| c == 200,
+    );
 }

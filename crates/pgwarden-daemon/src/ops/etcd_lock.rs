@@ -603,10 +603,12 @@ impl EtcdGrpc {
         Ok(o)
     }
 
-    async fn connected(&self, i: usize) -> Result<etcd_client::Client, EtcdError> {
+    /// The connection to endpoint `i`, and whether it was made just now
+    /// (false: kept from an earlier call).
+    async fn connected(&self, i: usize) -> Result<(etcd_client::Client, bool), EtcdError> {
         let mut slot = self.clients[i].lock().await;
         if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+            return Ok((c.clone(), false));
         }
         let options = self.options()?;
         let c = etcd_client::Client::connect([&self.config.endpoints[i]], Some(options))
@@ -619,7 +621,7 @@ impl EtcdGrpc {
                 }
             })?;
         *slot = Some(c.clone());
-        Ok(c)
+        Ok((c, true))
     }
 
     /// Runs `f` on a connection, the whole of it (connecting and moving to
@@ -638,7 +640,20 @@ impl EtcdGrpc {
             let mut failures = Vec::new();
             for i in (0..n).map(|k| (first + k) % n) {
                 let r = match self.connected(i).await {
-                    Ok(c) => f(c).await,
+                    Ok((c, fresh)) => match f(c).await {
+                        // A kept connection may have broken while idle (a
+                        // closed stream, a reset): asked once more on a new
+                        // one. A repeat can only refuse more, never grant: a
+                        // create already applied finds its key taken.
+                        Err(_) if !fresh => {
+                            *self.clients[i].lock().await = None;
+                            match self.connected(i).await {
+                                Ok((c, _)) => f(c).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                        r => r,
+                    },
                     Err(e) => Err(e),
                 };
                 match r {
